@@ -1,0 +1,23 @@
+"""Errors that the shells turn into one line on stderr and exit code 2.
+
+Every failure caused by the user's input (a missing path, a truncated dump, a malformed
+file) is raised as `InputError` carrying the path and the problem, so the CLI and the
+Volatility plugin can report it without a traceback and a batch can skip one bad file.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class PoolTagScanError(Exception):
+    """Base class of the errors this package raises on purpose."""
+
+
+class InputError(PoolTagScanError):
+    """A file given by the user cannot be used; `str()` is the one-line message."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, problem: str):
+        self.path = os.fspath(path) if path is not None else None
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
