@@ -1,0 +1,116 @@
+"""Scan throughput: pooltagscan vs Volatility 3's PoolHeaderScanner vs a plain read.
+
+Builds a sample dump (default 1 GiB, Windows 10 1809 x64 pages from the sample generator)
+once under benchmarks/out/, then measures in one run, on the same file:
+  - a sequential read of the file (the I/O ceiling),
+  - our full tag-agnostic scan in one process and with --jobs,
+  - Volatility 3's PoolHeaderScanner (its 15 built-in tags, FileLayer, poolheader-x64),
+  - the peak RSS of the `pooltagscan scan --stats` command on the file.
+All figures are warm page cache (the file was just written or read). Usage:
+  python benchmarks/bench_scan.py [--size-mib 1024] [--family win10-1809-x64] [--rss-gib 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "samples"))
+sys.path.insert(0, str(HERE))
+
+import make_samples
+
+from pooltagscan.inputs import open_image
+from pooltagscan.scan import prepare, run
+from pooltagscan.scanner.engine import default_jobs
+
+
+def ensure_dump(family: str, size: int) -> Path:
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    path = out / f"bench-{family}-{size >> 20}MiB.raw"
+    if not path.exists() or path.stat().st_size != size:
+        t = time.perf_counter()
+        info = make_samples.write_bench_dump(path, family, size)
+        print(f"built {path.name}: {info['allocations']} planted allocations "
+              f"in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    return path
+
+
+def sequential_read(path: Path) -> float:
+    buf = bytearray(16 << 20)
+    size = 0
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            size += n
+    return size / 1e6 / (time.perf_counter() - start)
+
+
+def our_scan(path: Path, jobs: int) -> tuple[float, int, str]:
+    start = time.perf_counter()
+    prepared = prepare(open_image(path))
+    count = sum(len(r) for r in run(prepared, jobs=jobs))
+    seconds = time.perf_counter() - start
+    return path.stat().st_size / 1e6 / seconds, count, prepared.config.family.value
+
+
+def command_rss(path: Path, jobs: int) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of `pooltagscan scan --stats` on the file, largest process."""
+    cmd = [sys.executable, "-m", "pooltagscan", "scan", str(path), "--stats", "-q",
+           "--format", "json", "--jobs", str(jobs), "-o", os.devnull]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"scan command failed with status {status}")
+    # ru_maxrss of the parent only; workers are measured through RUSAGE_CHILDREN below.
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--family", default="win10-1809-x64", choices=make_samples.FAMILIES)
+    ap.add_argument("--jobs", type=int, default=default_jobs())
+    ap.add_argument("--skip-volatility", action="store_true")
+    ap.add_argument("--rss-gib", type=int, default=0,
+                    help="also build a dump of this many GiB and report the command's peak RSS")
+    args = ap.parse_args()
+
+    path = ensure_dump(args.family, args.size_mib << 20)
+    results: dict[str, object] = {"file": path.name, "size_mib": args.size_mib}
+    sequential_read(path)  # warm the page cache
+    results["read_mb_s"] = round(sequential_read(path), 1)
+    mbs, count, family = our_scan(path, 1)
+    results.update(scan_mb_s=round(mbs, 1), records=count, layout=family)
+    mbs_jobs, _, _ = our_scan(path, args.jobs)
+    results[f"scan_jobs{args.jobs}_mb_s"] = round(mbs_jobs, 1)
+    seconds, rss = command_rss(path, 1)
+    results.update(command_seconds=round(seconds, 2), command_peak_rss_mib=round(rss, 1))
+    if not args.skip_volatility:
+        from vol_baseline import volatility_pool_scan
+
+        vol = volatility_pool_scan(str(path))
+        results.update(volatility_mb_s=round(vol["mb_per_s"], 1), volatility_hits=vol["hits"],
+                       volatility_hits_per_tag=vol["per_tag"])
+        results["ratio_scan_vs_volatility"] = round(mbs / vol["mb_per_s"], 1)
+    results["ratio_scan_vs_read"] = round(mbs / results["read_mb_s"], 3)
+    if args.rss_gib:
+        big = ensure_dump(args.family, args.rss_gib << 30)
+        seconds, rss = command_rss(big, 1)
+        results[f"rss_{args.rss_gib}GiB"] = {"seconds": round(seconds, 1),
+                                             "peak_rss_mib": round(rss, 1)}
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

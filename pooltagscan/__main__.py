@@ -1,0 +1,5 @@
+import sys
+
+from pooltagscan.cli import main
+
+sys.exit(main())

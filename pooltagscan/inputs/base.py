@@ -1,0 +1,131 @@
+"""What every input format provides to the scanner: page-aligned runs mapped from a file.
+
+The scanner never sees file formats. An input describes its address space as runs of
+(address, file offset, length) and hands out read-only numpy views of windows of them;
+for flat files and minidumps the bytes come straight from an mmap of the evidence.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pooltagscan.errors import InputError
+from pooltagscan.layouts import PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Run:
+    """A stretch of the address space stored contiguously in the file."""
+
+    address: int  # page aligned
+    file_offset: int
+    length: int  # multiple of PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class Window:
+    """A slice of one run: the unit of work of a scan (and of one worker process)."""
+
+    address: int
+    file_offset: int
+    length: int
+
+
+@dataclass
+class MemoryImage:
+    """A dump opened read-only: its runs, a label for its format, and notes for the user."""
+
+    path: str
+    format: str
+    runs: list[Run]
+    architecture: str | None = None
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, object] = field(default_factory=dict)
+    file_size: int = 0
+
+    @property
+    def scanned_bytes(self) -> int:
+        return sum(r.length for r in self.runs)
+
+    def windows(self, window_bytes: int) -> Iterator[Window]:
+        """Split the runs into windows of at most `window_bytes` (page multiples)."""
+        step = max(PAGE_SIZE, window_bytes - window_bytes % PAGE_SIZE)
+        for run in self.runs:
+            for delta in range(0, run.length, step):
+                yield Window(
+                    run.address + delta, run.file_offset + delta, min(step, run.length - delta)
+                )
+
+    @contextmanager
+    def words(self, window: Window) -> Iterator[np.ndarray]:
+        """A read-only uint32 view (pages, 1024) of a window, unmapped on exit.
+
+        Mapping window by window (instead of the whole file once) is what keeps the
+        resident set bounded: pages of a closed mapping stop counting against us.
+        """
+        with map_file_range(self.path, window.file_offset, window.length) as buf:
+            yield np.frombuffer(buf, dtype="<u4").reshape(-1, PAGE_SIZE // 4)
+
+    def read(self, address: int, length: int) -> bytes:
+        """Bytes at an address of the scanned space (short or empty outside the runs)."""
+        for run in self.runs:
+            if run.address <= address < run.address + run.length:
+                length = min(length, run.address + run.length - address)
+                with open(self.path, "rb") as f:
+                    f.seek(run.file_offset + address - run.address)
+                    return f.read(length)
+        return b""
+
+
+@contextmanager
+def map_file_range(path: str, offset: int, length: int) -> Iterator[memoryview]:
+    """mmap `length` bytes at `offset` read-only (offset need not be granule aligned)."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    delta = offset - start
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mm = mmap.mmap(fd, delta + length, offset=start, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot map bytes {offset:#x}-{offset + length:#x}: {exc}") from exc
+    finally:
+        os.close(fd)
+    view = memoryview(mm)[delta : delta + length]
+    try:
+        yield view
+    finally:
+        view.release()
+        try:
+            mm.close()
+        except BufferError:
+            pass  # a caller kept a view; the mapping goes when it does
+
+
+def open_checked(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """Check that `path` is a readable regular file; return (path, size).
+
+    Every message names the file and the problem in one line, as the shells print it.
+    """
+    path = os.fspath(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot access: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(path, "is a directory, not a memory dump")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(path, "is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    return path, info.st_size

@@ -1,0 +1,82 @@
+"""Allocation records: a numpy structured array while scanning, dicts only at the edge.
+
+Scans of multi-GiB dumps yield millions of records; keeping them as packed arrays keeps
+memory bounded and lets filters and statistics stay vectorized. `to_dicts` produces the
+objects of the output contract (DESIGN.md section 6) for renderers and the plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from pooltagscan.layouts import Family
+from pooltagscan.tags.patterns import tag_from_bytes
+
+RECORD_DTYPE = np.dtype(
+    [
+        ("offset", "<u8"),  # address of the POOL_HEADER in the scanned address space
+        ("tag", "<u4"),  # tag as in memory, protected bit cleared
+        ("size", "<u4"),  # BlockSize * unit, header included
+        ("pooltype", "u1"),  # raw PoolType field
+        ("pool", "u1"),  # layouts.POOL_*
+        ("state", "u1"),  # layouts.STATE_*
+        ("confidence", "u1"),  # CONFIDENCE_* below
+        ("protected", "?"),
+        ("family", "u1"),  # index into FAMILY_CODES
+    ]
+)
+
+CONFIDENCE_LOW, CONFIDENCE_MEDIUM, CONFIDENCE_HIGH = 0, 1, 2
+CONFIDENCE_NAMES = ("low", "medium", "high")
+POOL_NAMES = ("nonpaged", "paged", "unknown")
+STATE_NAMES = ("allocated", "free", "unknown")
+FAMILY_CODES: tuple[Family, ...] = (Family.X86, Family.X64, Family.SEGMENT_HEAP)
+FAMILY_INDEX = {fam: i for i, fam in enumerate(FAMILY_CODES)}
+
+FIELDS = ("offset", "tag", "protected", "size", "pool", "state", "layout", "confidence")
+
+
+def empty_records() -> np.ndarray:
+    return np.empty(0, dtype=RECORD_DTYPE)
+
+
+class TagNames:
+    """Caches the text form of tag values; dumps repeat a few thousand tags millions of times."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, value: int) -> str:
+        text = self._cache.get(value)
+        if text is None:
+            text = tag_from_bytes(int(value).to_bytes(4, "little"))[0]
+            self._cache[value] = text
+        return text
+
+
+def to_dicts(records: np.ndarray, names: TagNames | None = None) -> Iterator[dict[str, Any]]:
+    """Contract objects, field order as in DESIGN.md section 6."""
+    names = names or TagNames()
+    for offset, tag, size, pool, state, conf, prot, fam in zip(
+        records["offset"].tolist(),
+        records["tag"].tolist(),
+        records["size"].tolist(),
+        records["pool"].tolist(),
+        records["state"].tolist(),
+        records["confidence"].tolist(),
+        records["protected"].tolist(),
+        records["family"].tolist(),
+    ):
+        yield {
+            "offset": offset,
+            "tag": names(tag),
+            "protected": prot,
+            "size": size,
+            "pool": POOL_NAMES[pool],
+            "state": STATE_NAMES[state],
+            "layout": FAMILY_CODES[fam].value,
+            "confidence": CONFIDENCE_NAMES[conf],
+        }

@@ -1,0 +1,79 @@
+"""The library's front door: prepare and run a scan of one image.
+
+Shells (CLI, Volatility plugin, report) call these and render the results; nothing here
+prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pooltagscan.filters import RecordFilter
+from pooltagscan.inputs.base import MemoryImage
+from pooltagscan.layouts import Family
+from pooltagscan.scanner.detect import Detection, detect
+from pooltagscan.scanner.engine import ProgressCallback, scan_image
+from pooltagscan.scanner.pages import ScanConfig
+from pooltagscan.tags.database import TagDatabase
+from pooltagscan.tags.patterns import tag_to_bytes
+
+LAYOUT_CHOICES = ("auto", *(f.value for f in Family))
+
+
+@dataclass
+class PreparedScan:
+    image: MemoryImage
+    detection: Detection
+    config: ScanConfig
+
+    def metadata(self) -> dict:
+        """Facts about the scan for JSON outputs and report headers."""
+        return {
+            "dump": self.image.path,
+            "format": self.image.format,
+            "layout": self.config.family.value,
+            "pooltype_encoding": self.config.encoding.value,
+            "scanned_bytes": self.image.scanned_bytes,
+            "evidence": self.detection.evidence,
+        }
+
+
+def known_tag_values(db: TagDatabase | None) -> np.ndarray:
+    """Sorted uint32 values of the database's exact (wildcard-free) tags."""
+    if db is None:
+        return np.empty(0, np.uint32)
+    values = set()
+    for entry in db.entries:
+        if "?" in entry.tag or "*" in entry.tag:
+            continue
+        try:
+            raw = tag_to_bytes(entry.tag)
+        except ValueError:
+            continue
+        if len(raw) == 4:
+            values.add(int.from_bytes(raw, "little"))
+    return np.array(sorted(values), dtype=np.uint32)
+
+
+def prepare(image: MemoryImage, layout: str = "auto", db: TagDatabase | None = None) -> PreparedScan:
+    """Choose the family (or take the user's) and the PoolType encoding."""
+    if layout not in LAYOUT_CHOICES:
+        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUT_CHOICES)}")
+    forced = None if layout == "auto" else Family(layout)
+    detection = detect(image, forced)
+    config = ScanConfig(detection.family, detection.encoding, known_tag_values(db))
+    return PreparedScan(image, detection, config)
+
+
+def run(
+    prepared: PreparedScan,
+    record_filter: RecordFilter | None = None,
+    jobs: int = 1,
+    progress: ProgressCallback | None = None,
+) -> Iterator[np.ndarray]:
+    """Filtered record batches in address order."""
+    for records in scan_image(prepared.image, prepared.config, jobs, progress):
+        yield record_filter.apply(records) if record_filter else records

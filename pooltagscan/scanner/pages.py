@@ -1,0 +1,94 @@
+"""Turn one window of pages into allocation records, for a chosen family and encoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pooltagscan.layouts import (
+    LAYOUTS,
+    PAGE_SIZE,
+    STATE_ALLOCATED,
+    STATE_UNKNOWN,
+    Encoding,
+    Family,
+    decode_pooltype,
+)
+from pooltagscan.records import (
+    CONFIDENCE_HIGH,
+    CONFIDENCE_LOW,
+    CONFIDENCE_MEDIUM,
+    FAMILY_INDEX,
+    RECORD_DTYPE,
+)
+from pooltagscan.scanner import legacy, segment
+from pooltagscan.scanner.tagbytes import split_protected
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Everything a worker needs to scan a window; small and picklable."""
+
+    family: Family
+    encoding: Encoding
+    # Sorted uint32 tag values a tag database knows; an isolated segment-heap header
+    # with one of these tags is more credible than one with an unheard-of tag.
+    known_tags: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint32))
+
+
+def scan_words(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
+    """Records for a window whose first page is at `address` (page aligned)."""
+    if config.family is Family.SEGMENT_HEAP:
+        return _segment_records(words, address, config)
+    return _legacy_records(words, address, config)
+
+
+def _legacy_records(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
+    layout = LAYOUTS[config.family]
+    chunks = legacy.walk_chains(words, layout)
+    partial = legacy.partial_mask(chunks)
+    keep = chunks.complete | partial
+    confidence = np.where(
+        chunks.complete,
+        np.where(chunks.consistent, CONFIDENCE_HIGH, CONFIDENCE_MEDIUM),
+        CONFIDENCE_LOW,
+    )[keep]
+    _, _, block, pooltype = layout.fields(chunks.w0[keep])
+    tag, protected = split_protected(chunks.tag[keep])
+    pool, state = decode_pooltype(pooltype, config.encoding)
+    offset = address + chunks.page[keep].astype(np.uint64) * PAGE_SIZE + chunks.offset[keep]
+    return _pack(offset, tag, block * layout.unit, pooltype, pool, state, confidence,
+                 protected, config.family)
+
+
+def _segment_records(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
+    found = segment.find_headers(words)
+    linked = found.linked
+    known = np.isin(found.tag, config.known_tags)
+    confidence = np.where(
+        linked, CONFIDENCE_HIGH, np.where(known, CONFIDENCE_MEDIUM, CONFIDENCE_LOW)
+    )
+    pooltype = found.w0 >> 24
+    pool, _ = decode_pooltype(pooltype, Encoding.SEGMENT_HEAP)
+    # An LFH block's header survives its free, so its state stays unknown; see
+    # SegmentHeaders.vs_in_use for when a VS chunk counts as allocated.
+    state = np.where(found.vs_in_use, STATE_ALLOCATED, STATE_UNKNOWN)
+    offset = address + found.slot.astype(np.uint64) * 16
+    block = (found.w0 >> 16) & 0xFF
+    return _pack(offset, found.tag, block * 16, pooltype, pool, state, confidence,
+                 np.zeros(found.slot.size, bool), config.family)
+
+
+def _pack(offset, tag, size, pooltype, pool, state, confidence, protected, family) -> np.ndarray:
+    out = np.empty(len(offset), dtype=RECORD_DTYPE)
+    out["offset"] = offset
+    out["tag"] = tag
+    out["size"] = size
+    out["pooltype"] = pooltype
+    out["pool"] = pool
+    out["state"] = state
+    out["confidence"] = confidence
+    out["protected"] = protected
+    out["family"] = FAMILY_INDEX[family]
+    return out

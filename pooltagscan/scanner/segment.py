@@ -1,0 +1,96 @@
+"""Segment-heap pool pages (Windows 10 19H1+, Windows 11): strict headers plus stride evidence.
+
+Segment-heap headers have PreviousSize and PoolIndex 0, so there is no chain to walk and
+a physical page may start in the middle of a chunk. Every 16-byte slot is tested with
+one masked compare over the whole window; the few survivors are linked:
+- LFH: the next block of the same size starts BlockSize*16 bytes later;
+- VS: the next chunk's POOL_HEADER starts 16 + BlockSize*16 bytes later (after the
+  encoded VS chunk header).
+Links are only looked for inside one physical page, because the next virtual page is
+usually somewhere else in physical memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pooltagscan.layouts import PAGE_SIZE, SEGMENT_POOLTYPE_MASK, SEGMENT_POOLTYPE_VALUE
+from pooltagscan.scanner.tagbytes import printable
+
+SLOTS_PER_PAGE = PAGE_SIZE // 16
+# w0 = PreviousSize | PoolIndex << 8 | BlockSize << 16 | PoolType << 24: both low bytes
+# zero and the PoolType bits fixed by the encoding, in one compare.
+_W0_MASK = np.uint32(0x0000FFFF | (SEGMENT_POOLTYPE_MASK << 24))
+_W0_VALUE = np.uint32(SEGMENT_POOLTYPE_VALUE << 24)
+MAX_BLOCK = 0xFE  # 0xFE0 bytes and more go to big pool, without a header
+
+
+@dataclass
+class SegmentHeaders:
+    """Strict header candidates of a window and their link evidence."""
+
+    slot: np.ndarray  # 16-byte slot index within the window
+    w0: np.ndarray
+    tag: np.ndarray
+    lfh: np.ndarray  # linked to an equal-size neighbour at the LFH stride
+    vs_next: np.ndarray  # a header sits where this VS chunk says the next one starts
+    vs_prev: np.ndarray  # this header sits where a preceding VS chunk says it starts
+
+    @property
+    def linked(self) -> np.ndarray:
+        return self.lfh | self.vs_next | self.vs_prev
+
+    @property
+    def vs_in_use(self) -> np.ndarray:
+        """VS chunks taken as allocated: reached from the chunk before them.
+
+        A freed VS chunk loses its POOL_HEADER to the free-list node, but when a free chunk
+        absorbs its next neighbour, that neighbour's old header survives inside the free
+        chunk and still points forward correctly. Such a stale header has no intact
+        predecessor (the free chunk's start was overwritten), so only a backward link
+        is taken as proof of use; a forward-only link leaves the state unknown.
+        """
+        return self.vs_prev & ~self.lfh
+
+
+def find_headers(words: np.ndarray) -> SegmentHeaders:
+    """Candidates and links for `words` (uint32, shape (pages, 1024))."""
+    flat = words.reshape(-1)
+    w0_all = flat[0::4]
+    slot = np.flatnonzero((w0_all & _W0_MASK) == _W0_VALUE)
+    w0 = w0_all[slot]
+    block = (w0 >> 16) & 0xFF
+    keep = (block > 0) & (block <= MAX_BLOCK)
+    slot, w0, block = slot[keep], w0[keep], block[keep]
+    tag = flat[slot * 4 + 1]
+    keep = printable(tag)
+    slot, w0, block, tag = slot[keep], w0[keep], block[keep], tag[keep]
+
+    in_page = (slot % SLOTS_PER_PAGE).astype(np.int64)
+    paged = (w0 >> 24) & 1
+    lfh_next, lfh_target = _links(slot, in_page, block.astype(np.int64))
+    same = lfh_next.copy()
+    same[lfh_next] = (block[lfh_target[lfh_next]] == block[lfh_next]) & (
+        paged[lfh_target[lfh_next]] == paged[lfh_next]
+    )
+    vs_next, vs_target = _links(slot, in_page, block.astype(np.int64) + 1)
+
+    lfh = same.copy()
+    lfh[lfh_target[same]] = True
+    vs_prev = np.zeros_like(vs_next)
+    vs_prev[vs_target[vs_next]] = True
+    return SegmentHeaders(slot=slot, w0=w0, tag=tag, lfh=lfh, vs_next=vs_next, vs_prev=vs_prev)
+
+
+def _links(slot: np.ndarray, in_page: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each candidate, whether a candidate sits `step` slots later in the same page."""
+    target_slot = slot + step
+    inside = in_page + step < SLOTS_PER_PAGE
+    where = np.searchsorted(slot, target_slot)
+    where = np.minimum(where, max(slot.size - 1, 0))
+    found = inside & (slot.size > 0)
+    if slot.size:
+        found &= slot[where] == target_slot
+    return found, where
