@@ -39,8 +39,11 @@ def ensure_dump(family: str, size: int) -> Path:
     if not path.exists() or path.stat().st_size != size:
         t = time.perf_counter()
         info = make_samples.write_bench_dump(path, family, size)
-        print(f"built {path.name}: {info['allocations']} planted allocations "
-              f"in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(
+            f"built {path.name}: {info['allocations']} planted allocations "
+            f"in {time.perf_counter() - t:.1f} s",
+            file=sys.stderr,
+        )
     return path
 
 
@@ -64,8 +67,21 @@ def our_scan(path: Path, jobs: int) -> tuple[float, int, str]:
 
 def command_rss(path: Path, jobs: int) -> tuple[float, float]:
     """(seconds, peak RSS MiB) of `pooltagscan scan --stats` on the file, largest process."""
-    cmd = [sys.executable, "-m", "pooltagscan", "scan", str(path), "--stats", "-q",
-           "--format", "json", "--jobs", str(jobs), "-o", os.devnull]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pooltagscan",
+        "scan",
+        str(path),
+        "--stats",
+        "-q",
+        "--format",
+        "json",
+        "--jobs",
+        str(jobs),
+        "-o",
+        os.devnull,
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -82,8 +98,12 @@ def main() -> None:
     ap.add_argument("--family", default="win10-1809-x64", choices=make_samples.FAMILIES)
     ap.add_argument("--jobs", type=int, default=default_jobs())
     ap.add_argument("--skip-volatility", action="store_true")
-    ap.add_argument("--rss-gib", type=int, default=0,
-                    help="also build a dump of this many GiB and report the command's peak RSS")
+    ap.add_argument(
+        "--rss-gib",
+        type=int,
+        default=0,
+        help="also build a dump of this many GiB and report the command's peak RSS",
+    )
     args = ap.parse_args()
 
     path = ensure_dump(args.family, args.size_mib << 20)
@@ -100,15 +120,20 @@ def main() -> None:
         from vol_baseline import volatility_pool_scan
 
         vol = volatility_pool_scan(str(path))
-        results.update(volatility_mb_s=round(vol["mb_per_s"], 1), volatility_hits=vol["hits"],
-                       volatility_hits_per_tag=vol["per_tag"])
+        results.update(
+            volatility_mb_s=round(vol["mb_per_s"], 1),
+            volatility_hits=vol["hits"],
+            volatility_hits_per_tag=vol["per_tag"],
+        )
         results["ratio_scan_vs_volatility"] = round(mbs / vol["mb_per_s"], 1)
     results["ratio_scan_vs_read"] = round(mbs / results["read_mb_s"], 3)
     if args.rss_gib:
         big = ensure_dump(args.family, args.rss_gib << 30)
         seconds, rss = command_rss(big, 1)
-        results[f"rss_{args.rss_gib}GiB"] = {"seconds": round(seconds, 1),
-                                             "peak_rss_mib": round(rss, 1)}
+        results[f"rss_{args.rss_gib}GiB"] = {
+            "seconds": round(seconds, 1),
+            "peak_rss_mib": round(rss, 1),
+        }
     print(json.dumps(results, indent=1))
 
 

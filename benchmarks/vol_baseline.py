@@ -31,7 +31,10 @@ def volatility_pool_scan(
     layer = physical.FileLayer(ctx, "bench.layer", "raw")
     ctx.add_layer(layer)
     table = intermed.IntermediateSymbolTable.create(
-        ctx, "bench.poolheader", "windows", isf,
+        ctx,
+        "bench.poolheader",
+        "windows",
+        isf,
         class_types={"_POOL_HEADER": pool.POOL_HEADER_VISTA},
     )
     constraints = poolscanner.PoolScanner.builtin_constraints(table)

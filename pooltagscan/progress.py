@@ -10,8 +10,13 @@ from typing import TextIO
 class ProgressBar:
     """Callable as `(done, total)`; appears only after `delay` seconds so short scans stay quiet."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, delay: float = 1.0,
-                 enabled: bool | None = None):
+    def __init__(
+        self,
+        label: str,
+        stream: TextIO | None = None,
+        delay: float = 1.0,
+        enabled: bool | None = None,
+    ):
         self.stream = stream or sys.stderr
         self.label = label
         self.delay = delay
@@ -32,8 +37,10 @@ class ProgressBar:
         fill = int(frac * width)
         rate = done / elapsed / 1e6 if elapsed > 0 else 0.0
         eta = (total - done) / (done / elapsed) if done and elapsed > 0 else 0.0
-        self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] "
-                          f"{frac:4.0%} {rate:6.0f} MB/s ETA {eta:4.0f}s ")
+        self.stream.write(
+            f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] "
+            f"{frac:4.0%} {rate:6.0f} MB/s ETA {eta:4.0f}s "
+        )
         self.stream.flush()
         self.shown = True
 

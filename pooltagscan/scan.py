@@ -58,7 +58,9 @@ def known_tag_values(db: TagDatabase | None) -> np.ndarray:
     return np.array(sorted(values), dtype=np.uint32)
 
 
-def prepare(image: MemoryImage, layout: str = "auto", db: TagDatabase | None = None) -> PreparedScan:
+def prepare(
+    image: MemoryImage, layout: str = "auto", db: TagDatabase | None = None
+) -> PreparedScan:
     """Choose the family (or take the user's) and the PoolType encoding."""
     if layout not in LAYOUT_CHOICES:
         raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUT_CHOICES)}")

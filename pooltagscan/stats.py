@@ -39,8 +39,12 @@ class TagRow:
     description: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tag": self.tag, **self.counters, "owner": self.owner,
-                "description": self.description}
+        return {
+            "tag": self.tag,
+            **self.counters,
+            "owner": self.owner,
+            "description": self.description,
+        }
 
 
 class TagStats:
@@ -63,10 +67,10 @@ class TagStats:
             (4, ~live),
         ):
             counts[:, col] = np.bincount(inverse[mask], minlength=tags.size)
-            counts[:, col + 1] = np.bincount(inverse[mask], weights=size[mask],
-                                             minlength=tags.size).astype(np.int64)
-        counts[:, 6] = np.bincount(inverse[records["state"] == STATE_UNKNOWN],
-                                   minlength=tags.size)
+            counts[:, col + 1] = np.bincount(
+                inverse[mask], weights=size[mask], minlength=tags.size
+            ).astype(np.int64)
+        counts[:, 6] = np.bincount(inverse[records["state"] == STATE_UNKNOWN], minlength=tags.size)
         counts[:, 7] = np.bincount(inverse, minlength=tags.size)
         counts[:, 8] = np.bincount(inverse, weights=size, minlength=tags.size).astype(np.int64)
         self._merge(tags, counts)
@@ -94,7 +98,11 @@ class TagStats:
         return sort_rows(rows, sort)
 
     def totals(self) -> dict[str, int]:
-        return dict(zip(COLUMNS, self._counts.sum(axis=0).tolist())) if len(self) else dict.fromkeys(COLUMNS, 0)
+        return (
+            dict(zip(COLUMNS, self._counts.sum(axis=0).tolist()))
+            if len(self)
+            else dict.fromkeys(COLUMNS, 0)
+        )
 
 
 def sort_rows(rows: Iterable[TagRow], sort: str) -> list[TagRow]:

@@ -16,8 +16,16 @@ from pooltagscan.scan import prepare, run
 from pooltagscan.tags.database import TagDatabase
 
 FAMILIES = ("xp-x86", "win7-x86", "win7-x64", "win10-1809-x64", "win11-segheap-x64")
-NON_POOL_KINDS = {"text", "utf16", "code-x64", "pointers", "random", "zeros", "page-table",
-                  "big-pool"}
+NON_POOL_KINDS = {
+    "text",
+    "utf16",
+    "code-x64",
+    "pointers",
+    "random",
+    "zeros",
+    "page-table",
+    "big-pool",
+}
 
 
 def scan_family(family: str, layout: str = "auto", jobs: int = 1):
@@ -46,8 +54,12 @@ def test_recall_and_precision(scanned):
     hits = found.keys() & truth.keys()
     recall = len(hits) / len(truth)
     precision = len(hits) / len(found)
-    assert recall >= 0.995, f"{family}: recall {recall:.4f}, missed {sorted(truth.keys() - hits)[:10]}"
-    assert precision >= 0.995, f"{family}: precision {precision:.4f}, extra {sorted(found.keys() - hits)[:10]}"
+    assert recall >= 0.995, (
+        f"{family}: recall {recall:.4f}, missed {sorted(truth.keys() - hits)[:10]}"
+    )
+    assert precision >= 0.995, (
+        f"{family}: precision {precision:.4f}, extra {sorted(found.keys() - hits)[:10]}"
+    )
 
 
 def test_matched_fields_exact(scanned):
@@ -55,7 +67,11 @@ def test_matched_fields_exact(scanned):
     for offset in found.keys() & truth.keys():
         got, want = found[offset], truth[offset]
         assert (got["tag"], got["size"], got["protected"], got["pool"]) == (
-            want["tag"], want["size"], want["protected"], want["pool"]), hex(offset)
+            want["tag"],
+            want["size"],
+            want["protected"],
+            want["pool"],
+        ), hex(offset)
         assert got["layout"] in ("x86", "x64", "x64-segment-heap")
 
 

@@ -83,7 +83,7 @@ class JsonWriter(RecordWriter):
             self._first = False
 
     def end(self) -> None:
-        self.out.write(f"\n], \"count\": {self.count}}}\n")
+        self.out.write(f'\n], "count": {self.count}}}\n')
         self.count = 0
 
 
@@ -100,17 +100,30 @@ class TableWriter(RecordWriter):
 
     def _line(self, cells: tuple[str, ...]) -> str:
         addr, tag, prot, size, pool, state, layout, conf = cells
-        return (f"{addr:>{self._addr}}  {tag:<4}  {prot:1}  {size:>5}  {pool:<8}  "
-                f"{state:<9}  {layout:<16}  {conf}\n")
+        return (
+            f"{addr:>{self._addr}}  {tag:<4}  {prot:1}  {size:>5}  {pool:<8}  "
+            f"{state:<9}  {layout:<16}  {conf}\n"
+        )
 
     def write(self, records: np.ndarray) -> None:
         lines = []
         if self._rows == 0 and records.size:
             lines.append(self._line(self.HEADERS))
         for d in self._dicts(records):
-            lines.append(self._line((
-                f"{d['offset']:#x}", d["tag"], "*" if d["protected"] else "", str(d["size"]),
-                d["pool"], d["state"], d["layout"], d["confidence"])))
+            lines.append(
+                self._line(
+                    (
+                        f"{d['offset']:#x}",
+                        d["tag"],
+                        "*" if d["protected"] else "",
+                        str(d["size"]),
+                        d["pool"],
+                        d["state"],
+                        d["layout"],
+                        d["confidence"],
+                    )
+                )
+            )
         self._rows += records.size
         self.out.write("".join(lines))
 

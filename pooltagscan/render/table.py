@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
-                 right: Sequence[bool] | None = None, max_width: dict[int, int] | None = None) -> str:
+def format_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    right: Sequence[bool] | None = None,
+    max_width: dict[int, int] | None = None,
+) -> str:
     """Columns sized to their widest cell; `right` marks numeric columns."""
     cells = [[str(c) for c in row] for row in rows]
     max_width = max_width or {}

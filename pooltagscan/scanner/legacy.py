@@ -150,4 +150,3 @@ def partial_mask(chunks: ChainChunks) -> np.ndarray:
     all_ok = np.ones(uniq.size, dtype=bool)
     np.logical_and.at(all_ok, inverse, tag_ok)
     return broken & (counts[inverse] >= MIN_PARTIAL_LINKS) & all_ok[inverse]
-

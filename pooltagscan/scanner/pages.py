@@ -58,8 +58,17 @@ def _legacy_records(words: np.ndarray, address: int, config: ScanConfig) -> np.n
     tag, protected = split_protected(chunks.tag[keep])
     pool, state = decode_pooltype(pooltype, config.encoding)
     offset = address + chunks.page[keep].astype(np.uint64) * PAGE_SIZE + chunks.offset[keep]
-    return _pack(offset, tag, block * layout.unit, pooltype, pool, state, confidence,
-                 protected, config.family)
+    return _pack(
+        offset,
+        tag,
+        block * layout.unit,
+        pooltype,
+        pool,
+        state,
+        confidence,
+        protected,
+        config.family,
+    )
 
 
 def _segment_records(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
@@ -76,8 +85,17 @@ def _segment_records(words: np.ndarray, address: int, config: ScanConfig) -> np.
     state = np.where(found.vs_in_use, STATE_ALLOCATED, STATE_UNKNOWN)
     offset = address + found.slot.astype(np.uint64) * 16
     block = (found.w0 >> 16) & 0xFF
-    return _pack(offset, found.tag, block * 16, pooltype, pool, state, confidence,
-                 np.zeros(found.slot.size, bool), config.family)
+    return _pack(
+        offset,
+        found.tag,
+        block * 16,
+        pooltype,
+        pool,
+        state,
+        confidence,
+        np.zeros(found.slot.size, bool),
+        config.family,
+    )
 
 
 def _pack(offset, tag, size, pooltype, pool, state, confidence, protected, family) -> np.ndarray:

@@ -84,7 +84,9 @@ def find_headers(words: np.ndarray) -> SegmentHeaders:
     return SegmentHeaders(slot=slot, w0=w0, tag=tag, lfh=lfh, vs_next=vs_next, vs_prev=vs_prev)
 
 
-def _links(slot: np.ndarray, in_page: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _links(
+    slot: np.ndarray, in_page: np.ndarray, step: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """For each candidate, whether a candidate sits `step` slots later in the same page."""
     target_slot = slot + step
     inside = in_page + step < SLOTS_PER_PAGE

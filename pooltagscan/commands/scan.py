@@ -1,0 +1,154 @@
+"""`pooltagscan scan`: list allocations, or per-tag statistics, of one or more dumps."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TextIO
+
+from pooltagscan.commands.common import EXIT_INPUT, EXIT_OK, UsageError, error, note
+from pooltagscan.errors import InputError
+from pooltagscan.filters import RecordFilter
+from pooltagscan.inputs import open_image
+from pooltagscan.progress import ProgressBar
+from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, STATE_NAMES
+from pooltagscan.render.records import FORMATS, make_writer
+from pooltagscan.render.stats import write_stats
+from pooltagscan.scan import LAYOUT_CHOICES, prepare, run
+from pooltagscan.scanner.engine import default_jobs
+from pooltagscan.stats import SORT_KEYS, TagStats
+from pooltagscan.tags.database import TagDatabase
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    scan = sub.add_parser(
+        "scan",
+        help="list pool allocations in a dump (or per-tag statistics with --stats)",
+        description="Scan raw memory dumps page by page for pool headers (x86, x64, "
+        "Windows 10/11 segment heap), with no kernel symbols.",
+    )
+    scan.add_argument("dumps", nargs="+", metavar="DUMP", help="memory dump file(s)")
+    scan.add_argument(
+        "--stats",
+        action="store_true",
+        help="per-tag counts and bytes, paged/nonpaged/free, like !poolused",
+    )
+    scan.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only tags matching PATTERN (? and * wildcards, case-sensitive, "
+        "repeatable), like !poolfind",
+    )
+    scan.add_argument(
+        "--min-confidence",
+        choices=CONFIDENCE_NAMES,
+        default="low",
+        help="drop records below this confidence (default: low, keep all)",
+    )
+    scan.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        choices=POOL_NAMES,
+        help="only this pool (repeatable)",
+    )
+    scan.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=STATE_NAMES,
+        help="only this state (repeatable)",
+    )
+    scan.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    scan.add_argument(
+        "--layout",
+        choices=LAYOUT_CHOICES,
+        default="auto",
+        help="header family (default: detected from the dump)",
+    )
+    scan.add_argument(
+        "--pooltag",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="WinDbg pooltag.txt or PoolMon localtag.txt (repeatable; also POOLTAGSCAN_POOLTAG)",
+    )
+    scan.add_argument(
+        "--sort", choices=SORT_KEYS, default="bytes", help="order of --stats rows (default: bytes)"
+    )
+    scan.add_argument(
+        "--jobs",
+        type=int,
+        default=default_jobs(),
+        help="worker processes for large dumps (default: all cores)",
+    )
+    scan.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    scan.add_argument(
+        "-q", "--quiet", action="store_true", help="no detection summary or progress on stderr"
+    )
+    scan.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    try:
+        record_filter = RecordFilter.from_names(
+            args.tag, args.min_confidence, args.pool, args.state
+        )
+    except ValueError as exc:
+        raise UsageError(f"--tag: {exc}") from None
+    db = TagDatabase.load(args.pooltag)
+    several = len(args.dumps) > 1
+    writer = None if args.stats else make_writer(args.format, out, {} if not several else None)
+    status = EXIT_OK
+    for path in args.dumps:
+        try:
+            image = open_image(path)
+        except InputError as exc:
+            error(str(exc))
+            status = EXIT_INPUT
+            continue
+        for remark in image.notes:
+            note(args, f"{path}: {remark}")
+        prepared = prepare(image, args.layout, db)
+        how = "chosen by --layout" if args.layout != "auto" else "detected"
+        note(
+            args,
+            f"{path}: {image.format} image, {image.scanned_bytes / 2**20:.1f} MiB "
+            f"scanned; layout {how}: {prepared.detection.describe()}",
+        )
+        if args.layout == "auto" and not any(prepared.detection.evidence.values()):
+            note(
+                args,
+                f"{path}: warning: no pool structure proven in the sampled pages; "
+                "results are unlikely",
+            )
+        meta = prepared.metadata()
+        bar = ProgressBar(
+            f"scanning {os.path.basename(path)}", enabled=False if args.quiet else None
+        )
+        try:
+            if args.stats:
+                stats = TagStats()
+                for records in run(prepared, record_filter, args.jobs, bar):
+                    stats.add(records)
+                bar.close()
+                write_stats(
+                    args.format, out, stats.rows(db.describe, args.sort), stats.totals(), meta
+                )
+            else:
+                assert writer is not None
+                if several:
+                    writer.extra = {"dump": path}
+                meta["max_address"] = max(r.address + r.length for r in image.runs)
+                writer.begin(meta)
+                for records in run(prepared, record_filter, args.jobs, bar):
+                    writer.write(records)
+                bar.close()
+                writer.end()
+        finally:
+            bar.close()
+    return status
