@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "samples"))
@@ -57,16 +59,60 @@ def sequential_read(path: Path) -> float:
     return size / 1e6 / (time.perf_counter() - start)
 
 
-def our_scan(path: Path, jobs: int) -> tuple[float, int, str]:
+class Truth:
+    """Planted header offsets of a bench dump: one unit's manifest, repeated."""
+
+    def __init__(self, family: str, size: int):
+        unit_pages = make_samples.BENCH_UNIT_PAGES
+        _, manifest = make_samples.build_family(family, pages=unit_pages)
+        self.unit = unit_pages * 4096
+        self.offsets = np.array(sorted(a["offset"] for a in manifest["allocations"]), np.int64)
+        self.tags = {a["offset"]: a["tag"] for a in manifest["allocations"]}
+        full, rest = divmod(size, self.unit)
+        self.total = full * self.offsets.size + int(np.count_nonzero(self.offsets < rest))
+
+    def hits(self, offsets: np.ndarray) -> int:
+        """How many of `offsets` are planted headers."""
+        inner = np.asarray(offsets, np.int64) % self.unit
+        return int(np.count_nonzero(np.isin(inner, self.offsets)))
+
+
+def our_scan(path: Path, jobs: int) -> tuple[float, np.ndarray, str]:
+    """(MB/s, offsets of every record, family) of a full, tag-agnostic scan."""
     start = time.perf_counter()
     prepared = prepare(open_image(path))
-    count = sum(len(r) for r in run(prepared, jobs=jobs))
+    offsets = np.concatenate([r["offset"] for r in run(prepared, jobs=jobs)])
     seconds = time.perf_counter() - start
-    return path.stat().st_size / 1e6 / seconds, count, prepared.config.family.value
+    return path.stat().st_size / 1e6 / seconds, offsets, prepared.config.family.value
+
+
+def _hwm_kib(pid: int) -> int:
+    """Peak RSS (VmHWM) of a live process, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
 
 
 def command_rss(path: Path, jobs: int) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of `pooltagscan scan --stats` on the file, largest process."""
+    """(seconds, peak RSS MiB) of `pooltagscan scan --stats` on the file.
+
+    The peak is sampled from /proc every 20 ms (VmHWM of the command, plus its workers when
+    --jobs > 1): rusage would also count the benchmark process the command was forked
+    from, which is far larger than the command itself.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -84,12 +130,15 @@ def command_rss(path: Path, jobs: int) -> tuple[float, float]:
     ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0
+    while proc.poll() is None:
+        total = _hwm_kib(proc.pid) + sum(_hwm_kib(c) for c in _children(proc.pid))
+        peak = max(peak, total)
+        time.sleep(0.02)
     seconds = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"scan command failed with status {status}")
-    # ru_maxrss of the parent only; workers are measured through RUSAGE_CHILDREN below.
-    return seconds, usage.ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise SystemExit(f"scan command failed with status {proc.returncode}")
+    return seconds, peak / 1024
 
 
 def main() -> None:
@@ -98,6 +147,13 @@ def main() -> None:
     ap.add_argument("--family", default="win10-1809-x64", choices=make_samples.FAMILIES)
     ap.add_argument("--jobs", type=int, default=default_jobs())
     ap.add_argument("--skip-volatility", action="store_true")
+    ap.add_argument(
+        "--volatility-mib",
+        type=int,
+        default=64,
+        help="MiB of the dump Volatility scans (0: all); the bench dump repeats a "
+        "16 MiB unit, so a prefix gives the same MB/s in minutes instead of hours",
+    )
     ap.add_argument(
         "--rss-gib",
         type=int,
@@ -110,8 +166,17 @@ def main() -> None:
     results: dict[str, object] = {"file": path.name, "size_mib": args.size_mib}
     sequential_read(path)  # warm the page cache
     results["read_mb_s"] = round(sequential_read(path), 1)
-    mbs, count, family = our_scan(path, 1)
-    results.update(scan_mb_s=round(mbs, 1), records=count, layout=family)
+    truth = Truth(args.family, args.size_mib << 20)
+    mbs, offsets, family = our_scan(path, 1)
+    hits = truth.hits(offsets)
+    results.update(
+        scan_mb_s=round(mbs, 1),
+        layout=family,
+        planted=truth.total,
+        records=int(offsets.size),
+        recall=round(hits / truth.total, 5),
+        precision=round(hits / max(1, offsets.size), 5),
+    )
     mbs_jobs, _, _ = our_scan(path, args.jobs)
     results[f"scan_jobs{args.jobs}_mb_s"] = round(mbs_jobs, 1)
     seconds, rss = command_rss(path, 1)
@@ -123,6 +188,7 @@ def main() -> None:
         results.update(
             volatility_mb_s=round(vol["mb_per_s"], 1),
             volatility_hits=vol["hits"],
+            volatility_precision=round(truth.hits(vol["offsets"]) / max(1, vol["hits"]), 5),
             volatility_hits_per_tag=vol["per_tag"],
         )
         results["ratio_scan_vs_volatility"] = round(mbs / vol["mb_per_s"], 1)

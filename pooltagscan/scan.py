@@ -34,6 +34,10 @@ class PreparedScan:
         return {
             "dump": self.image.path,
             "format": self.image.format,
+            # A flat image does not say; the header family does (x86 or x64).
+            "architecture": self.image.architecture
+            or ("x86" if self.config.family is Family.X86 else "x64"),
+            "format_details": dict(self.image.details),
             "layout": self.config.family.value,
             "pooltype_encoding": self.config.encoding.value,
             "scanned_bytes": self.image.scanned_bytes,
@@ -76,6 +80,14 @@ def run(
     jobs: int = 1,
     progress: ProgressCallback | None = None,
 ) -> Iterator[np.ndarray]:
-    """Filtered record batches in address order."""
-    for records in scan_image(prepared.image, prepared.config, jobs, progress):
+    """Filtered record batches in address order.
+
+    Records whose header bytes the dump does not hold (padding around a minidump
+    fragment) are dropped first; images that store whole pages keep everything.
+    """
+    image = prepared.image
+    if not image.parallel_ok:
+        jobs = 1  # the image lives in this process (e.g. read through a Volatility layer)
+    for records in scan_image(image, prepared.config, jobs, progress):
+        records = image.captured_only(records)
         yield record_filter.apply(records) if record_filter else records

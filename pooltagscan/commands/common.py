@@ -21,3 +21,41 @@ def note(args: argparse.Namespace, text: str) -> None:
 
 def error(text: str) -> None:
     print(f"{PROG}: error: {text}", file=sys.stderr)
+
+
+def add_dump_options(parser: argparse.ArgumentParser) -> None:
+    """--layout, --pooltag and --jobs: every command that scans a dump takes them."""
+    from pooltagscan.scan import LAYOUT_CHOICES
+    from pooltagscan.scanner.engine import default_jobs
+
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUT_CHOICES,
+        default="auto",
+        help="header family (default: detected from the dump)",
+    )
+    parser.add_argument(
+        "--pooltag",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="WinDbg pooltag.txt or PoolMon localtag.txt (repeatable; also POOLTAGSCAN_POOLTAG)",
+    )
+    add_jobs_option(parser, default_jobs(), "worker processes for large dumps")
+
+
+def add_jobs_option(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+    parser.add_argument(
+        "--jobs", type=int, default=default, help=f"{what} (default: all cores, {default})"
+    )
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """-o/--output and -q/--quiet, shared by every command."""
+    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no notes or progress on stderr")
+
+
+def check_jobs(args: argparse.Namespace) -> None:
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")

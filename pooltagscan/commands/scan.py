@@ -6,7 +6,16 @@ import argparse
 import os
 from typing import TextIO
 
-from pooltagscan.commands.common import EXIT_INPUT, EXIT_OK, UsageError, error, note
+from pooltagscan.commands.common import (
+    EXIT_INPUT,
+    EXIT_OK,
+    UsageError,
+    add_dump_options,
+    add_output_options,
+    check_jobs,
+    error,
+    note,
+)
 from pooltagscan.errors import InputError
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs import open_image
@@ -14,10 +23,11 @@ from pooltagscan.progress import ProgressBar
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, STATE_NAMES
 from pooltagscan.render.records import FORMATS, make_writer
 from pooltagscan.render.stats import write_stats
-from pooltagscan.scan import LAYOUT_CHOICES, prepare, run
-from pooltagscan.scanner.engine import default_jobs
+from pooltagscan.render.yarahits import write_hits
+from pooltagscan.scan import prepare, run
 from pooltagscan.stats import SORT_KEYS, TagStats
 from pooltagscan.tags.database import TagDatabase
+from pooltagscan.yarascan import compile_rules, scan_yara
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,37 +73,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     scan.add_argument("--format", choices=FORMATS, default="table", help="output format")
     scan.add_argument(
-        "--layout",
-        choices=LAYOUT_CHOICES,
-        default="auto",
-        help="header family (default: detected from the dump)",
-    )
-    scan.add_argument(
-        "--pooltag",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="WinDbg pooltag.txt or PoolMon localtag.txt (repeatable; also POOLTAGSCAN_POOLTAG)",
-    )
-    scan.add_argument(
         "--sort", choices=SORT_KEYS, default="bytes", help="order of --stats rows (default: bytes)"
     )
+    add_dump_options(scan)
+    add_output_options(scan)
     scan.add_argument(
-        "--jobs",
-        type=int,
-        default=default_jobs(),
-        help="worker processes for large dumps (default: all cores)",
-    )
-    scan.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    scan.add_argument(
-        "-q", "--quiet", action="store_true", help="no detection summary or progress on stderr"
+        "--yara",
+        action="append",
+        default=[],
+        metavar="RULES",
+        help="run YARA rules (file or folder, repeatable) over the dump and report each hit "
+        "with the pool allocation holding it (--tag then filters by that allocation's tag)",
     )
     scan.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
+    check_jobs(args)
     try:
         record_filter = RecordFilter.from_names(
             args.tag, args.min_confidence, args.pool, args.state
@@ -101,8 +97,13 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     except ValueError as exc:
         raise UsageError(f"--tag: {exc}") from None
     db = TagDatabase.load(args.pooltag)
+    rules = compile_rules(args.yara) if args.yara else None
+    if rules is not None and args.stats:
+        raise UsageError("--yara and --stats do not go together")
     several = len(args.dumps) > 1
-    writer = None if args.stats else make_writer(args.format, out, {} if not several else None)
+    writer = (
+        None if args.stats or rules else make_writer(args.format, out, {} if not several else None)
+    )
     status = EXIT_OK
     for path in args.dumps:
         try:
@@ -117,7 +118,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         how = "chosen by --layout" if args.layout != "auto" else "detected"
         note(
             args,
-            f"{path}: {image.format} image, {image.scanned_bytes / 2**20:.1f} MiB "
+            f"{path}: {image.describe()}; {image.scanned_bytes / 2**20:.1f} MiB "
             f"scanned; layout {how}: {prepared.detection.describe()}",
         )
         if args.layout == "auto" and not any(prepared.detection.evidence.values()):
@@ -131,7 +132,15 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
             f"scanning {os.path.basename(path)}", enabled=False if args.quiet else None
         )
         try:
-            if args.stats:
+            if rules is not None:
+                hits = scan_yara(prepared, rules, bar)
+                if record_filter.tags is not None:
+                    hits = (
+                        h for h in hits if h.tag is not None and record_filter.tags.matches(h.tag)
+                    )
+                write_hits(args.format, out, hits, meta, path if several else None)
+                bar.close()
+            elif args.stats:
                 stats = TagStats()
                 for records in run(prepared, record_filter, args.jobs, bar):
                     stats.add(records)

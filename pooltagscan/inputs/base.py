@@ -2,7 +2,10 @@
 
 The scanner never sees file formats. An input describes its address space as runs of
 (address, file offset, length) and hands out read-only numpy views of windows of them;
-for flat files and minidumps the bytes come straight from an mmap of the evidence.
+for flat files and the container formats whose page map Volatility reads for us (crash
+dumps, LiME, ELF cores, VMware) the bytes come straight from an mmap of the evidence.
+Kernel minidumps override `words` to assemble pages from fragments (see `minidump`).
+Subclasses must stay picklable when `parallel_ok`: worker processes receive the image.
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ import numpy as np
 
 from pooltagscan.errors import InputError
 from pooltagscan.layouts import PAGE_SIZE
+
+# Human names of MemoryImage.format values (the values are what JSON outputs carry).
+FORMAT_NAMES = {
+    "raw": "raw image",
+    "crashdump": "Windows crash dump",
+    "minidump": "Windows kernel minidump",
+    "lime": "LiME dump",
+    "elfcore": "ELF core dump",
+    "vmware": "VMware .vmem with saved state",
+    "volatility-layer": "Volatility layer",
+}
+# `details` keys worth a word in the one-line summary the shells print.
+SUMMARY_KEYS = ("dump_type", "build", "bugcheck", "data_blocks", "ranges", "segments", "regions")
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,30 @@ class MemoryImage:
     def scanned_bytes(self) -> int:
         return sum(r.length for r in self.runs)
 
+    @property
+    def parallel_ok(self) -> bool:
+        """Whether worker processes may scan this image (it must survive a fork or pickle)."""
+        return True
+
+    def describe(self) -> str:
+        """One human line for the shells: format, architecture and the salient details."""
+        parts = [FORMAT_NAMES.get(self.format, self.format)]
+        if self.architecture:
+            parts.append(self.architecture)
+        parts += [
+            f"{k.replace('_', ' ')} {v}" for k, v in self.details.items() if k in SUMMARY_KEYS
+        ]
+        return ", ".join(parts)
+
+    def captured_only(self, records: np.ndarray) -> np.ndarray:
+        """Drop records whose header bytes the dump does not hold.
+
+        Flat and physical formats store whole pages, so every record is kept; formats
+        that store fragments of pages (kernel minidumps) override this so that a
+        header half made of the zeros padding a fragment is never reported.
+        """
+        return records
+
     def windows(self, window_bytes: int) -> Iterator[Window]:
         """Split the runs into windows of at most `window_bytes` (page multiples)."""
         step = max(PAGE_SIZE, window_bytes - window_bytes % PAGE_SIZE)
@@ -84,6 +124,9 @@ class MemoryImage:
         return b""
 
 
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
 @contextmanager
 def map_file_range(path: str, offset: int, length: int) -> Iterator[memoryview]:
     """mmap `length` bytes at `offset` read-only (offset need not be granule aligned)."""
@@ -91,7 +134,16 @@ def map_file_range(path: str, offset: int, length: int) -> Iterator[memoryview]:
     delta = offset - start
     fd = os.open(path, os.O_RDONLY)
     try:
-        mm = mmap.mmap(fd, delta + length, offset=start, access=mmap.ACCESS_READ)
+        if _POPULATE:  # read-only shared mapping, faulted in at once: fewer page faults
+            mm = mmap.mmap(
+                fd,
+                delta + length,
+                flags=mmap.MAP_SHARED | _POPULATE,
+                prot=mmap.PROT_READ,
+                offset=start,
+            )
+        else:
+            mm = mmap.mmap(fd, delta + length, offset=start, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
         raise InputError(path, f"cannot map bytes {offset:#x}-{offset + length:#x}: {exc}") from exc
     finally:

@@ -21,7 +21,7 @@ MIN_PARTIAL_LINKS = 3
 
 @dataclass
 class ChainChunks:
-    """Chunks found on chain walks, one entry per chunk, grouped by page in walk order."""
+    """Chunks found on chain walks, one entry per chunk, in walk order (not address order)."""
 
     page: np.ndarray  # page index within the window
     offset: np.ndarray  # byte offset of the header within its page
@@ -29,52 +29,54 @@ class ChainChunks:
     tag: np.ndarray
     complete: np.ndarray  # the chunk's page chain reached the page end exactly
     consistent: np.ndarray  # the page's chain has one pool class and printable tags
+    chain: np.ndarray  # which walked page (index into the walk's start pages)
+    walked: int  # how many pages were walked
 
 
 def walk_chains(words: np.ndarray, layout: Layout) -> ChainChunks:
-    """Walk the header chain of every page of `words` (shape (pages, 1024), uint32)."""
+    """Walk the header chain of every page of `words` (shape (pages, 1024), uint32).
+
+    The state of the walks still under way is kept compact (one entry per active page)
+    and every step is one gather from the flat window, so a step costs a few numpy calls
+    whatever the number of pages.
+    """
     units = layout.units_per_page
     words_per_unit = layout.unit // 4
+    words_per_page = words.shape[1]
+    flat = words.reshape(-1)
     prev, _, block, pooltype = layout.fields(words[:, 0])
     starts = np.flatnonzero((prev == 0) & (block > 0) & (pooltype < LEGACY_POOLTYPE_LIMIT))
-
-    pages_out: list[np.ndarray] = []
-    pos_out: list[np.ndarray] = []
-    w0_out: list[np.ndarray] = []
-    tag_out: list[np.ndarray] = []
-
     n = starts.size
+
+    out_id: list[np.ndarray] = []
+    out_at: list[np.ndarray] = []
+    out_w0: list[np.ndarray] = []
     complete = np.zeros(n, dtype=bool)
-    pos = np.zeros(n, dtype=np.int64)  # in units
+    ids = np.arange(n)
+    base = starts * words_per_page
+    at = np.zeros(n, dtype=np.int64)  # in units
     last = np.zeros(n, dtype=np.uint32)
-    active = np.arange(n)
-    while active.size:
-        page = starts[active]
-        at = pos[active]
-        col = at * words_per_unit
-        w0 = words[page, col]
-        tag = words[page, col + 1]
+    while ids.size:
+        w0 = flat[base + at * words_per_unit]
         p, _, b, t = layout.fields(w0)
-        ok = (p == last[active]) & (b > 0) & (t < LEGACY_POOLTYPE_LIMIT) & (at + b <= units)
-        pages_out.append(active[ok])
-        pos_out.append(at[ok])
-        w0_out.append(w0[ok])
-        tag_out.append(tag[ok])
-        nxt = at + b
-        done = ok & (nxt == units)
-        complete[active[done]] = True
-        go = ok & ~done
-        pos[active[go]] = nxt[go]
-        last[active[go]] = b[go]
-        active = active[go]
+        ok = (p == last) & (b > 0) & (t < LEGACY_POOLTYPE_LIMIT) & (at + b <= units)
+        if not ok.all():
+            ids, base, at, w0, b = ids[ok], base[ok], at[ok], w0[ok], b[ok]
+        out_id.append(ids)
+        out_at.append(at)
+        out_w0.append(w0)
+        at = at + b
+        done = at == units
+        if done.any():
+            complete[ids[done]] = True
+            going = ~done
+            ids, base, at, b = ids[going], base[going], at[going], b[going]
+        last = b
 
-    chain = np.concatenate(pages_out) if pages_out else np.empty(0, np.int64)
-    order = np.argsort(chain, kind="stable")  # group by page, keeping walk order
-    chain = chain[order]
-    w0 = np.concatenate(w0_out)[order] if w0_out else np.empty(0, np.uint32)
-    tag = np.concatenate(tag_out)[order] if tag_out else np.empty(0, np.uint32)
-    at = np.concatenate(pos_out)[order] if pos_out else np.empty(0, np.int64)
-
+    chain = np.concatenate(out_id) if out_id else np.empty(0, np.int64)
+    at = np.concatenate(out_at) if out_at else np.empty(0, np.int64)
+    w0 = np.concatenate(out_w0) if out_w0 else np.empty(0, np.uint32)
+    tag = flat[starts[chain] * words_per_page + at * words_per_unit + 1]
     consistent = _page_consistency(chain, w0, tag, layout, n)
     return ChainChunks(
         page=starts[chain],
@@ -83,6 +85,8 @@ def walk_chains(words: np.ndarray, layout: Layout) -> ChainChunks:
         tag=tag,
         complete=complete[chain],
         consistent=consistent[chain],
+        chain=chain,
+        walked=n,
     )
 
 
@@ -120,12 +124,9 @@ def chain_votes(chunks: ChainChunks, layout: Layout) -> tuple[int, int]:
     keep = chunks.complete & chunks.consistent
     if not keep.any():
         return 0, 0
-    page = chunks.page[keep]
     _, _, _, pooltype = layout.fields(chunks.w0[keep])
-    low2 = (pooltype & 3).astype(np.int64)
-    uniq, inverse = np.unique(page, return_inverse=True)
-    present = np.zeros((uniq.size, 4), dtype=bool)
-    present[inverse, low2] = True
+    present = np.zeros((chunks.walked, 4), dtype=bool)
+    present[chunks.chain[keep], (pooltype & 3).astype(np.int64)] = True
     _, has1, has2, has3 = present.T
     xp = int(np.count_nonzero(has1 & ~has2 & ~has3))
     vista = int(np.count_nonzero(has3))
@@ -135,18 +136,16 @@ def chain_votes(chunks: ChainChunks, layout: Layout) -> tuple[int, int]:
 def complete_pages(chunks: ChainChunks) -> int:
     """How many pages carried a complete, consistent chain."""
     keep = chunks.complete & chunks.consistent
-    return int(np.unique(chunks.page[keep]).size)
+    return int(np.count_nonzero(np.bincount(chunks.chain[keep], minlength=chunks.walked)))
 
 
 def partial_mask(chunks: ChainChunks) -> np.ndarray:
-    """Chunks of broken chains that still have MIN_PARTIAL_LINKS printable links."""
+    """Chunks of broken chains that still have MIN_PARTIAL_LINKS links, all printable."""
     broken = ~chunks.complete
     if not broken.any():
         return broken
-    tag_ok = printable(chunks.tag, allow_protected=True)
-    page = chunks.page
-    # Count links per broken page and require all of them printable.
-    uniq, inverse, counts = np.unique(page, return_inverse=True, return_counts=True)
-    all_ok = np.ones(uniq.size, dtype=bool)
-    np.logical_and.at(all_ok, inverse, tag_ok)
-    return broken & (counts[inverse] >= MIN_PARTIAL_LINKS) & all_ok[inverse]
+    bad = ~printable(chunks.tag, allow_protected=True)
+    links = np.bincount(chunks.chain, minlength=chunks.walked)
+    bad_links = np.bincount(chunks.chain, weights=bad, minlength=chunks.walked)
+    good_page = (links >= MIN_PARTIAL_LINKS) & (bad_links == 0)
+    return broken & good_page[chunks.chain]

@@ -58,7 +58,7 @@ def _legacy_records(words: np.ndarray, address: int, config: ScanConfig) -> np.n
     tag, protected = split_protected(chunks.tag[keep])
     pool, state = decode_pooltype(pooltype, config.encoding)
     offset = address + chunks.page[keep].astype(np.uint64) * PAGE_SIZE + chunks.offset[keep]
-    return _pack(
+    records = _pack(
         offset,
         tag,
         block * layout.unit,
@@ -69,6 +69,11 @@ def _legacy_records(words: np.ndarray, address: int, config: ScanConfig) -> np.n
         protected,
         config.family,
     )
+    # Walks run page-parallel, each page's chunks in address order: a stable sort on the
+    # page index (a 16-bit radix sort for windows under 256 MiB) restores address order.
+    page = chunks.page[keep]
+    key = page.astype(np.uint16) if words.shape[0] <= 0xFFFF else page
+    return records[np.argsort(key, kind="stable")]
 
 
 def _segment_records(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""`pooltagscan diff OLD NEW`: per-tag growth between two dumps or saved statistics."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from typing import TextIO
+
+from pooltagscan.commands.common import (
+    EXIT_OK,
+    add_dump_options,
+    add_output_options,
+    check_jobs,
+    note,
+)
+from pooltagscan.diff import DIFF_SORTS, diff, load_snapshot
+from pooltagscan.progress import ProgressBar
+from pooltagscan.render.table import format_table
+from pooltagscan.tags.database import TagDatabase
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "diff",
+        help="per-tag growth between two dumps (or saved --stats json files), for leaks",
+        description="Compare the per-tag allocation counts and bytes of two dumps, or of "
+        "files saved with `scan --stats --format json`, sorted by growth like PoolMon.",
+    )
+    parser.add_argument("old", metavar="OLD", help="baseline dump or saved statistics")
+    parser.add_argument("new", metavar="NEW", help="later dump or saved statistics")
+    parser.add_argument(
+        "--sort",
+        choices=DIFF_SORTS,
+        default="bytes",
+        help="bytes or count growth, largest first, or tag (default: bytes)",
+    )
+    parser.add_argument("--changed", action="store_true", help="only tags whose counts changed")
+    parser.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table")
+    add_dump_options(parser)
+    add_output_options(parser)
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    check_jobs(args)
+    db = TagDatabase.load(args.pooltag)
+    snaps = []
+    for path in (args.old, args.new):
+        bar = ProgressBar(f"scanning {path}", enabled=False if args.quiet else None)
+        snaps.append(load_snapshot(path, args.layout, db, args.jobs, bar))
+        bar.close()
+        note(args, f"{path}: {len(snaps[-1].allocs)} tags")
+    rows = diff(*snaps, describe=db.describe, sort=args.sort)
+    if args.changed:
+        rows = [r for r in rows if r.delta_allocs or r.delta_bytes]
+    if args.format == "json":
+        json.dump(
+            {
+                "kind": "pooltagscan-diff",
+                "old": snaps[0].source,
+                "new": snaps[1].source,
+                "tags": [r.as_dict() for r in rows],
+            },
+            out,
+            indent=1,
+        )
+        out.write("\n")
+    elif args.format == "jsonl":
+        out.writelines(json.dumps(r.as_dict()) + "\n" for r in rows)
+    elif args.format == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        fields = list(rows[0].as_dict()) if rows else ["tag"]
+        writer.writerow(fields)
+        writer.writerows(r.as_dict().values() for r in rows)
+    else:
+        headers = (
+            "Tag",
+            "Old Allocs",
+            "New Allocs",
+            "Δ Allocs",
+            "Old Bytes",
+            "New Bytes",
+            "Δ Bytes",
+            "Owner",
+            "Description",
+        )
+        body = [
+            (
+                r.tag,
+                r.old_allocs,
+                r.new_allocs,
+                f"{r.delta_allocs:+d}",
+                r.old_bytes,
+                r.new_bytes,
+                f"{r.delta_bytes:+d}",
+                r.owner,
+                r.description,
+            )
+            for r in rows
+        ]
+        right = [False] + [True] * 6 + [False, False]
+        out.write(format_table(headers, body, right, max_width={7: 14, 8: 30}) + "\n")
+    return EXIT_OK

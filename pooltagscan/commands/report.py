@@ -1,0 +1,85 @@
+"""`pooltagscan report DUMP --drivers PATH...`: which driver owns each tag in a dump."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TextIO
+
+from pooltagscan.commands.common import (
+    EXIT_INPUT,
+    EXIT_OK,
+    add_dump_options,
+    add_output_options,
+    check_jobs,
+    error,
+    note,
+)
+from pooltagscan.errors import InputError
+from pooltagscan.progress import ProgressBar
+from pooltagscan.report.build import make_report
+from pooltagscan.report.text import write_report
+from pooltagscan.tags.database import TagDatabase
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "report",
+        help="attribution report: every tag in a dump with its likely owner driver",
+        description="Scan a dump and a set of drivers, and list every pool tag found in "
+        "the dump with its usage, the tag database's owner and description, and the "
+        "scanned drivers that allocate with it. Tags no database knows but a driver uses "
+        "come first, then tags nobody can explain, then known tags.",
+    )
+    parser.add_argument("dump", metavar="DUMP")
+    parser.add_argument(
+        "--drivers",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="driver files or folders to attribute tags to",
+    )
+    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
+    parser.add_argument(
+        "--baseline",
+        metavar="OLD",
+        help="earlier dump or saved `scan --stats --format json`: adds growth",
+    )
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument(
+        "--rules",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra YARA rule file for the driver scan (repeatable)",
+    )
+    add_dump_options(parser)
+    add_output_options(parser)
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    check_jobs(args)
+    db = TagDatabase.load(args.pooltag)
+    bar = ProgressBar(
+        f"scanning {os.path.basename(args.dump)}", enabled=False if args.quiet else None
+    )
+    try:
+        report = make_report(
+            args.dump, args.drivers, db, args.baseline, args.layout, args.jobs, args.rules, bar
+        )
+    finally:
+        bar.close()
+    for problem in report.problems:
+        error(problem)
+    write_report(args.format, out, report)
+    if args.html:
+        from pooltagscan.report.html import write_html
+
+        try:
+            with open(args.html, "w", encoding="utf-8") as f:
+                write_html(report, f)
+        except OSError as exc:
+            raise InputError(args.html, f"cannot write: {exc.strerror or exc}") from None
+        note(args, f"HTML report written to {args.html}")
+    return EXIT_INPUT if report.problems else EXIT_OK

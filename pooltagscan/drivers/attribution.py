@@ -1,0 +1,416 @@
+"""Attribution records, the analysis of one driver file, and the batch over many.
+
+`analyze_file` runs the stages on one file: load and validate the PE, YARA prefilter,
+import table (by name, and by ordinal when the exporting module is in the batch),
+disassembly index, data flow per pool API call site, YARA fallback for the sites data
+flow could not resolve. `scan_batch` runs it over files and folders, in worker
+processes when the batch is large, and yields one `DriverReport` or `DriverFailure`
+per file in input order. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from capstone import x86 as cs_x86
+
+from pooltagscan.drivers.apis import POOL_APIS, PoolApi, lookup, module_key
+from pooltagscan.drivers.dataflow import DIRECT, GLOBAL, WRAPPER, SiteResult, TagResolver
+from pooltagscan.drivers.disasm import NO_FALLTHROUGH, CodeIndex
+from pooltagscan.drivers.pe import DriverImage, load_image, read_file
+from pooltagscan.drivers.yarascan import RuleSet, is_tag_like
+from pooltagscan.errors import InputError
+from pooltagscan.tags.patterns import tag_from_bytes
+
+__all__ = [
+    "CONFIDENCE",
+    "YARA",
+    "AnalysisContext",
+    "DriverFailure",
+    "DriverReport",
+    "Finding",
+    "Unresolved",
+    "analyze_file",
+    "default_jobs",
+    "expand_paths",
+    "ordinal_exports",
+    "scan_batch",
+]
+
+YARA = "yara"
+#: Confidence of each kind of evidence.
+CONFIDENCE = {DIRECT: "high", WRAPPER: "high", GLOBAL: "medium", YARA: "low"}
+
+# How far before a call site the YARA fallback looks for tag-like immediates.
+_FALLBACK_WINDOW = 96
+# Batches smaller than this run in-process: starting workers costs more than it saves.
+_MIN_PARALLEL_FILES = 8
+_PROVIDERS = frozenset(module for api in POOL_APIS.values() for module in api.modules)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One tag constant that reaches a pool API in a driver.
+
+    `site` is the call whose argument carries the constant (the API call itself, or the
+    outermost call of the driver's own wrapper), `api_site` the call to the API, `via`
+    the wrapper functions in between (innermost first), `source` the instruction that
+    loads the constant (or the global variable holding it). All addresses are RVAs.
+    `rule` names the YARA rule for fallback findings.
+    """
+
+    value: int
+    api: str
+    site: int
+    api_site: int
+    evidence: str
+    source: int
+    via: tuple[int, ...] = ()
+    rule: str | None = None
+
+    @property
+    def confidence(self) -> str:
+        return CONFIDENCE[self.evidence]
+
+    @property
+    def raw(self) -> bytes:
+        """The four tag bytes as the allocation's pool header holds them."""
+        return self.value.to_bytes(4, "little")
+
+    @property
+    def tag(self) -> str:
+        """Tag text as `scan` reports it: protected bit cleared, `\\xNN` escapes."""
+        return tag_from_bytes(self.raw)[0]
+
+    @property
+    def protected(self) -> bool:
+        """The driver sets the pre-Windows 8 protected bit (`Tag | PROTECTED_POOL`)."""
+        return tag_from_bytes(self.raw)[1]
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A pool API call whose tag neither data flow nor the fallback recovered.
+
+    `partial` when some paths into the call did give tags (reported as findings) and
+    only the others could not be followed; the fallback is not tried then.
+    """
+
+    api: str
+    site: int
+    reasons: tuple[str, ...]
+    partial: bool = False
+
+
+@dataclass
+class DriverReport:
+    """Everything learned about one driver file."""
+
+    path: str
+    arch: str
+    findings: list[Finding] = field(default_factory=list)
+    pool_apis: tuple[str, ...] = ()  # the pool APIs it imports
+    call_sites: int = 0  # pool API calls analysed
+    untagged_frees: int = 0  # free calls passing tag 0, i.e. ExFreePool (see apis.py)
+    unresolved: list[Unresolved] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+@dataclass(frozen=True)
+class DriverFailure:
+    """A file that could not be analysed; `problem` is the one-line reason."""
+
+    path: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+@dataclass
+class AnalysisContext:
+    """What every file's analysis shares: the rules and the batch's ordinal exports."""
+
+    rules: RuleSet
+    ordinals: dict[tuple[str, str, int], str] = field(default_factory=dict)
+
+    def ordinal_name(self, module: str, arch: str, ordinal: int) -> str | None:
+        return self.ordinals.get((module_key(module), arch, ordinal))
+
+
+# -- one file ---------------------------------------------------------------------------
+
+
+def _pool_slots(
+    image: DriverImage, context: AnalysisContext, report: DriverReport
+) -> dict[int, PoolApi]:
+    imports = image.imports()
+    image.check_kernel_imports(imports)
+    slots: dict[int, PoolApi] = {}
+    unresolved_ordinals: dict[str, list[int]] = {}
+    for entry in imports:
+        name = entry.name
+        if name is None and entry.ordinal is not None:
+            name = context.ordinal_name(entry.module, image.arch, entry.ordinal)
+            if name is None and module_key(entry.module) in _PROVIDERS:
+                unresolved_ordinals.setdefault(entry.module, []).append(entry.ordinal)
+        api = lookup(entry.module, name) if name else None
+        if api is not None:
+            slots[entry.slot] = api
+    for module, ordinals in unresolved_ordinals.items():
+        listed = ", ".join(str(o) for o in sorted(ordinals))
+        report.notes.append(
+            f"imports ordinal(s) {listed} from {module}, which cannot be named without "
+            f"{module} ({image.arch}) in the same batch"
+        )
+    report.pool_apis = tuple(sorted({api.name for api in slots.values()}))
+    return slots
+
+
+def _fallback(index: CodeIndex, rules: RuleSet, result: SiteResult, api: PoolApi) -> list[Finding]:
+    """Tag-like immediates matched by `tag_immediate` rules just before the call."""
+    site = result.site.rva
+    position = index.index_of(site)
+    if position is None or rules.immediates is None:
+        return []
+    # The window: back from the call, at most _FALLBACK_WINDOW bytes, not past the
+    # entry of the enclosing function nor past a return or padding (another function).
+    start = site
+    cursor = position - 1
+    while cursor >= 0 and site - index.starts[cursor] <= _FALLBACK_WINDOW:
+        rva = index.starts[cursor]
+        if index.flags[cursor] & NO_FALLTHROUGH:
+            insn = index.decode(rva)
+            if insn is None or insn.mnemonic != "jmp":
+                break
+        start = rva
+        if index.is_function_start(rva):
+            break
+        cursor -= 1
+    findings = []
+    seen = set()
+    for hit in rules.immediate_hits(index.code_bytes(start, site)):
+        # Decode the instruction holding the match's last byte: the immediate.
+        last = index.containing(start + hit.offset + hit.length - 1)
+        if last is None or index.starts[last] in seen:
+            continue
+        insn = index.decode(index.starts[last])
+        if insn is None or insn.mnemonic not in ("mov", "push"):
+            continue
+        for operand in insn.operands:
+            if operand.type != cs_x86.X86_OP_IMM or not -(2**31) <= operand.imm < 2**32:
+                continue
+            value = operand.imm & 0xFFFFFFFF
+            if is_tag_like(value):
+                seen.add(insn.address)
+                findings.append(
+                    Finding(value, api.name, site, site, YARA, insn.address, rule=hit.rule)
+                )
+    return findings
+
+
+def analyze_image(image: DriverImage, context: AnalysisContext) -> DriverReport:
+    """Attribute the tags of one validated image."""
+    report = DriverReport(image.path, image.arch)
+    if not context.rules.imports_pool_api(image.data):
+        return report
+    slots = _pool_slots(image, context, report)
+    if not slots:
+        return report
+    index = CodeIndex(image, slots, skip=image.import_data_ranges())
+    resolver = TagResolver(index, slots)
+    sites = index.api_sites + resolver.register_sites()
+    found: dict[tuple, Finding] = {}
+    for site in sites:
+        api = slots[site.slot]
+        if site.jump and index.is_function_start(site.rva):
+            # An import thunk: its callers are the calls (linkers emit one per import,
+            # called or not).
+            callers = len(index.callers(site.rva))
+            if not callers:
+                continue
+            report.call_sites += callers
+        else:
+            report.call_sites += 1
+        result = resolver.resolve(site, api)
+        untagged: set[int] = set()
+        for value in result.values:
+            if value.value == 0 and api.zero_is_untagged:
+                untagged.add(value.api_site)
+                continue
+            finding = Finding(
+                value.value,
+                api.name,
+                value.site,
+                value.api_site,
+                value.evidence,
+                value.source,
+                value.via,
+            )
+            found.setdefault(_key(finding), finding)
+        report.untagged_frees += len(untagged)
+        reasons = tuple(dict.fromkeys(result.failures))
+        if not result.values:
+            fallback = _fallback(index, context.rules, result, api)
+            for finding in fallback:
+                found.setdefault(_key(finding), finding)
+            if not fallback:
+                report.unresolved.append(Unresolved(api.name, site.rva, reasons))
+        elif reasons:
+            report.unresolved.append(Unresolved(api.name, site.rva, reasons, partial=True))
+    report.findings = sorted(
+        found.values(), key=lambda f: (f.tag, f.raw, f.api, f.site, f.evidence)
+    )
+    return report
+
+
+def _key(finding: Finding) -> tuple:
+    return (finding.value, finding.api, finding.site, finding.api_site, finding.evidence)
+
+
+def analyze_file(path: str, context: AnalysisContext) -> DriverReport:
+    """Read, validate and attribute one file; InputError says why a file is unusable."""
+    return analyze_image(load_image(path, read_file(path)), context)
+
+
+# -- batches ----------------------------------------------------------------------------
+
+
+def default_jobs() -> int:
+    """All the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Expansion:
+    """The files a list of paths names, what could not be used, and what was passed over."""
+
+    files: list[str] = field(default_factory=list)
+    failures: list[DriverFailure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _is_pe_candidate(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == b"MZ"
+    except OSError:
+        return True  # let the analysis report why it cannot be read
+
+
+def expand_paths(paths: Iterable[str]) -> Expansion:
+    """Files named directly, plus every file under named folders (recursively).
+
+    A file named on the command line is always analysed, so a wrong one is reported.
+    Inside folders only files starting with the `MZ` signature are taken: a DriverStore
+    or a copy of System32\\drivers also holds .inf, .cat and .mui files that are not
+    worth an error line each; how many were passed over is noted instead.
+    """
+    result = Expansion()
+    for path in paths:
+        if not os.path.isdir(path):
+            if not os.path.lexists(path):
+                result.failures.append(DriverFailure(path, "no such file or directory"))
+            else:
+                result.files.append(path)
+            continue
+        passed_over = 0
+        for root, dirs, names in os.walk(path, onerror=lambda exc: _walk_error(exc, result)):
+            dirs.sort()
+            for name in sorted(names):
+                full = os.path.join(root, name)
+                if os.path.isfile(full) and _is_pe_candidate(full):
+                    result.files.append(full)
+                else:
+                    passed_over += 1
+        if passed_over:
+            result.notes.append(f"{path}: {passed_over} file(s) without a PE header passed over")
+    return result
+
+
+def _walk_error(exc: OSError, result: Expansion) -> None:
+    where = exc.filename or "?"
+    result.failures.append(DriverFailure(where, f"cannot list folder: {exc.strerror or exc}"))
+
+
+def ordinal_exports(files: Sequence[str]) -> dict[tuple[str, str, int], str]:
+    """Ordinal -> pool API name, from the exporting modules present in a batch.
+
+    A driver may import a pool API by ordinal only; the number means something only
+    against the exporting module's export table, so when that module (an ntoskrnl.exe,
+    ndis.sys...) is scanned in the same batch its table resolves the ordinals.
+    """
+    table: dict[tuple[str, str, int], str] = {}
+    for path in files:
+        module = module_key(path)
+        if module not in _PROVIDERS:
+            continue
+        try:
+            image = load_image(path)
+            exports = image.exports_by_ordinal()
+        except InputError:
+            continue  # reported when the file itself is analysed
+        for ordinal, name in exports.items():
+            api = POOL_APIS.get(name)
+            if api is not None and module in api.modules:
+                table[(module, image.arch, ordinal)] = name
+    return table
+
+
+_WORKER_CONTEXT: AnalysisContext | None = None
+
+
+def _init_worker(rule_files: Sequence[str], ordinals: dict) -> None:
+    global _WORKER_CONTEXT
+    _WORKER_CONTEXT = AnalysisContext(RuleSet(rule_files), ordinals)
+
+
+def _analyze_or_fail(path: str, context: AnalysisContext) -> DriverReport | DriverFailure:
+    try:
+        return analyze_file(path, context)
+    except InputError as exc:
+        return DriverFailure(path, exc.problem)
+    except Exception as exc:
+        # Corrupt input can trip pefile or capstone in ways no check foresaw; one such
+        # file must not end a batch of thousands. POOLTAGSCAN_DEBUG shows the traceback.
+        if os.environ.get("POOLTAGSCAN_DEBUG"):
+            raise
+        return DriverFailure(path, f"analysis failed ({type(exc).__name__}: {exc})")
+
+
+def _worker(path: str) -> DriverReport | DriverFailure:
+    assert _WORKER_CONTEXT is not None
+    return _analyze_or_fail(path, _WORKER_CONTEXT)
+
+
+def scan_batch(
+    files: Sequence[str], rules: RuleSet, jobs: int = 1
+) -> Iterator[DriverReport | DriverFailure]:
+    """Analyse `files` (already expanded), yielding results in input order.
+
+    Worker processes compile the same rule files again (compiled YARA rules cannot be
+    sent to them); the caller builds `rules` first so a bad rule file stops the
+    command before any work starts.
+    """
+    ordinals = ordinal_exports(files)
+    if jobs <= 1 or len(files) < _MIN_PARALLEL_FILES:
+        context = AnalysisContext(rules, ordinals)
+        for path in files:
+            yield _analyze_or_fail(path, context)
+        return
+    workers = min(jobs, len(files))
+    chunk = max(1, min(16, len(files) // (workers * 8)))
+    with multiprocessing.Pool(
+        workers, initializer=_init_worker, initargs=(rules.user_files, ordinals)
+    ) as pool:
+        yield from pool.imap(_worker, files, chunksize=chunk)

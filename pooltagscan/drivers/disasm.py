@@ -1,0 +1,321 @@
+"""Disassembly of a driver's code: one linear sweep that indexes what the analysis needs.
+
+The sweep decodes every executable section once with capstone's light mode (no
+operand details, several times faster) and keeps only compact facts:
+
+- where each instruction starts and how long it is (two arrays, 5 bytes per
+  instruction), so any instruction can be decoded again in detail on demand and a
+  backward walk can step from an instruction to the one before it;
+- the direct control-flow edges: jump sources per target (predecessors of a block) and
+  call sites per target (the callers of a function);
+- every call or jump through an import address table slot (`call [rip+disp]`,
+  `call [abs32]`, `jmp [slot]` thunks) and every call or jump through a register,
+  whose target the data-flow pass resolves later (`mov rbx, [slot]` ... `call rbx`);
+- constant stores to global variables (`mov dword [rip+disp], imm32`), which are the
+  values a global tag can hold;
+- function entries: x64 `.pdata`, call targets, the entry point and the exports.
+
+Detailed decoding (operands, registers read and written) is done lazily, only for the
+few hundred instructions a backward walk visits, and cached per file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import capstone
+from capstone import x86 as cs_x86
+
+from pooltagscan.drivers.pe import DriverImage
+
+__all__ = ["ApiSite", "CodeIndex", "merge_ranges"]
+
+# Instruction flags kept by the sweep.
+NO_FALLTHROUGH = 1  # control never reaches the next instruction (jmp, ret, int3...)
+PADDING = 2  # alignment filler between functions (nop forms)
+
+_STOPS = frozenset({"ret", "retf", "iret", "iretd", "iretq", "int3", "ud2", "hlt", ".byte"})
+_RIP_MEM = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|\d+)\]")
+_ABS_MEM = re.compile(r"(?<![:\w])\[(0x[0-9a-f]+|\d+)\]")
+_MAX_INSN = 15
+
+
+@dataclass(frozen=True)
+class ApiSite:
+    """A call (or tail jump) that reaches an import address table slot."""
+
+    rva: int
+    slot: int
+    jump: bool  # `jmp [slot]`: a thunk or a tail call; arguments are laid out as at entry
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping union of half-open ranges."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _number(text: str) -> int | None:
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+class CodeIndex:
+    """The indexed code of one image (see the module docstring)."""
+
+    def __init__(
+        self,
+        image: DriverImage,
+        slots: Iterable[int],
+        skip: Iterable[tuple[int, int]] = (),
+        extra_starts: Iterable[int] = (),
+    ):
+        self.image = image
+        self.is64 = image.arch == "x64"
+        mode = capstone.CS_MODE_64 if self.is64 else capstone.CS_MODE_32
+        self._lite = capstone.Cs(capstone.CS_ARCH_X86, mode)
+        self._lite.skipdata = True
+        self._detail = capstone.Cs(capstone.CS_ARCH_X86, mode)
+        self._detail.detail = True
+        self._slots = frozenset(slots)
+
+        self.starts = array("I")
+        self.sizes = array("B")
+        self.flags = bytearray()
+        self.jump_sources: dict[int, list[int]] = {}
+        self.call_sources: dict[int, list[int]] = {}
+        self.api_sites: list[ApiSite] = []
+        self.register_calls: list[tuple[int, bool]] = []  # (rva, is jump)
+        self.loads_slot = False  # some `mov reg, [slot]`: register calls need resolving
+        self.const_stores: dict[int, list[tuple[int, int]]] = {}  # global -> (value, rva)
+        self._code: list[tuple[int, int, memoryview]] = []  # (start, end, bytes) decoded
+        self._cache: dict[int, capstone.CsInsn | None] = {}
+
+        skipped = merge_ranges(skip)
+        view = memoryview(image.data)
+        for section in image.executable_sections():
+            start, end = section.rva, section.rva + section.loaded_size
+            base = section.raw_offset - section.rva
+            for run_start, run_end in _subtract((start, end), skipped):
+                chunk = view[run_start + base : run_end + base]
+                self._code.append((run_start, run_end, chunk))
+                self._sweep(chunk, run_start)
+
+        starts = set(image.pdata_function_starts())
+        starts.update(s.rva for s in self.api_sites if s.jump and self._after_padding(s.rva))
+        starts.update(self.call_sources)
+        starts.add(image.entry_rva)
+        starts.update(image.export_rvas())
+        starts.update(extra_starts)
+        self.function_starts = sorted(rva for rva in starts if self.is_instruction(rva))
+        self._function_set = frozenset(self.function_starts)
+
+    # -- the sweep ----------------------------------------------------------------------
+
+    def _sweep(self, chunk: memoryview, base: int) -> None:
+        starts_append, sizes_append, flags_append = (
+            self.starts.append,
+            self.sizes.append,
+            self.flags.append,
+        )
+        is64 = self.is64
+        for address, size, mnemonic, operands in self._lite.disasm_lite(chunk, base):
+            starts_append(address)
+            sizes_append(size)
+            flag = 0
+            first = mnemonic[0]
+            if first == "j" or mnemonic == "call" or mnemonic.startswith("loop"):
+                is_call = mnemonic == "call"
+                if mnemonic == "jmp":
+                    flag = NO_FALLTHROUGH
+                self._branch(address, size, mnemonic, operands, is_call)
+            elif mnemonic in _STOPS:
+                flag = NO_FALLTHROUGH
+            elif mnemonic == "nop" or _is_padding_text(mnemonic, operands):
+                flag = PADDING
+            elif mnemonic == "mov" and ("rip" in operands if is64 else "[" in operands):
+                self._global_mov(address, size, operands)
+            flags_append(flag)
+
+    def _branch(self, address: int, size: int, mnemonic: str, operands: str, is_call: bool) -> None:
+        target = _number(operands)
+        if target is not None:
+            table = self.call_sources if is_call else self.jump_sources
+            table.setdefault(target, []).append(address)
+            return
+        if "[" not in operands:
+            if mnemonic in ("call", "jmp"):
+                self.register_calls.append((address, not is_call))
+            return
+        slot = self._memory_target(address, size, operands)
+        if slot is not None and slot in self._slots and mnemonic in ("call", "jmp"):
+            self.api_sites.append(ApiSite(address, slot, jump=not is_call))
+
+    def _memory_target(self, address: int, size: int, operands: str) -> int | None:
+        """RVA of a `[rip+disp]` (x64) or `[abs32]` (x86) operand, else None."""
+        if self.is64:
+            match = _RIP_MEM.search(operands)
+            if not match:
+                return None
+            disp = int(match.group(2), 0)
+            return address + size + (disp if match.group(1) == "+" else -disp)
+        match = _ABS_MEM.search(operands)
+        if not match:
+            return None
+        return (int(match.group(1), 0) - self.image.image_base) & 0xFFFFFFFF
+
+    def _global_mov(self, address: int, size: int, operands: str) -> None:
+        destination, _, source = operands.partition(", ")
+        if "[" in destination:
+            if destination.startswith("dword ptr") and source:
+                value = _number(source)
+                target = self._memory_target(address, size, destination)
+                if value is not None and target is not None:
+                    self.const_stores.setdefault(target, []).append((value & 0xFFFFFFFF, address))
+        elif "[" in source and not self.loads_slot:
+            target = self._memory_target(address, size, source)
+            if target is not None and target in self._slots:
+                self.loads_slot = True
+
+    def _after_padding(self, rva: int) -> bool:
+        """Whether only alignment padding separates `rva` from the end of the code before
+        it: then `rva` begins a function (an import thunk, for `jmp [slot]`)."""
+        position = self.index_of(rva)
+        if position is None:
+            return False
+        cursor = position - 1
+        while cursor >= 0 and position - cursor <= 16:
+            if self.flags[cursor] & NO_FALLTHROUGH:
+                return True
+            if not self.flags[cursor] & PADDING:
+                return False
+            cursor -= 1
+        return cursor < 0
+
+    # -- queries --------------------------------------------------------------------------
+
+    def index_of(self, rva: int) -> int | None:
+        """Position of the instruction starting at `rva`, or None."""
+        index = bisect.bisect_left(self.starts, rva)
+        if index < len(self.starts) and self.starts[index] == rva:
+            return index
+        return None
+
+    def is_instruction(self, rva: int) -> bool:
+        return self.index_of(rva) is not None
+
+    def containing(self, rva: int) -> int | None:
+        """Position of the instruction whose bytes cover `rva`."""
+        index = bisect.bisect_right(self.starts, rva) - 1
+        if index >= 0 and rva < self.starts[index] + self.sizes[index]:
+            return index
+        return None
+
+    def is_function_start(self, rva: int) -> bool:
+        return rva in self._function_set
+
+    def function_of(self, rva: int) -> int | None:
+        """The nearest function entry at or before `rva`."""
+        index = bisect.bisect_right(self.function_starts, rva) - 1
+        return self.function_starts[index] if index >= 0 else None
+
+    def predecessors(self, index: int) -> list[int]:
+        """Instruction positions control can come from into instruction `index`."""
+        result = []
+        if index > 0:
+            previous = index - 1
+            if (
+                self.starts[previous] + self.sizes[previous] == self.starts[index]
+                and not self.flags[previous] & NO_FALLTHROUGH
+            ):
+                result.append(previous)
+        for source in self.jump_sources.get(self.starts[index], ()):
+            position = self.index_of(source)
+            if position is not None:
+                result.append(position)
+        return result
+
+    def callers(self, function: int) -> list[tuple[int, bool]]:
+        """(site, is tail jump) of every direct call or unconditional jump to `function`."""
+        sites = [(rva, False) for rva in self.call_sources.get(function, ())]
+        for rva in self.jump_sources.get(function, ()):
+            insn = self.decode(rva)
+            if insn is not None and insn.mnemonic == "jmp":
+                sites.append((rva, True))
+        return sites
+
+    def code_bytes(self, start: int, end: int) -> bytes:
+        """The decoded code bytes between two RVAs (within one decoded run)."""
+        for run_start, run_end, chunk in self._code:
+            if run_start <= start < run_end:
+                return bytes(chunk[start - run_start : min(end, run_end) - run_start])
+        return b""
+
+    def register_name(self, register: int) -> str:
+        """Capstone's name of a register id (`r8d`)."""
+        return self._detail.reg_name(register) or ""
+
+    def decode(self, rva: int) -> capstone.CsInsn | None:
+        """The instruction at `rva` with full operand details (cached)."""
+        if rva in self._cache:
+            return self._cache[rva]
+        insn = None
+        raw = self.code_bytes(rva, rva + _MAX_INSN)
+        if raw:
+            insn = next(self._detail.disasm(raw, rva, 1), None)
+        self._cache[rva] = insn
+        return insn
+
+    def thunk_slot(self, function: int) -> int | None:
+        """The IAT slot when `function` is a lone `jmp [slot]` import thunk."""
+        insn = self.decode(function)
+        if insn is None or insn.mnemonic != "jmp" or len(insn.operands) != 1:
+            return None
+        operand = insn.operands[0]
+        if operand.type != cs_x86.X86_OP_MEM or operand.mem.index:
+            return None
+        if self.is64:
+            if operand.mem.base != cs_x86.X86_REG_RIP:
+                return None
+            return insn.address + insn.size + operand.mem.disp
+        if operand.mem.base:
+            return None
+        return (operand.mem.disp - self.image.image_base) & 0xFFFFFFFF
+
+
+def _is_padding_text(mnemonic: str, operands: str) -> bool:
+    """The two-operand filler forms: `xchg ax, ax` and `lea esi, [esi]` (capstone shows
+    `lea esi, [esi+eiz*1+0]` that way too); plain and multi-byte `nop` are checked by
+    the caller, `int3` stops the sweep's fall-through anyway."""
+    if mnemonic == "xchg":
+        return operands == "ax, ax"
+    if mnemonic == "lea":
+        register, _, memory = operands.partition(", ")
+        return memory == f"[{register}]"
+    return False
+
+
+def _subtract(span: tuple[int, int], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`span` minus the (sorted, merged) `holes`."""
+    start, end = span
+    pieces = []
+    for hole_start, hole_end in holes:
+        if hole_end <= start or hole_start >= end:
+            continue
+        if hole_start > start:
+            pieces.append((start, hole_start))
+        start = max(start, hole_end)
+    if start < end:
+        pieces.append((start, end))
+    return pieces

@@ -1,0 +1,60 @@
+"""Renderers of `scan --yara` hits: where a pattern is, and which pool tag holds it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from pooltagscan.yarascan import YaraHit
+
+FIELDS = (
+    "rule",
+    "string",
+    "address",
+    "data",
+    "tag",
+    "allocation",
+    "allocation_size",
+    "offset_in_allocation",
+)
+
+
+def write_hits(
+    fmt: str, out: TextIO, hits: Iterable[YaraHit], meta: dict[str, Any], dump: str | None = None
+) -> int:
+    """Stream hits in `fmt`; returns how many were written."""
+    extra = {"dump": dump} if dump else {}
+    count = 0
+    if fmt == "json":
+        out.write(json.dumps(meta)[:-1] + ', "yara_hits": [')
+        for count, hit in enumerate(hits, 1):
+            out.write(("\n  " if count == 1 else ",\n  ") + json.dumps({**extra, **hit.as_dict()}))
+        out.write(f'\n], "count": {count}}}\n')
+    elif fmt == "jsonl":
+        for count, hit in enumerate(hits, 1):
+            out.write(json.dumps({**extra, **hit.as_dict()}) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([*extra, *FIELDS])
+        for count, hit in enumerate(hits, 1):
+            writer.writerow([*extra.values(), *hit.as_dict().values()])
+    else:
+        if dump:
+            out.write(f"== {dump}\n")
+        header = f"{'Address':>14}  {'Rule':<28} {'String':<10} {'Tag':<6} {'Allocation':>14} {'+Off':>6}  Data\n"
+        for count, hit in enumerate(hits, 1):
+            if count == 1:
+                out.write(header)
+            alloc = f"{hit.allocation:#x}" if hit.allocation is not None else "-"
+            off = str(hit.offset_in_allocation) if hit.allocation is not None else "-"
+            preview = hit.data[:16].decode("latin-1")
+            preview = "".join(c if 0x20 <= ord(c) < 0x7F else "." for c in preview)
+            out.write(
+                f"{hit.address:>#14x}  {hit.rule[:28]:<28} {hit.string[:10]:<10} "
+                f"{hit.tag or '-':<6} {alloc:>14} {off:>6}  {preview}\n"
+            )
+        if count == 0:
+            out.write("no YARA hits\n")
+    return count

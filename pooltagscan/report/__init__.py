@@ -1,0 +1,1 @@
+"""The attribution report: dump statistics joined with the tag database and driver scans."""

@@ -1,0 +1,74 @@
+"""Run everything a report needs: the driver scan, the dump scan, the baseline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from pooltagscan.diff import load_snapshot
+from pooltagscan.drivers.attribution import DriverFailure, expand_paths, scan_batch
+from pooltagscan.drivers.yarascan import RuleSet
+from pooltagscan.inputs import open_image
+from pooltagscan.report.model import (
+    Report,
+    SampleCollector,
+    build_rows,
+    driver_summaries,
+    file_sha256,
+)
+from pooltagscan.scan import prepare, run
+from pooltagscan.scanner.engine import ProgressCallback
+from pooltagscan.stats import TagStats
+from pooltagscan.tags.database import TagDatabase
+
+
+def make_report(
+    dump: str,
+    driver_paths: Sequence[str] = (),
+    db: TagDatabase | None = None,
+    baseline: str | None = None,
+    layout: str = "auto",
+    jobs: int = 1,
+    rule_files: Sequence[str] = (),
+    progress: ProgressCallback | None = None,
+) -> Report:
+    """The report of one dump. Unusable driver files become `problems` (the batch goes
+    on); an unusable dump or baseline raises InputError."""
+    db = db or TagDatabase.builtin()
+    image = open_image(dump)
+    problems: list[str] = []
+    reports = []
+    if driver_paths:
+        expansion = expand_paths(driver_paths)
+        problems += [str(f) for f in expansion.failures]
+        for result in scan_batch(expansion.files, RuleSet(rule_files), jobs):
+            if isinstance(result, DriverFailure):
+                problems.append(str(result))
+            else:
+                reports.append(result)
+    snapshot = load_snapshot(baseline, layout, db, jobs) if baseline else None
+
+    start = time.perf_counter()
+    prepared = prepare(image, layout, db)
+    stats = TagStats()
+    samples = SampleCollector(db)
+    for records in run(prepared, jobs=jobs, progress=progress):
+        stats.add(records)
+        samples.add(records)
+    seconds = time.perf_counter() - start
+    samples.fill_previews(image.read)
+
+    meta = prepared.metadata()
+    meta.update(
+        size=image.file_size,
+        sha256=file_sha256(image.path),
+        scan_seconds=round(seconds, 3),
+        baseline=snapshot.source if snapshot else None,
+    )
+    return Report(
+        meta=meta,
+        rows=build_rows(stats, db, reports, snapshot, samples),
+        totals=stats.totals(),
+        drivers=driver_summaries(reports),
+        problems=problems,
+    )

@@ -1,0 +1,310 @@
+"""`pooltagscan drivers` end to end: bad inputs, every output format, --tag, --rules,
+parallel batches, and the localtag.txt round trip through our own tag database.
+
+The CLI tests run the real command in a subprocess (`python -m pooltagscan drivers`),
+as a user would; the bad-input tests also call the library to check each message.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pooltagscan.drivers.attribution import AnalysisContext, analyze_file, expand_paths
+from pooltagscan.drivers.render import FIELDS, localtag_tag
+from pooltagscan.drivers.yarascan import RULES_ENV, RuleSet
+from pooltagscan.errors import InputError
+from pooltagscan.tags.database import TagDatabase
+
+REPO = Path(__file__).resolve().parent.parent
+DRIVERS = REPO / "samples" / "drivers"
+TRUTH = json.loads((DRIVERS / "ground_truth.json").read_text())
+X64 = DRIVERS / "pooltags_x64.sys"
+X86 = DRIVERS / "pooltags_x86.sys"
+POOLTAGS_TAGS = set(TRUTH["drivers"]["pooltags_x64.sys"]["tags"])
+MULTIAPI_TAGS = set(TRUTH["drivers"]["multiapi_x64.sys"]["tags"])
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pooltagscan", "drivers", *args],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def arm64_image() -> bytes:
+    """A minimal ARM64 kernel image header, made by hand: DOS stub, PE signature, COFF
+    header (machine 0xAA64), a PE32+ optional header (native subsystem), one section."""
+    dos = bytearray(0x40)
+    dos[0:2] = b"MZ"
+    struct.pack_into("<I", dos, 0x3C, 0x40)
+    coff = struct.pack("<HHIIIHH", 0xAA64, 1, 0, 0, 0, 0xF0, 0x22)
+    optional = bytearray(0xF0)
+    struct.pack_into("<HBB", optional, 0, 0x20B, 14, 0)  # Magic, linker version
+    struct.pack_into("<I", optional, 16, 0x1000)  # AddressOfEntryPoint
+    struct.pack_into("<Q", optional, 24, 0x140000000)  # ImageBase
+    struct.pack_into("<II", optional, 32, 0x1000, 0x200)  # alignments
+    struct.pack_into("<I", optional, 56, 0x2000)  # SizeOfImage
+    struct.pack_into("<I", optional, 60, 0x400)  # SizeOfHeaders
+    struct.pack_into("<H", optional, 68, 1)  # Subsystem: native
+    struct.pack_into("<I", optional, 108, 16)  # NumberOfRvaAndSizes
+    section = struct.pack(
+        "<8sIIIIIIHHI", b".text", 0x10, 0x1000, 0x200, 0x400, 0, 0, 0, 0, 0x60000020
+    )
+    header = bytes(dos) + b"PE\0\0" + coff + bytes(optional) + section
+    code = bytes.fromhex("c0035fd6")  # ret
+    return header.ljust(0x400, b"\0") + code.ljust(0x200, b"\0")
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """Bad input files made here, with the problem each must be reported with."""
+    folder = tmp_path_factory.mktemp("bad")
+    original = X64.read_bytes()
+    cases: dict[str, tuple[bytes | None, str]] = {
+        "notes.txt": (b"Proc - nt!ps - not a driver\n", "not a PE image (no MZ header)"),
+        "empty.sys": (b"", "empty file, not a PE image"),
+        "headers_cut.sys": (original[:100], "truncated or malformed PE: its PE header offset"),
+        "sections_cut.sys": (original[:1500], "truncated PE: section .text needs bytes up to"),
+        "arm64.sys": (arm64_image(), "unsupported architecture ARM64 (machine 0xaa64)"),
+        "pe32_magic.sys": (None, "malformed PE: x64 machine with a PE32 optional header"),
+    }
+    made = {}
+    for name, (data, problem) in cases.items():
+        if data is None:
+            patched = bytearray(original)
+            (pe_offset,) = struct.unpack_from("<I", patched, 0x3C)
+            struct.pack_into("<H", patched, pe_offset + 24, 0x10B)
+            data = bytes(patched)
+        (folder / name).write_bytes(data)
+        made[name] = (folder / name, problem)
+    made["usermode_x64.dll"] = (
+        DRIVERS / "bad" / "usermode_x64.dll",
+        TRUTH["bad"]["bad/usermode_x64.dll"],
+    )
+    made["missing.sys"] = (folder / "missing.sys", "no such file or directory")
+    os.mkfifo(folder / "pipe.sys")
+    made["pipe.sys"] = (folder / "pipe.sys", "not a regular file")
+    return made
+
+
+def test_bad_inputs_each_reported_with_its_problem(bad_inputs):
+    context = AnalysisContext(RuleSet())
+    for name, (path, problem) in bad_inputs.items():
+        with pytest.raises(InputError) as caught:
+            analyze_file(str(path), context)
+        assert caught.value.path == str(path), name
+        assert caught.value.problem.startswith(problem), (name, caught.value.problem)
+
+
+def test_unreadable_file(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their permissions")
+    target = tmp_path / "locked.sys"
+    shutil.copy(X64, target)
+    target.chmod(0)
+    with pytest.raises(InputError, match="cannot read: Permission denied"):
+        analyze_file(str(target), AnalysisContext(RuleSet()))
+
+
+def test_cli_batch_goes_on_after_bad_inputs(bad_inputs, tmp_path):
+    bad = [str(path) for path, _ in bad_inputs.values()]
+    before = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in (X64, X86)}
+    stamps = {p: Path(p).stat().st_mtime_ns for p in (X64, X86)}
+    result = run(str(X64), *bad, str(X86), "--format", "jsonl")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == len(bad)
+    for path, problem in bad_inputs.values():
+        (line,) = [e for e in errors if e.startswith(f"pooltagscan: error: {path}: ")]
+        assert line.startswith(f"pooltagscan: error: {path}: {problem}")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {(r["driver"], r["tag"]) for r in records} == {
+        (name, tag) for name in ("pooltags_x64.sys", "pooltags_x86.sys") for tag in POOLTAGS_TAGS
+    }
+    # Inputs are only ever read.
+    assert before == {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in (X64, X86)}
+    assert stamps == {p: Path(p).stat().st_mtime_ns for p in (X64, X86)}
+
+
+def test_cli_formats_agree(tmp_path):
+    files = [str(X64), str(DRIVERS / "multiapi_x86.sys"), str(DRIVERS / "nopool_x64.sys")]
+    jsonl = run(*files, "--format", "jsonl", "-q")
+    assert jsonl.returncode == 0 and jsonl.stderr == ""
+    records = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert all(tuple(r) == FIELDS for r in records)
+    assert {r["tag"] for r in records if r["driver"] == "pooltags_x64.sys"} == POOLTAGS_TAGS
+    assert {r["tag"] for r in records if r["driver"] == "multiapi_x86.sys"} == MULTIAPI_TAGS
+    assert not [r for r in records if r["driver"] == "nopool_x64.sys"]
+    zero = [r for r in records if r["tag"] == "\\x00\\x00\\x00\\x00"]
+    assert [z["tag_hex"] for z in zero] == ["0x00000000"]
+
+    document = json.loads(run(*files, "--format", "json").stdout)
+    assert [d["driver"] for d in document["drivers"]] == [Path(f).name for f in files]
+    assert document["failures"] == []
+    assert document["count"] == len(records)
+    flat = [f for d in document["drivers"] for f in d["findings"]]
+    assert flat == records
+    pooltags = document["drivers"][0]
+    assert pooltags["untagged_frees"] == 1
+    (partly,) = pooltags["unresolved"]
+    assert (partly["api"], partly["partial"]) == ("ExAllocatePoolWithTag", True)
+    # The known miss: MyAlloc's tag is, for one caller, a helper's return value.
+    assert len(partly["reasons"]) == 1
+    assert partly["reasons"][0].startswith("result or leftover of a call at ")
+    assert document["drivers"][2]["pool_apis"] == [] and document["drivers"][2]["findings"] == []
+
+    rows = list(csv.reader(io.StringIO(run(*files, "--format", "csv").stdout)))
+    assert tuple(rows[0]) == FIELDS
+    assert len(rows) - 1 == len(records)
+    by_site = {(r[0], r[3], r[7]) for r in rows[1:]}
+    assert by_site == {(r["driver"], r["tag"], f"{r['site']:#x}") for r in records}
+
+    table = run(*files).stdout.splitlines()
+    assert table[0].split() == [
+        "Tag",
+        "P",
+        "Driver",
+        "Arch",
+        "API",
+        "Evidence",
+        "Conf",
+        "Sites",
+        "Via",
+    ]
+    listed = {(line.split()[0], line.split()[-1]) for line in table[2:] if "PtM3" in line}
+    assert len(listed) == 1  # one row, with both wrapper entry points in Via
+    assert run(str(DRIVERS / "nopool_x86.sys")).stdout == "no pool tags found\n"
+
+
+def test_cli_tag_filter_answers_which_driver():
+    result = run(str(DRIVERS), "--tag", "PtM?", "--tag", "MaN*", "--format", "jsonl", "-q")
+    assert result.returncode == 2  # samples/drivers/bad/ holds a user-mode DLL
+    pairs = {
+        (json.loads(line)["driver"], json.loads(line)["tag"]) for line in result.stdout.splitlines()
+    }
+    wrapped = ("PtM1", "PtM2", "PtM3", "PtMa")
+    expected = {(f"pooltags_{a}.sys", t) for a in ("x64", "x86") for t in wrapped}
+    expected |= {(f"multiapi_{a}.sys", t) for a in ("x64", "x86") for t in ("MaNA", "MaNB", "MaNP")}
+    assert pairs == expected
+    # The protected-bit tag answers to its plain name.
+    protected = run(str(X86), "--tag", "PtFr", "--format", "jsonl")
+    (record,) = [json.loads(line) for line in protected.stdout.splitlines()]
+    assert (record["tag"], record["protected"], record["tag_hex"]) == ("PtFr", True, "0xf2467450")
+    bad = run(str(X86), "--tag", "TOOLONG")
+    assert bad.returncode == 2 and "--tag" in bad.stderr
+
+
+def test_localtag_round_trip(tmp_path):
+    out = tmp_path / "localtag.txt"
+    result = run(
+        str(X64), str(DRIVERS / "multiapi_x64.sys"), "--format", "localtag", "-o", str(out)
+    )
+    assert result.returncode == 0
+    database = TagDatabase.from_file(out)
+    assert not database.skipped
+    pairs = {(entry.tag, entry.owner) for entry in database}
+    expected = {(t, "pooltags_x64.sys") for t in POOLTAGS_TAGS}
+    expected |= {(t, "multiapi_x64.sys") for t in MULTIAPI_TAGS}
+    assert pairs == expected
+    # Non-printable tags come back as the same four bytes.
+    assert database.describe(b"Pt\x01\xff").owner == "pooltags_x64.sys"
+    assert database.describe(0).owner == "pooltags_x64.sys"
+    assert database.describe(b"MaNA").description == (
+        "NdisAllocateMemoryWithTag, NdisFreeMemoryWithTag [high]"
+    )
+    assert database.describe(b"PtYf").description == "ExAllocatePoolWithTag [low]"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"Ab  ", b"  Ab", b"    ", b"A -b", b"a*?\\", b"//ab", b"rem ", b"\x00\t\x7f\xff", b"Dh 0"],
+)
+def test_localtag_text_parses_back_to_the_same_bytes(raw):
+    line = f"{localtag_tag(raw):<4} - some.sys - test"
+    database = TagDatabase.from_lines([line], "t")
+    (entry,) = database.entries
+    assert database.describe(raw) == entry
+    assert not entry.is_wildcard
+    assert entry.owner == "some.sys"
+
+
+def test_parallel_batch_matches_serial(tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    names = ["pooltags_x64.sys", "pooltags_x86.sys", "multiapi_x64.sys", "multiapi_x86.sys"]
+    for copy in range(3):
+        for name in names:
+            shutil.copy(DRIVERS / name, folder / f"{copy}_{name}")
+    (folder / "readme.txt").write_text("not a driver")
+    serial = run(str(folder), "--format", "jsonl", "--jobs", "1")
+    parallel = run(str(folder), "--format", "jsonl", "--jobs", "2")
+    assert serial.returncode == parallel.returncode == 0
+    assert serial.stdout == parallel.stdout
+    assert len({json.loads(line)["path"] for line in serial.stdout.splitlines()}) == 12
+    assert "1 file(s) without a PE header passed over" in parallel.stderr
+
+
+def test_expand_paths_recurses_and_passes_over_non_pe(tmp_path):
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    shutil.copy(X64, nested / "x.sys")
+    (tmp_path / "a" / "driver.inf").write_text("[Version]\n")
+    expansion = expand_paths([str(tmp_path), str(tmp_path / "nope")])
+    assert expansion.files == [str(nested / "x.sys")]
+    assert [f.problem for f in expansion.failures] == ["no such file or directory"]
+    assert expansion.notes == [f"{tmp_path}: 1 file(s) without a PE header passed over"]
+
+
+def test_rules_from_the_user_and_without_the_builtin_folder(tmp_path):
+    empty = tmp_path / "no-rules"
+    empty.mkdir()
+    without = run(str(X64), "--format", "json", env={RULES_ENV: str(empty)})
+    assert without.returncode == 0
+    assert "low-confidence fallback is off" in without.stderr
+    (driver,) = json.loads(without.stdout)["drivers"]
+    # The prefilter still works (built from the API table); only PtYf is lost.
+    assert {f["tag"] for f in driver["findings"]} == POOLTAGS_TAGS - {"PtYf"}
+    (unresolved,) = [u for u in driver["unresolved"] if not u["partial"]]
+    assert unresolved["api"] == "ExAllocatePoolWithTag"
+    assert unresolved["reasons"][0].startswith("loaded through a pointer at ")
+
+    mine = tmp_path / "mine.yar"
+    mine.write_text(
+        "rule field_store : tag_immediate\n"
+        "{ strings: $s = /\\xC7[\\x40-\\x47][\\x00-\\xFF][\\x20-\\x7E]{4}/ condition: $s }\n"
+    )
+    with_user = run(
+        str(X64), "--format", "jsonl", "--rules", str(mine), env={RULES_ENV: str(empty)}
+    )
+    found = [json.loads(line) for line in with_user.stdout.splitlines()]
+    assert [(f["tag"], f["rule"]) for f in found if f["evidence"] == "yara"] == [
+        ("PtYf", "field_store")
+    ]
+
+    untagged = tmp_path / "untagged.yar"
+    untagged.write_text("rule nothing { condition: false }\n")
+    refused = run(str(X64), "--rules", str(untagged))
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"pooltagscan: error: {untagged}: rule nothing is tagged neither pool_import nor "
+        "tag_immediate, so pooltagscan would not use it"
+    )
+    broken = tmp_path / "broken.yar"
+    broken.write_text("rule {")
+    assert "YARA syntax error" in run(str(X64), "--rules", str(broken)).stderr

