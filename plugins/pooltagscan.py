@@ -360,7 +360,8 @@ class PoolTagScanStacking(interfaces.automagic.AutomagicInterface):
             s.__name__ for s in stacker.LayerStacker(context, "automagic.LayerStacker")
             .create_stackers_list()
         ]  # fmt: skip
-        chosen = [name for name in configured if name in format_stackers()]
+        formats = format_stackers()
+        chosen = [name for name in configured if name in formats]
         inner_path = interfaces.configuration.path_join(self.config_path, "LayerStacker")
         context.config[interfaces.configuration.path_join(inner_path, "single_location")] = location
         context.config[interfaces.configuration.path_join(inner_path, "stackers")] = chosen

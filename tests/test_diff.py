@@ -23,11 +23,13 @@ def test_diff_of_two_dumps_is_the_planted_growth(tmp_path):
     old_allocs, old_bytes = live_counts("win7-x64")
     new_allocs, new_bytes = live_counts("win10-1809-x64")
     saved = tmp_path / "baseline.json"
-    pooltagscan("scan", str(DUMPS / "win7-x64.raw"), "--stats", "--format", "json",
-                "-o", str(saved))
+    pooltagscan(
+        "scan", str(DUMPS / "win7-x64.raw"), "--stats", "--format", "json", "-o", str(saved)
+    )
     for old in (str(DUMPS / "win7-x64.raw"), str(saved)):
-        doc = json.loads(pooltagscan("diff", old, str(DUMPS / "win10-1809-x64.raw"),
-                                     "--format", "json").stdout)
+        doc = json.loads(
+            pooltagscan("diff", old, str(DUMPS / "win10-1809-x64.raw"), "--format", "json").stdout
+        )
         rows = {r["tag"]: r for r in doc["tags"]}
         assert set(rows) == set(old_allocs) | set(new_allocs)
         for tag, row in rows.items():
@@ -46,5 +48,8 @@ def test_diff_of_a_dump_with_itself_is_empty_when_changed_only():
 def test_diff_rejects_foreign_json(tmp_path):
     other = tmp_path / "other.json"
     other.write_text('{"hello": 1}')
-    one_line_error(pooltagscan("diff", str(other), str(DUMPS / "win7-x64.raw"), check_exit=None),
-                   "other.json", "not a `pooltagscan scan --stats")
+    one_line_error(
+        pooltagscan("diff", str(other), str(DUMPS / "win7-x64.raw"), check_exit=None),
+        "other.json",
+        "not a `pooltagscan scan --stats",
+    )

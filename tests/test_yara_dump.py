@@ -26,14 +26,26 @@ def test_hit_reports_its_allocation(tmp_path):
     data = SAMPLE.read_bytes()
     alloc, inner, snippet = unique_snippet(data, load_manifest("win10-1809-x64"), "WdRv")
     rule = tmp_path / "probe.yar"
-    rule.write_text("rule probe { strings: $s = { %s } condition: $s }" % snippet.hex(" "))
-    rows = [json.loads(line) for line in pooltagscan(
-        "scan", str(SAMPLE), "--yara", str(rule), "--format", "jsonl").stdout.splitlines()]
-    assert rows == [{
-        "rule": "probe", "string": "$s", "address": alloc["offset"] + inner,
-        "data": snippet.hex(), "tag": "WdRv", "allocation": alloc["offset"],
-        "allocation_size": alloc["size"], "offset_in_allocation": inner,
-    }]
+    pattern = snippet.hex(" ")
+    rule.write_text("rule probe { strings: $s = { " + pattern + " } condition: $s }")
+    rows = [
+        json.loads(line)
+        for line in pooltagscan(
+            "scan", str(SAMPLE), "--yara", str(rule), "--format", "jsonl"
+        ).stdout.splitlines()
+    ]
+    assert rows == [
+        {
+            "rule": "probe",
+            "string": "$s",
+            "address": alloc["offset"] + inner,
+            "data": snippet.hex(),
+            "tag": "WdRv",
+            "allocation": alloc["offset"],
+            "allocation_size": alloc["size"],
+            "offset_in_allocation": inner,
+        }
+    ]
     table = pooltagscan("scan", str(SAMPLE), "--yara", str(rule)).stdout
     assert f"{alloc['offset']:#x}" in table and "WdRv" in table
 
@@ -41,27 +53,36 @@ def test_hit_reports_its_allocation(tmp_path):
 def test_tag_filter_and_hits_outside_pool(tmp_path):
     rule = tmp_path / "text.yar"
     rule.write_text('rule text { strings: $s = "Thread" condition: $s }')
-    rows = [json.loads(line) for line in pooltagscan(
-        "scan", str(SAMPLE), "--yara", str(rule), "--format", "jsonl").stdout.splitlines()]
+    rows = [
+        json.loads(line)
+        for line in pooltagscan(
+            "scan", str(SAMPLE), "--yara", str(rule), "--format", "jsonl"
+        ).stdout.splitlines()
+    ]
     manifest = load_manifest("win10-1809-x64")
     kinds = manifest["pages"]
     assert rows and all(r["tag"] is None for r in rows if kinds[r["address"] // 4096] == "text")
-    only = pooltagscan("scan", str(SAMPLE), "--yara", str(rule), "--format", "jsonl",
-                       "--tag", "Thre").stdout.splitlines()
+    only = pooltagscan(
+        "scan", str(SAMPLE), "--yara", str(rule), "--format", "jsonl", "--tag", "Thre"
+    ).stdout.splitlines()
     assert all(json.loads(line)["tag"] == "Thre" for line in only)
 
 
 def test_shipped_example_rules_place_hits_like_the_manifest():
-    proc = pooltagscan("scan", str(SAMPLE), "--yara", str(REPO / "rules" / "memory"),
-                       "--format", "json")
+    proc = pooltagscan(
+        "scan", str(SAMPLE), "--yara", str(REPO / "rules" / "memory"), "--format", "json"
+    )
     hits = json.loads(proc.stdout)["yara_hits"]
     allocations = load_manifest("win10-1809-x64")["allocations"]
     assert {h["rule"] for h in hits} == {"Device_Path_In_Pool"}  # the paths the generator wrote
     inside = 0
     for hit in hits:
-        owner = [a for a in allocations
-                 if a["offset"] <= hit["address"] < a["offset"] + a["size"]
-                 and a["offset"] // 4096 == hit["address"] // 4096]
+        owner = [
+            a
+            for a in allocations
+            if a["offset"] <= hit["address"] < a["offset"] + a["size"]
+            and a["offset"] // 4096 == hit["address"] // 4096
+        ]
         if owner:
             inside += 1
             assert (hit["tag"], hit["allocation"]) == (owner[0]["tag"], owner[0]["offset"])
@@ -73,5 +94,6 @@ def test_shipped_example_rules_place_hits_like_the_manifest():
 def test_bad_rules(tmp_path):
     bad = tmp_path / "bad.yar"
     bad.write_text("rule broken { condition: }")
-    one_line_error(pooltagscan("scan", str(SAMPLE), "--yara", str(bad), check_exit=None),
-                   "YARA rules")
+    one_line_error(
+        pooltagscan("scan", str(SAMPLE), "--yara", str(bad), check_exit=None), "YARA rules"
+    )
