@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_scan import ensure_dump
 
-from pooltagscan.scanner.engine import default_jobs
+from pooltagscan.parallel import default_jobs
 
 PLUGIN_DIR = REPO / "plugins"
 VOL = str(Path(sys.executable).with_name("vol"))
@@ -104,8 +104,8 @@ def in_process(path: Path, repeat: int) -> dict[str, float]:
     from volatility3.framework.automagic import stacker
 
     from pooltagscan.inputs import open_image
+    from pooltagscan.parallel import default_jobs
     from pooltagscan.scan import prepare, run
-    from pooltagscan.scanner.engine import default_jobs
     from pooltagscan.stats import TagStats
     from pooltagscan.tags.database import TagDatabase
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(HERE))
 import make_samples
 
 from pooltagscan.inputs import open_image
+from pooltagscan.parallel import default_jobs
 from pooltagscan.scan import prepare, run
-from pooltagscan.scanner.engine import default_jobs
 
 
 def ensure_dump(family: str, size: int) -> Path:

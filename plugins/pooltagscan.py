@@ -56,6 +56,7 @@ def _pooltagscan() -> Any:
         import pooltagscan.inputs.crashdump
         import pooltagscan.inputs.elfcore
         import pooltagscan.inputs.volmap
+        import pooltagscan.parallel
         import pooltagscan.records
         import pooltagscan.scan
         import pooltagscan.scanner.engine
@@ -259,7 +260,7 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
             f"pooltagscan {pts.__version__}: {image.path}: {image.describe()}; "
             f"layout: {prepared.detection.describe()}"
         )
-        jobs = int(self._option("jobs", 0)) or pts.scanner.engine.default_jobs()
+        jobs = int(self._option("jobs", 0)) or pts.parallel.default_jobs()
         return prepared, record_filter, db, jobs
 
     def _progress(self, done: int, total: int) -> None:

@@ -60,6 +60,8 @@ def compile_rules(paths: Iterable[str | os.PathLike[str]]):
     sources: dict[str, str] = {}
     for path in paths:
         path = os.fspath(path)
+        if not os.path.exists(path):
+            raise InputError(path, "no such YARA rule file or folder")
         files = (
             sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".yar", ".yara")))
             if os.path.isdir(path)
@@ -71,9 +73,7 @@ def compile_rules(paths: Iterable[str | os.PathLike[str]]):
             sources[f"r{len(sources)}"] = file
     try:
         return yara.compile(filepaths=sources)
-    except yara.SyntaxError as exc:
-        raise InputError(None, f"YARA rules: {exc}") from None
-    except yara.Error as exc:
+    except yara.Error as exc:  # syntax errors name the file and line themselves
         raise InputError(None, f"YARA rules: {exc}") from None
 
 

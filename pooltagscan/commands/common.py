@@ -25,8 +25,8 @@ def error(text: str) -> None:
 
 def add_dump_options(parser: argparse.ArgumentParser) -> None:
     """--layout, --pooltag and --jobs: every command that scans a dump takes them."""
+    from pooltagscan.parallel import default_jobs
     from pooltagscan.scan import LAYOUT_CHOICES
-    from pooltagscan.scanner.engine import default_jobs
 
     parser.add_argument(
         "--layout",

@@ -5,17 +5,26 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-from pooltagscan.commands.common import EXIT_INPUT, EXIT_OK, UsageError, error, note
+from pooltagscan.commands.common import (
+    EXIT_INPUT,
+    EXIT_OK,
+    UsageError,
+    add_jobs_option,
+    add_output_options,
+    check_jobs,
+    error,
+    note,
+)
 from pooltagscan.drivers.attribution import (
     DriverFailure,
     DriverReport,
     Finding,
-    default_jobs,
     expand_paths,
     scan_batch,
 )
 from pooltagscan.drivers.render import FORMATS, make_writer
 from pooltagscan.drivers.yarascan import RuleSet
+from pooltagscan.parallel import default_jobs
 from pooltagscan.tags.patterns import TagMatcher
 
 
@@ -48,14 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="extra YARA rule file (repeatable); rules tagged tag_immediate extend the "
         "low-confidence fallback, rules tagged pool_import the prefilter",
     )
-    drivers.add_argument(
-        "--jobs",
-        type=int,
-        default=default_jobs(),
-        help="worker processes for large batches (default: all cores)",
-    )
-    drivers.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    drivers.add_argument("-q", "--quiet", action="store_true", help="no notes or summary on stderr")
+    add_jobs_option(drivers, default_jobs(), "worker processes for large batches")
+    add_output_options(drivers)
     drivers.set_defaults(func=run_command)
 
 
@@ -67,8 +70,7 @@ def _wanted(matcher: TagMatcher | None, finding: Finding) -> bool:
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
+    check_jobs(args)
     try:
         matcher = TagMatcher(args.tag) if args.tag else None
     except ValueError as exc:

@@ -34,7 +34,6 @@ __all__ = [
     "Finding",
     "Unresolved",
     "analyze_file",
-    "default_jobs",
     "expand_paths",
     "ordinal_exports",
     "scan_batch",
@@ -281,14 +280,6 @@ def analyze_file(path: str, context: AnalysisContext) -> DriverReport:
 
 
 # -- batches ----------------------------------------------------------------------------
-
-
-def default_jobs() -> int:
-    """All the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass

@@ -7,7 +7,6 @@ statistics can aggregate without ever holding a dump's worth of records.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -20,13 +19,6 @@ WINDOW_BYTES = 32 << 20
 PARALLEL_MIN_BYTES = 128 << 20
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
-
-
-def default_jobs() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def scan_image(
