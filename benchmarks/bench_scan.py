@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument(
         "--volatility-mib",
         type=int,
-        default=64,
+        default=16,
         help="MiB of the dump Volatility scans (0: all); the bench dump repeats a "
         "16 MiB unit, so a prefix gives the same MB/s in minutes instead of hours",
     )
@@ -182,11 +182,23 @@ def main() -> None:
     seconds, rss = command_rss(path, 1)
     results.update(command_seconds=round(seconds, 2), command_peak_rss_mib=round(rss, 1))
     if not args.skip_volatility:
-        from vol_baseline import volatility_pool_scan
-
-        vol = volatility_pool_scan(str(path))
+        vol = json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(HERE / "vol_baseline.py"),
+                    str(path),
+                    "--limit-mib",
+                    str(args.volatility_mib),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         results.update(
             volatility_mb_s=round(vol["mb_per_s"], 1),
+            volatility_scanned_mib=vol["scanned_bytes"] >> 20,
             volatility_hits=vol["hits"],
             volatility_precision=round(truth.hits(vol["offsets"]) / max(1, vol["hits"]), 5),
             volatility_hits_per_tag=vol["per_tag"],
