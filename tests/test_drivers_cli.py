@@ -97,9 +97,9 @@ def bad_inputs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         DRIVERS / "bad" / "usermode_x64.dll",
         TRUTH["bad"]["bad/usermode_x64.dll"],
     )
-    made["missing.sys"] = (folder / "missing.sys", "no such file or directory")
+    made["missing.sys"] = (folder / "missing.sys", "no such file")
     os.mkfifo(folder / "pipe.sys")
-    made["pipe.sys"] = (folder / "pipe.sys", "not a regular file")
+    made["pipe.sys"] = (folder / "pipe.sys", "is not a regular file")
     return made
 
 
@@ -267,7 +267,7 @@ def test_expand_paths_recurses_and_passes_over_non_pe(tmp_path):
     (tmp_path / "a" / "driver.inf").write_text("[Version]\n")
     expansion = expand_paths([str(tmp_path), str(tmp_path / "nope")])
     assert expansion.files == [str(nested / "x.sys")]
-    assert [f.problem for f in expansion.failures] == ["no such file or directory"]
+    assert [f.problem for f in expansion.failures] == ["no such file"]
     assert expansion.notes == [f"{tmp_path}: 1 file(s) without a PE header passed over"]
 
 

@@ -311,7 +311,7 @@ def expand_paths(paths: Iterable[str]) -> Expansion:
     for path in paths:
         if not os.path.isdir(path):
             if not os.path.lexists(path):
-                result.failures.append(DriverFailure(path, "no such file or directory"))
+                result.failures.append(DriverFailure(path, "no such file"))
             else:
                 result.files.append(path)
             continue

@@ -11,8 +11,6 @@ that copy, so nothing ever writes to or maps the input.
 from __future__ import annotations
 
 import bisect
-import os
-import stat
 import struct
 from dataclasses import dataclass, field
 
@@ -20,6 +18,7 @@ import pefile
 
 from pooltagscan.drivers.apis import KERNEL_MODULES, module_key
 from pooltagscan.errors import InputError
+from pooltagscan.files import read_limited, regular_file
 
 __all__ = [
     "MAX_IMAGE_BYTES",
@@ -276,27 +275,15 @@ def _text(raw: bytes | str) -> str:
 
 def read_file(path: str) -> bytes:
     """The whole file, or InputError saying why it cannot be used."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(path, "no such file or directory") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot access: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(path, "not a regular file")
-    if info.st_size == 0:
+    path, size = regular_file(path, "a driver file")
+    if size == 0:
         raise InputError(path, "empty file, not a PE image")
-    if info.st_size > MAX_IMAGE_BYTES:
+    if size > MAX_IMAGE_BYTES:
         raise InputError(
             path,
-            f"{info.st_size} bytes is too large for a driver image "
-            f"(limit {MAX_IMAGE_BYTES // 2**20} MiB)",
+            f"{size} bytes is too large for a driver image (limit {MAX_IMAGE_BYTES // 2**20} MiB)",
         )
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(MAX_IMAGE_BYTES + 1)
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    return read_limited(path, MAX_IMAGE_BYTES)
 
 
 def load_image(path: str, data: bytes | None = None) -> DriverImage:

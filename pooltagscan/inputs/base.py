@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pooltagscan.errors import InputError
+from pooltagscan.files import regular_file
 from pooltagscan.layouts import PAGE_SIZE
 
 # Human names of MemoryImage.format values (the values are what JSON outputs carry).
@@ -160,24 +160,11 @@ def map_file_range(path: str, offset: int, length: int) -> Iterator[memoryview]:
 
 
 def open_checked(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """Check that `path` is a readable regular file; return (path, size).
-
-    Every message names the file and the problem in one line, as the shells print it.
-    """
-    path = os.fspath(path)
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot access: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(path, "is a directory, not a memory dump")
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(path, "is not a regular file")
+    """Check that `path` is a readable regular file; return (path, size)."""
+    path, size = regular_file(path, "a memory dump")
     try:
         with open(path, "rb") as f:
             f.read(1)
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
-    return path, info.st_size
+    return path, size

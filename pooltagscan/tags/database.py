@@ -33,13 +33,13 @@ from __future__ import annotations
 import functools
 import os
 import re
-import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import NamedTuple
 
 from pooltagscan.errors import InputError
+from pooltagscan.files import read_limited, regular_file
 from pooltagscan.tags.patterns import (
     TagPattern,
     parse_pattern,
@@ -169,26 +169,13 @@ def _parse_entry(line: str, source: str) -> TagInfo | str:
 
 def _read_tag_file(path: str | os.PathLike[str]) -> str:
     """Read a tag file as text, turning every way it can be unusable into InputError."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise InputError(
-            path, "no such file (expected a pool tag list such as pooltag.txt)"
-        ) from None
-    except OSError as exc:
-        raise InputError(path, f"cannot access: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(path, "is a directory, expected a pool tag text file")
-    if info.st_size > _MAX_FILE_BYTES:
+    path, size = regular_file(path, "a pool tag text file")
+    if size > _MAX_FILE_BYTES:
         raise InputError(
             path,
-            f"{info.st_size} bytes is far too large for a pool tag list; is it the right file?",
+            f"{size} bytes is far too large for a pool tag list; is it the right file?",
         )
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(_MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    data = read_limited(path, _MAX_FILE_BYTES)
 
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         # Notepad / PowerShell "Unicode" output.
