@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pooltagscan.commands.common import (
     EXIT_INPUT,
@@ -15,17 +15,12 @@ from pooltagscan.commands.common import (
     error,
     note,
 )
-from pooltagscan.drivers.attribution import (
-    DriverFailure,
-    DriverReport,
-    Finding,
-    expand_paths,
-    scan_batch,
-)
-from pooltagscan.drivers.render import FORMATS, make_writer
-from pooltagscan.drivers.yarascan import RuleSet
+from pooltagscan.drivers import FORMATS
 from pooltagscan.parallel import default_jobs
 from pooltagscan.tags.patterns import TagMatcher
+
+if TYPE_CHECKING:
+    from pooltagscan.drivers.attribution import Finding
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +65,17 @@ def _wanted(matcher: TagMatcher | None, finding: Finding) -> bool:
 
 
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
+    # The driver analysis (capstone, pefile, YARA) loads only when this command runs, so
+    # the other commands do not pay for it at start-up.
+    from pooltagscan.drivers.attribution import (
+        DriverFailure,
+        DriverReport,
+        expand_paths,
+        scan_batch,
+    )
+    from pooltagscan.drivers.render import make_writer
+    from pooltagscan.drivers.yarascan import RuleSet
+
     check_jobs(args)
     try:
         matcher = TagMatcher(args.tag) if args.tag else None

@@ -17,8 +17,6 @@ from pooltagscan.commands.common import (
 )
 from pooltagscan.errors import InputError
 from pooltagscan.progress import ProgressBar
-from pooltagscan.report.build import make_report
-from pooltagscan.report.text import write_report
 from pooltagscan.tags.database import TagDatabase
 
 
@@ -61,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace, out: TextIO) -> int:
     check_jobs(args)
     db = TagDatabase.load(args.pooltag)
+    from pooltagscan.report.build import make_report  # loads the driver analysis
+    from pooltagscan.report.text import write_report
+
     bar = ProgressBar(
         f"scanning {os.path.basename(args.dump)}", enabled=False if args.quiet else None
     )

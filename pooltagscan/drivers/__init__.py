@@ -12,3 +12,7 @@ Stages, one module each, data flowing one way:
 
 The library never prints; `pooltagscan.commands.drivers` is the command-line shell.
 """
+
+#: Output formats of `pooltagscan drivers` (here so the CLI can list them without
+#: loading the analysis).
+FORMATS = ("table", "json", "jsonl", "csv", "localtag")

@@ -20,13 +20,13 @@ import json
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from pooltagscan.drivers import FORMATS
 from pooltagscan.drivers.attribution import DriverFailure, DriverReport, Finding
 from pooltagscan.render.table import format_table
 from pooltagscan.tags.patterns import is_printable_byte
 
 __all__ = ["FIELDS", "FORMATS", "DriverWriter", "finding_record", "localtag_tag", "make_writer"]
 
-FORMATS = ("table", "json", "jsonl", "csv", "localtag")
 FIELDS = (
     "driver",
     "path",
