@@ -284,32 +284,10 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
     ) -> Iterator[tuple[int, tuple]]:
         """The fields of pooltagscan.records.to_dicts, as Volatility row tuples."""
         names = pts.records.TagNames()
-        layouts = [family.value for family in pts.records.FAMILY_CODES]
-        pools, states = pts.records.POOL_NAMES, pts.records.STATE_NAMES
-        confidences = pts.records.CONFIDENCE_NAMES
         hex_hint = format_hints.Hex
         for records in pts.scan.run(prepared, record_filter, jobs, self._progress):
-            for offset, tag, protected, size, pool, state, layout, confidence in zip(
-                records["offset"].tolist(),
-                records["tag"].tolist(),
-                records["protected"].tolist(),
-                records["size"].tolist(),
-                records["pool"].tolist(),
-                records["state"].tolist(),
-                records["family"].tolist(),
-                records["confidence"].tolist(),
-            ):
-                row = (
-                    hex_hint(offset),
-                    names(tag),
-                    protected,
-                    size,
-                    pools[pool],
-                    states[state],
-                    layouts[layout],
-                    confidences[confidence],
-                )
-                yield 0, row
+            for offset, *rest in pts.records.to_tuples(records, names):
+                yield 0, (hex_hint(offset), *rest)
 
     @staticmethod
     def _stats_columns() -> list[tuple[str, type]]:

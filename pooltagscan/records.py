@@ -57,26 +57,34 @@ class TagNames:
         return text
 
 
-def to_dicts(records: np.ndarray, names: TagNames | None = None) -> Iterator[dict[str, Any]]:
-    """Contract objects, field order as in DESIGN.md section 6."""
+def to_tuples(records: np.ndarray, names: TagNames | None = None) -> Iterator[tuple]:
+    """Contract values in FIELDS order, names resolved: the one place that turns record
+    codes into the words of DESIGN.md section 6 (dicts for renderers, rows for the plugin)."""
     names = names or TagNames()
-    for offset, tag, size, pool, state, conf, prot, fam in zip(
+    layouts = [family.value for family in FAMILY_CODES]
+    for offset, tag, prot, size, pool, state, fam, conf in zip(
         records["offset"].tolist(),
         records["tag"].tolist(),
+        records["protected"].tolist(),
         records["size"].tolist(),
         records["pool"].tolist(),
         records["state"].tolist(),
-        records["confidence"].tolist(),
-        records["protected"].tolist(),
         records["family"].tolist(),
+        records["confidence"].tolist(),
     ):
-        yield {
-            "offset": offset,
-            "tag": names(tag),
-            "protected": prot,
-            "size": size,
-            "pool": POOL_NAMES[pool],
-            "state": STATE_NAMES[state],
-            "layout": FAMILY_CODES[fam].value,
-            "confidence": CONFIDENCE_NAMES[conf],
-        }
+        yield (
+            offset,
+            names(tag),
+            prot,
+            size,
+            POOL_NAMES[pool],
+            STATE_NAMES[state],
+            layouts[fam],
+            CONFIDENCE_NAMES[conf],
+        )
+
+
+def to_dicts(records: np.ndarray, names: TagNames | None = None) -> Iterator[dict[str, Any]]:
+    """Contract objects, field order as in DESIGN.md section 6."""
+    for values in to_tuples(records, names):
+        yield dict(zip(FIELDS, values))

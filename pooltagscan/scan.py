@@ -80,14 +80,6 @@ def run(
     jobs: int = 1,
     progress: ProgressCallback | None = None,
 ) -> Iterator[np.ndarray]:
-    """Filtered record batches in address order.
-
-    Records whose header bytes the dump does not hold (padding around a minidump
-    fragment) are dropped first; images that store whole pages keep everything.
-    """
-    image = prepared.image
-    if not image.parallel_ok:
-        jobs = 1  # the image lives in this process (e.g. read through a Volatility layer)
-    for records in scan_image(image, prepared.config, jobs, progress):
-        records = image.captured_only(records)
+    """Filtered record batches in address order."""
+    for records in scan_image(prepared.image, prepared.config, jobs, progress):
         yield record_filter.apply(records) if record_filter else records

@@ -20,8 +20,7 @@ from pooltagscan.inputs.base import MemoryImage
 from pooltagscan.layouts import PAGE_SIZE
 from pooltagscan.records import TagNames
 from pooltagscan.scan import PreparedScan
-from pooltagscan.scanner.engine import WINDOW_BYTES, ProgressCallback
-from pooltagscan.scanner.pages import scan_words
+from pooltagscan.scanner.engine import WINDOW_BYTES, ProgressCallback, window_records
 
 PREVIEW_BYTES = 32
 
@@ -95,7 +94,7 @@ def scan_yara(
     done = 0
     for window in windows:
         with image.words(window) as words:
-            records = scan_words(words, window.address, prepared.config)
+            records = window_records(image, prepared.config, window, words)
             data = memoryview(words).cast("B")
             matches = rules.match(data=data)
             hits = []

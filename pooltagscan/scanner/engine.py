@@ -32,7 +32,10 @@ def scan_image(
     windows = list(image.windows(window_bytes))
     total = sum(w.length for w in windows)
     done = 0
-    if jobs > 1 and total >= PARALLEL_MIN_BYTES and len(windows) > 1:
+    # An image that lives only in this process (read through a Volatility layer) cannot
+    # be handed to workers.
+    parallel = jobs > 1 and image.parallel_ok
+    if parallel and total >= PARALLEL_MIN_BYTES and len(windows) > 1:
         results = _parallel(image, config, windows, jobs)
     else:
         results = (_scan_window(image, config, w) for w in windows)
@@ -43,9 +46,17 @@ def scan_image(
         yield records
 
 
+def window_records(
+    image: MemoryImage, config: ScanConfig, window: Window, words: np.ndarray
+) -> np.ndarray:
+    """Records of one mapped window, keeping only headers the dump really holds (a
+    minidump pads its fragments with zeros that must not invent or complete one)."""
+    return image.captured_only(scan_words(words, window.address, config))
+
+
 def _scan_window(image: MemoryImage, config: ScanConfig, window: Window) -> np.ndarray:
     with image.words(window) as words:
-        return scan_words(words, window.address, config)
+        return window_records(image, config, window, words)
 
 
 _worker_state: tuple[MemoryImage, ScanConfig] | None = None
