@@ -1,36 +1,65 @@
 """The `pooltagscan` command: a thin shell that parses options and dispatches.
 
-Each subcommand lives in `pooltagscan.commands.<name>` with `add_parser(sub)` and the
-function it sets as `func(args, out) -> exit code`. Errors caused by input become one
-line on stderr and exit code 2; nothing the user does should produce a traceback (set
-POOLTAGSCAN_DEBUG=1 to see one for internal errors).
+Each subcommand lives in `pooltagscan.commands.<name>` with `add_parser(sub)`, an
+`inputs(args)` listing the files it will read, and the function it sets as
+`func(args, outputs) -> exit code`. This module owns how a run ends, whatever happens:
+
+- errors caused by input or output become one line on stderr and exit code 2; nothing
+  the user does should produce a traceback (POOLTAGSCAN_DEBUG=1 shows one for
+  internal errors);
+- outputs are refused when they are an input, written beside their target and put in
+  place only when the run succeeded (see `pooltagscan.outputs`);
+- Ctrl-C (or SIGTERM) ends the run at once with exit code 130 (143), no traceback, no
+  worker left behind, outputs untouched; a closed pipe ends it with exit code 0.
+
+Only the standard library is imported at module level, so even a Ctrl-C during start-up
+(while numpy and the rest load) is handled.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
-from typing import TextIO
 
-from pooltagscan import __version__
-from pooltagscan.commands import COMMANDS
-from pooltagscan.commands.common import (
-    EXIT_INPUT,
-    EXIT_INTERNAL,
-    EXIT_OK,
-    PROG,
-    UsageError,
-    error,
-)
-from pooltagscan.errors import InputError
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so the run cleans up as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _error(text: str) -> None:
+    try:
+        print(f"pooltagscan: error: {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr closed: nothing left to tell
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered must not fail again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def build_parser():
+    import argparse
+
+    from pooltagscan import __version__
+    from pooltagscan.commands import COMMANDS
+
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog="pooltagscan",
         description="Find Windows kernel pool allocations in memory dumps without symbols, "
         "and attribute pool tags to drivers.",
     )
@@ -42,33 +71,84 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    handlers = {}
     try:
-        with contextlib.ExitStack() as stack:
-            out: TextIO = sys.stdout
-            if getattr(args, "output", None):
-                try:
-                    out = stack.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
-                except OSError as exc:
-                    raise InputError(args.output, f"cannot write: {exc.strerror or exc}") from None
-            return args.func(args, out)
-    except (InputError, UsageError) as exc:
-        error(str(exc))
-        return EXIT_INPUT
+        for signum, handler in ((signal.SIGTERM, _on_sigterm),):
+            if signal.getsignal(signum) == signal.SIG_DFL:
+                handlers[signum] = signal.signal(signum, handler)
+    except (ValueError, OSError):
+        pass  # not the main thread (a caller embedding us): default handling stays
+    try:
+        return _main(argv)
+    finally:
+        for signum, previous in handlers.items():
+            signal.signal(signum, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    outputs = None
+    try:
+        from pooltagscan.commands.common import UsageError
+        from pooltagscan.errors import InputError, OutputError
+        from pooltagscan.outputs import STDOUT, Outputs
+
+        args = build_parser().parse_args(argv)
+        try:
+            outputs = Outputs(
+                (option, path)
+                for option, path in (("-o", getattr(args, "output", None)),
+                                     ("--html", getattr(args, "html", None)))
+                if path
+            )  # fmt: skip
+            for what, path in args.inputs(args):
+                outputs.check_inputs([path], what)
+            status = args.func(args, outputs)
+            if status == EXIT_OK or outputs.keep:
+                outputs.commit()
+            else:
+                outputs.discard()
+            return status
+        except (InputError, UsageError, OutputError) as exc:
+            if outputs is not None:
+                outputs.discard()
+            if isinstance(exc, OutputError) and exc.target == STDOUT:
+                _silence_stdout()
+            _error(str(exc))
+            return EXIT_INPUT
     except BrokenPipeError:
         # Output piped into `head` and closed: not an error. Keep Python from complaining
         # again when it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        if outputs is not None:
+            outputs.discard()
+        _silence_stdout()
         return EXIT_OK
-    except KeyboardInterrupt:
-        error("interrupted")
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        with _sigint_ignored():  # a second Ctrl-C changes nothing now
+            if outputs is not None:
+                outputs.discard()
+            _error("interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated")
+        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+    except SystemExit:
+        raise  # argparse: --help, --version, usage errors
     except Exception as exc:
+        if outputs is not None:
+            outputs.discard()
         if os.environ.get("POOLTAGSCAN_DEBUG"):
             raise
-        error(f"internal error: {type(exc).__name__}: {exc} (set POOLTAGSCAN_DEBUG=1 for details)")
+        _error(f"internal error: {type(exc).__name__}: {exc} (set POOLTAGSCAN_DEBUG=1 for details)")
         return EXIT_INTERNAL
+
+
+class _sigint_ignored:
+    def __enter__(self) -> None:
+        try:
+            self.previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except (ValueError, OSError):
+            self.previous = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pooltagscan.errors import InputError
+from pooltagscan.files import InputFile
 from pooltagscan.inputs import open_image
 from pooltagscan.inputs.base import open_checked
 from pooltagscan.render.stats import STATS_KIND
@@ -21,6 +22,7 @@ from pooltagscan.scan import prepare, run
 from pooltagscan.scanner.engine import ProgressCallback
 from pooltagscan.stats import TagStats
 from pooltagscan.tags.database import TagDatabase
+from pooltagscan.tags.patterns import tag_from_bytes, tag_to_bytes
 
 
 @dataclass
@@ -74,20 +76,96 @@ def snapshot_from_stats(source: str, meta: dict[str, Any], stats: TagStats) -> S
     return snap
 
 
-def _saved_stats(path: str) -> dict[str, Any] | None:
-    """The document if `path` is a saved stats JSON file, None if it looks like a dump."""
-    with open(path, "rb") as f:
-        head = f.read(64).lstrip()
-    if not head.startswith(b"{"):
+# A saved statistics document of 10,000 tags is about 3 MiB; anything far larger is not one.
+MAX_STATS_BYTES = 64 << 20
+_COUNT_FIELDS = ("total_allocs", "free_allocs", "total_bytes", "free_bytes")
+_MAX_COUNT = (1 << 63) - 1
+_MAX_TAG_TEXT = 16  # four bytes, each at most `\xNN`
+_BOM = b"\xef\xbb\xbf"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a count")
+
+
+def _saved_stats(source: InputFile) -> dict[str, Any] | None:
+    """The document if the file is a saved stats JSON file, None if it looks like a dump.
+
+    The file is someone else's until proven ours: its size is bounded, it must be strict
+    UTF-8 JSON (a UTF-8 byte-order mark, as PowerShell writes, is accepted), NaN and
+    Infinity are refused, and nesting too deep for the parser is an error like any other.
+    """
+    path = source.path
+    head = source.pread(0, 64)
+    head = head.removeprefix(_BOM)
+    if not head.lstrip().startswith(b"{"):
         return None
+    if source.size > MAX_STATS_BYTES:
+        raise InputError(path, f"{source.size} bytes is too large for a saved statistics file")
+    data = source.pread(0, source.size)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8-sig")
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not a UTF-8 JSON statistics file (byte {exc.start})") from None
+    except RecursionError:
+        raise InputError(path, "not a valid JSON statistics file: it nests too deeply") from None
+    except ValueError as exc:
         raise InputError(path, f"not a valid JSON statistics file: {exc}") from None
     if not isinstance(doc, dict) or doc.get("kind") != STATS_KIND:
         raise InputError(path, "JSON file is not a `pooltagscan scan --stats --format json` output")
     return doc
+
+
+def _count(path: str, row: int, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = json.dumps(value)[:40] if not isinstance(value, float) else repr(value)
+        raise InputError(path, f"statistics row {row}: {name} is {shown}, not a whole number")
+    if not 0 <= value <= _MAX_COUNT:
+        raise InputError(path, f"statistics row {row}: {name} {value} is out of range")
+    return value
+
+
+def _tag(path: str, row: int, value: Any) -> str:
+    """The row's tag in the canonical text `scan` prints, or InputError."""
+    if not isinstance(value, str):
+        raise InputError(path, f"statistics row {row}: the tag is {type(value).__name__}, not text")
+    if len(value) > _MAX_TAG_TEXT:
+        raise InputError(path, f"statistics row {row}: a tag of {len(value)} characters")
+    try:
+        value.encode("utf-8")
+        return tag_from_bytes(tag_to_bytes(value))[0]
+    except (UnicodeEncodeError, ValueError):
+        shown = value.encode("ascii", "backslashreplace").decode()
+        raise InputError(path, f"statistics row {row}: {shown!r} is not a pool tag") from None
+
+
+def snapshot_from_document(path: str, doc: dict[str, Any]) -> Snapshot:
+    """Per-tag counters of a saved statistics document, every field checked."""
+    rows = doc.get("tags")
+    if not isinstance(rows, list):
+        raise InputError(path, "statistics file lacks its list of tags")
+    meta = {
+        k: v for k, v in doc.items() if k not in ("tags", "totals") and isinstance(v, (str, int))
+    }
+    snap = Snapshot(path, meta)
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise InputError(path, f"statistics row {number} is not an object")
+        missing = [f for f in ("tag", *_COUNT_FIELDS) if f not in row]
+        if missing:
+            raise InputError(path, f"statistics row {number} lacks field {missing[0]!r}")
+        tag = _tag(path, number, row["tag"])
+        total, free, total_bytes, free_bytes = (
+            _count(path, number, f, row[f]) for f in _COUNT_FIELDS
+        )
+        if free > total or free_bytes > total_bytes:
+            raise InputError(path, f"statistics row {number}: more free blocks than blocks")
+        if tag in snap.allocs:
+            raise InputError(path, f"statistics row {number}: tag {tag!r} appears twice")
+        snap.allocs[tag] = total - free
+        snap.bytes[tag] = total_bytes - free_bytes
+    return snap
 
 
 def load_snapshot(
@@ -98,23 +176,19 @@ def load_snapshot(
     progress: ProgressCallback | None = None,
 ) -> Snapshot:
     """Read a saved stats document or scan a dump; raises InputError for bad files."""
-    path, _ = open_checked(path)
-    doc = _saved_stats(path)
-    if doc is not None:
-        snap = Snapshot(path, {k: v for k, v in doc.items() if k not in ("tags", "totals")})
-        try:
-            for row in doc["tags"]:
-                snap.allocs[row["tag"]] = row["total_allocs"] - row["free_allocs"]
-                snap.bytes[row["tag"]] = row["total_bytes"] - row["free_bytes"]
-        except (KeyError, TypeError) as exc:
-            raise InputError(path, f"statistics file lacks field {exc}") from None
-        return snap
+    with open_checked(path) as source:
+        doc = _saved_stats(source)
+        if doc is not None:
+            return snapshot_from_document(source.path, doc)
     image = open_image(path)
-    prepared = prepare(image, layout, db)
-    stats = TagStats()
-    for records in run(prepared, jobs=jobs, progress=progress):
-        stats.add(records)
-    return snapshot_from_stats(image.path, prepared.metadata(), stats)
+    try:
+        prepared = prepare(image, layout, db)
+        stats = TagStats()
+        for records in run(prepared, jobs=jobs, progress=progress):
+            stats.add(records)
+        return snapshot_from_stats(image.path, prepared.metadata(), stats)
+    finally:
+        image.close()
 
 
 DIFF_SORTS = ("bytes", "count", "tag")

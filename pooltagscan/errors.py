@@ -3,6 +3,8 @@
 Every failure caused by the user's input (a missing path, a truncated dump, a malformed
 file) is raised as `InputError` carrying the path and the problem, so the CLI and the
 Volatility plugin can report it without a traceback and a batch can skip one bad file.
+Both errors cross process boundaries (a worker's failure reaches the parent as the same
+error), so they pickle by their constructor arguments.
 """
 
 from __future__ import annotations
@@ -21,3 +23,18 @@ class InputError(PoolTagScanError):
         self.path = os.fspath(path) if path is not None else None
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
+
+
+class OutputError(PoolTagScanError):
+    """An output cannot be written (full disk, unwritable path, refused target)."""
+
+    def __init__(self, target: str, problem: str):
+        self.target = target
+        self.problem = problem
+        super().__init__(f"{target}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.target, self.problem))

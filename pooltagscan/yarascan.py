@@ -4,18 +4,26 @@ An analyst who finds a string or a malware pattern in memory wants to know which
 tag owns the bytes. Hits are matched to allocations of the same physical page only:
 in a physical dump the next page is usually unrelated memory, so a block that runs past
 its page end says nothing about the bytes of the following page.
+
+Hostile memory is full of patterns a careless rule matches millions of times (a rule on
+two zero bytes in a dump of zeros). The hits listed are bounded per rule and per dump
+(`MAX_HITS_PER_RULE`, the rest counted), YARA keeps only the bytes we preview of each
+match, and when YARA's own per-string cap (a million matches per scanned window) is
+reached the scan says so once per string: the hits of that string are then incomplete.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pooltagscan.errors import InputError
+from pooltagscan.files import InputFile
 from pooltagscan.inputs.base import MemoryImage
 from pooltagscan.layouts import PAGE_SIZE
 from pooltagscan.records import TagNames
@@ -23,6 +31,9 @@ from pooltagscan.scan import PreparedScan
 from pooltagscan.scanner.engine import WINDOW_BYTES, ProgressCallback, window_records
 
 PREVIEW_BYTES = 32
+MAX_HITS_PER_RULE = 10_000
+MAX_RULE_FILE_BYTES = 64 << 20
+RULE_FILE = "a YARA rule file"
 
 
 @dataclass
@@ -52,28 +63,133 @@ class YaraHit:
         }
 
 
+def rule_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The rule files named (folders: their .yar/.yara files), each checked as an input.
+
+    Each is opened read-only like any input (a FIFO or device is refused instead of
+    blocking YARA's open forever, and an output may never replace it) and its size held
+    against MAX_RULE_FILE_BYTES.
+    """
+    files: list[str] = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            try:
+                names = sorted(os.listdir(path))
+            except OSError as exc:
+                raise InputError(path, f"cannot list folder: {exc.strerror or exc}") from None
+            found = [os.path.join(path, n) for n in names if n.endswith((".yar", ".yara"))]
+            if not found:
+                raise InputError(path, "folder holds no .yar or .yara rule files")
+        else:
+            if not os.path.lexists(path):
+                raise InputError(path, "no such YARA rule file or folder")
+            found = [path]
+        for file in found:
+            with InputFile.open(file, RULE_FILE) as source:
+                if source.size > MAX_RULE_FILE_BYTES:
+                    raise InputError(
+                        file,
+                        f"{source.size} bytes is too large for a YARA rule file "
+                        f"(limit {MAX_RULE_FILE_BYTES >> 20} MiB)",
+                    )
+            files.append(file)
+    return files
+
+
 def compile_rules(paths: Iterable[str | os.PathLike[str]]):
     """Compile rule files (or every .yar/.yara file of a folder) into one rule set."""
     import yara
 
-    sources: dict[str, str] = {}
-    for path in paths:
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise InputError(path, "no such YARA rule file or folder")
-        files = (
-            sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".yar", ".yara")))
-            if os.path.isdir(path)
-            else [path]
-        )
-        if not files:
-            raise InputError(path, "folder holds no .yar or .yara rule files")
-        for file in files:
-            sources[f"r{len(sources)}"] = file
+    sources = {f"r{number}": file for number, file in enumerate(rule_files(paths))}
     try:
         return yara.compile(filepaths=sources)
     except yara.Error as exc:  # syntax errors name the file and line themselves
         raise InputError(None, f"YARA rules: {exc}") from None
+
+
+@dataclass
+class YaraScan:
+    """Hits of one dump in address order (iterate once), and what was left out.
+
+    After iteration, `notes` says in plain words which rules had more hits than are
+    listed and which strings reached YARA's per-string cap.
+    """
+
+    prepared: PreparedScan
+    rules: object
+    progress: ProgressCallback | None = None
+    window_bytes: int = WINDOW_BYTES
+    max_hits_per_rule: int = MAX_HITS_PER_RULE
+    capped: dict[tuple[str, str], int] = field(default_factory=dict)  # (rule, string) -> windows
+    unlisted: Counter = field(default_factory=Counter)  # rule -> hits not listed
+
+    def __iter__(self) -> Iterator[YaraHit]:
+        import yara
+
+        # YARA keeps up to 512 bytes of every match by default; we show PREVIEW_BYTES.
+        yara.set_config(max_match_data=PREVIEW_BYTES)
+        image: MemoryImage = self.prepared.image
+        names = TagNames()
+        listed: Counter = Counter()
+        windows = list(image.windows(self.window_bytes))
+        total = sum(w.length for w in windows)
+        done = 0
+
+        def warned(kind: int, string) -> int:
+            if kind == yara.CALLBACK_TOO_MANY_MATCHES:
+                key = (string.rule, string.string)
+                self.capped[key] = self.capped.get(key, 0) + 1
+            return yara.CALLBACK_CONTINUE
+
+        for window in windows:
+            with image.words(window) as words:
+                records = window_records(image, self.prepared.config, window, words)
+                data = memoryview(words).cast("B")
+                matches = self.rules.match(data=data, warnings_callback=warned)
+                del data
+            hits = []
+            for match in matches:
+                room = self.max_hits_per_rule - listed[match.rule]
+                for string in match.strings:
+                    for instance in string.instances:
+                        if room <= 0:
+                            self.unlisted[match.rule] += 1
+                            continue
+                        room -= 1
+                        hits.append(
+                            YaraHit(
+                                match.rule,
+                                string.identifier,
+                                window.address_at(instance.offset),
+                                bytes(instance.matched_data[:PREVIEW_BYTES]),
+                            )
+                        )
+                listed[match.rule] = self.max_hits_per_rule - max(room, 0)
+            del matches
+            hits.sort(key=lambda h: (h.address, h.rule, h.string))
+            _place(hits, records, names)
+            yield from hits
+            done += window.length
+            if self.progress:
+                self.progress(done, total)
+        image.check_unchanged()
+
+    @property
+    def notes(self) -> list[str]:
+        notes = []
+        for (rule, string), windows in sorted(self.capped.items()):
+            notes.append(
+                f"YARA string {string} of rule {rule} matched more than a million times in "
+                f"{windows} window(s) of {self.window_bytes >> 20} MiB; YARA stops counting "
+                "there, so that string's hits are incomplete (make the rule more specific)"
+            )
+        for rule, count in sorted(self.unlisted.items()):
+            notes.append(
+                f"rule {rule}: {count} more hit(s) not listed (only the first "
+                f"{self.max_hits_per_rule} of each rule are)"
+            )
+        return notes
 
 
 def scan_yara(
@@ -81,55 +197,28 @@ def scan_yara(
     rules,
     progress: ProgressCallback | None = None,
     window_bytes: int = WINDOW_BYTES,
-) -> Iterator[YaraHit]:
-    """Hits in address order, with their containing allocations.
+) -> YaraScan:
+    """The YARA scan of one dump: iterate for the hits, then read `notes`.
 
     Rules run on one window of the dump at a time (bounded memory), so a match that
     would straddle two windows (every 32 MiB) is not seen.
     """
-    image: MemoryImage = prepared.image
-    names = TagNames()
-    windows = list(image.windows(window_bytes))
-    total = sum(w.length for w in windows)
-    done = 0
-    for window in windows:
-        with image.words(window) as words:
-            records = window_records(image, prepared.config, window, words)
-            data = memoryview(words).cast("B")
-            matches = rules.match(data=data)
-            hits = []
-            for match in matches:
-                for string in match.strings:
-                    for instance in string.instances:
-                        hits.append(
-                            YaraHit(
-                                match.rule,
-                                string.identifier,
-                                window.address + instance.offset,
-                                bytes(instance.matched_data[:PREVIEW_BYTES]),
-                            )
-                        )
-            del data
-        hits.sort(key=lambda h: (h.address, h.rule, h.string))
-        _place(hits, records, names)
-        yield from hits
-        done += window.length
-        if progress:
-            progress(done, total)
+    return YaraScan(prepared, rules, progress, window_bytes)
 
 
 def _place(hits: list[YaraHit], records: np.ndarray, names: TagNames) -> None:
     if not hits or not records.size:
         return
+    # Unsigned throughout: kernel virtual addresses (minidumps) lie above 2**63.
     order = np.argsort(records["offset"], kind="stable")
-    starts = records["offset"][order].astype(np.int64)
-    ends = starts + records["size"][order].astype(np.int64)
-    address = np.array([h.address for h in hits], np.int64)
-    idx = np.searchsorted(starts, address, side="right") - 1
+    starts = records["offset"][order]
+    ends = starts + records["size"][order].astype(np.uint64)
+    address = np.array([h.address for h in hits], np.uint64)
+    idx = np.searchsorted(starts, address, side="right").astype(np.int64) - 1
     ok = idx >= 0
     idx = np.maximum(idx, 0)
     ok &= address < ends[idx]
-    ok &= starts[idx] // PAGE_SIZE == address // PAGE_SIZE
+    ok &= starts[idx] // np.uint64(PAGE_SIZE) == address // np.uint64(PAGE_SIZE)
     for hit, good, i in zip(hits, ok.tolist(), idx.tolist()):
         if good:
             rec = records[order[i]]

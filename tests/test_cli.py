@@ -15,7 +15,7 @@ import pytest
 from conftest import DUMPS, REPO, load_manifest
 
 from pooltagscan import cli
-from pooltagscan.inputs import base as inputs_base
+from pooltagscan import files
 from pooltagscan.progress import ProgressBar
 
 CONTRACT_KEYS = ["offset", "tag", "protected", "size", "pool", "state", "layout", "confidence"]
@@ -269,7 +269,7 @@ def test_unreadable_file(tmp_path, monkeypatch, capsys):
     def denied(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(inputs_base, "open", denied, raising=False)
+    monkeypatch.setattr(files, "_open_readonly", denied)
     assert cli.main(["scan", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"pooltagscan: error: {target}: cannot read: Permission denied"]

@@ -1,9 +1,11 @@
-"""Helpers shared by the command modules: messages and exit codes."""
+"""Helpers shared by the command modules: messages, exit codes, options, inputs."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterable
 
 PROG = "pooltagscan"
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
@@ -20,7 +22,19 @@ def note(args: argparse.Namespace, text: str) -> None:
 
 
 def error(text: str) -> None:
-    print(f"{PROG}: error: {text}", file=sys.stderr)
+    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
+
+
+def tag_list_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The --pooltag files and those POOLTAGSCAN_POOLTAG names: inputs like any other."""
+    from pooltagscan.tags.database import ENV_VAR
+
+    listed = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
+    return [("tag list", p) for p in [*getattr(args, "pooltag", []), *listed]]
+
+
+def named(what: str, paths: Iterable[str | None]) -> list[tuple[str, str]]:
+    return [(what, p) for p in paths if p]
 
 
 def add_dump_options(parser: argparse.ArgumentParser) -> None:

@@ -5,19 +5,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from typing import TextIO
+from typing import TYPE_CHECKING
 
 from pooltagscan.commands.common import (
     EXIT_OK,
     add_dump_options,
     add_output_options,
     check_jobs,
+    named,
     note,
+    tag_list_inputs,
 )
 from pooltagscan.diff import DIFF_SORTS, diff, load_snapshot
 from pooltagscan.progress import ProgressBar
 from pooltagscan.render.table import format_table
 from pooltagscan.tags.database import TagDatabase
+
+if TYPE_CHECKING:
+    from pooltagscan.outputs import Outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,10 +44,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table")
     add_dump_options(parser)
     add_output_options(parser)
-    parser.set_defaults(func=run_command)
+    parser.set_defaults(func=run_command, inputs=inputs)
 
 
-def run_command(args: argparse.Namespace, out: TextIO) -> int:
+def inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return named("dump or statistics file", [args.old, args.new]) + tag_list_inputs(args)
+
+
+def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     check_jobs(args)
     db = TagDatabase.load(args.pooltag)
     snaps = []
@@ -52,6 +61,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         bar.close()
         note(args, f"{path}: {len(snaps[-1].allocs)} tags")
     rows = diff(*snaps, describe=db.describe, sort=args.sort)
+    out = outputs.stream("-o")
     if args.changed:
         rows = [r for r in rows if r.delta_allocs or r.delta_bytes]
     if args.format == "json":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from pooltagscan.commands.common import (
     EXIT_INPUT,
@@ -13,14 +13,18 @@ from pooltagscan.commands.common import (
     add_output_options,
     check_jobs,
     error,
+    named,
     note,
 )
 from pooltagscan.drivers import FORMATS
+from pooltagscan.files import file_id
+from pooltagscan.outputs import refusal
 from pooltagscan.parallel import default_jobs
 from pooltagscan.tags.patterns import TagMatcher
 
 if TYPE_CHECKING:
     from pooltagscan.drivers.attribution import Finding
+    from pooltagscan.outputs import Outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_jobs_option(drivers, default_jobs(), "worker processes for large batches")
     add_output_options(drivers)
-    drivers.set_defaults(func=run_command)
+    drivers.set_defaults(func=run_command, inputs=inputs)
 
 
 def _wanted(matcher: TagMatcher | None, finding: Finding) -> bool:
@@ -64,7 +68,20 @@ def _wanted(matcher: TagMatcher | None, finding: Finding) -> bool:
     return matcher.matches_value(finding.value) or matcher.matches_value(finding.value & 0x7FFFFFFF)
 
 
-def run_command(args: argparse.Namespace, out: TextIO) -> int:
+def inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return named("driver", args.paths) + named("YARA rules", args.rules)
+
+
+def guard_expansion(files: list[str], outputs: Outputs) -> None:
+    """Refuse to run when a file found in a folder is one of the outputs."""
+    for path in files:
+        identity = file_id(path)
+        output = outputs.guards(identity) if identity else None
+        if output is not None:
+            raise refusal(output, "driver", path)
+
+
+def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     # The driver analysis (capstone, pefile, YARA) loads only when this command runs, so
     # the other commands do not pay for it at start-up.
     from pooltagscan.drivers.attribution import (
@@ -85,6 +102,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     for remark in rules.notes:
         note(args, remark)
     expansion = expand_paths(args.paths)
+    guard_expansion(expansion.files, outputs)
+    out = outputs.stream("-o")
     status = EXIT_OK
     for failure in expansion.failures:
         error(str(failure))
@@ -110,6 +129,8 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         if findings or matcher is None:
             writer.driver(result, findings)
     writer.end()
+    if analysed:
+        outputs.keep = True
     summary = f"{analysed} driver(s) analysed, {with_tags} with tags, {writer.count} record(s)"
     if unresolved:
         summary += f"; {unresolved} pool API call(s) whose tag was not recovered (--format json)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TextIO
+from typing import TYPE_CHECKING
 
 from pooltagscan.commands.common import (
     EXIT_INPUT,
@@ -13,11 +13,15 @@ from pooltagscan.commands.common import (
     add_output_options,
     check_jobs,
     error,
+    named,
     note,
+    tag_list_inputs,
 )
-from pooltagscan.errors import InputError
 from pooltagscan.progress import ProgressBar
 from pooltagscan.tags.database import TagDatabase
+
+if TYPE_CHECKING:
+    from pooltagscan.outputs import Outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,12 +57,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_dump_options(parser)
     add_output_options(parser)
-    parser.set_defaults(func=run_command)
+    parser.set_defaults(func=run_command, inputs=inputs)
 
 
-def run_command(args: argparse.Namespace, out: TextIO) -> int:
+def inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return (
+        named("dump", [args.dump])
+        + named("driver", args.drivers)
+        + named("baseline", [args.baseline])
+        + tag_list_inputs(args)
+        + named("YARA rules", args.rules)
+    )
+
+
+def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     check_jobs(args)
     db = TagDatabase.load(args.pooltag)
+    from pooltagscan.commands.drivers import guard_expansion
     from pooltagscan.report.build import make_report  # loads the driver analysis
     from pooltagscan.report.text import write_report
 
@@ -67,20 +82,26 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     )
     try:
         report = make_report(
-            args.dump, args.drivers, db, args.baseline, args.layout, args.jobs, args.rules, bar
+            args.dump,
+            args.drivers,
+            db,
+            args.baseline,
+            args.layout,
+            args.jobs,
+            args.rules,
+            bar,
+            check_files=lambda files: guard_expansion(files, outputs),
         )
     finally:
         bar.close()
     for problem in report.problems:
         error(problem)
-    write_report(args.format, out, report)
+    write_report(args.format, outputs.stream("-o"), report)
     if args.html:
         from pooltagscan.report.html import write_html
 
-        try:
-            with open(args.html, "w", encoding="utf-8") as f:
-                write_html(report, f)
-        except OSError as exc:
-            raise InputError(args.html, f"cannot write: {exc.strerror or exc}") from None
+        write_html(report, outputs.stream("--html"))
+    outputs.keep = True  # the report stands; driver files that failed are named above
+    if args.html:
         note(args, f"HTML report written to {args.html}")
     return EXIT_INPUT if report.problems else EXIT_OK

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TextIO
+from typing import TYPE_CHECKING
 
 from pooltagscan.commands.common import (
     EXIT_INPUT,
@@ -14,7 +14,9 @@ from pooltagscan.commands.common import (
     add_output_options,
     check_jobs,
     error,
+    named,
     note,
+    tag_list_inputs,
 )
 from pooltagscan.errors import InputError
 from pooltagscan.filters import RecordFilter
@@ -27,7 +29,11 @@ from pooltagscan.render.yarahits import write_hits
 from pooltagscan.scan import prepare, run
 from pooltagscan.stats import SORT_KEYS, TagStats
 from pooltagscan.tags.database import TagDatabase
+from pooltagscan.workers import WorkerError
 from pooltagscan.yarascan import compile_rules, scan_yara
+
+if TYPE_CHECKING:
+    from pooltagscan.outputs import Outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -85,10 +91,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run YARA rules (file or folder, repeatable) over the dump and report each hit "
         "with the pool allocation holding it (--tag then filters by that allocation's tag)",
     )
-    scan.set_defaults(func=run_command)
+    scan.set_defaults(func=run_command, inputs=inputs)
 
 
-def run_command(args: argparse.Namespace, out: TextIO) -> int:
+def inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    return named("dump", args.dumps) + tag_list_inputs(args) + named("YARA rules", args.yara)
+
+
+def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     check_jobs(args)
     try:
         record_filter = RecordFilter.from_names(
@@ -100,6 +110,7 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     rules = compile_rules(args.yara) if args.yara else None
     if rules is not None and args.stats:
         raise UsageError("--yara and --stats do not go together")
+    out = outputs.stream("-o")
     several = len(args.dumps) > 1
     writer = (
         None if args.stats or rules else make_writer(args.format, out, {} if not several else None)
@@ -107,11 +118,21 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
     status = EXIT_OK
     for path in args.dumps:
         try:
-            image = open_image(path)
-        except InputError as exc:
-            error(str(exc))
-            status = EXIT_INPUT
+            _scan_dump(args, path, out, writer, record_filter, db, rules, several)
+        except (InputError, WorkerError) as exc:
+            # One bad dump is reported, named, and skipped; the batch goes on.
+            error(str(exc) if isinstance(exc, InputError) else f"{path}: scan failed: {exc}")
+            status = max(status, EXIT_INPUT)
             continue
+        outputs.keep = True
+    if writer is not None:
+        writer.finish()
+    return status
+
+
+def _scan_dump(args, path, out, writer, record_filter, db, rules, several) -> None:
+    image = open_image(path)
+    try:
         for remark in image.notes:
             note(args, f"{path}: {remark}")
         prepared = prepare(image, args.layout, db)
@@ -133,13 +154,16 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
         )
         try:
             if rules is not None:
-                hits = scan_yara(prepared, rules, bar)
+                scan = scan_yara(prepared, rules, bar)
+                hits = iter(scan)
                 if record_filter.tags is not None:
                     hits = (
                         h for h in hits if h.tag is not None and record_filter.tags.matches(h.tag)
                     )
                 write_hits(args.format, out, hits, meta, path if several else None)
                 bar.close()
+                for remark in scan.notes:
+                    note(args, f"{path}: {remark}")
             elif args.stats:
                 stats = TagStats()
                 for records in run(prepared, record_filter, args.jobs, bar):
@@ -152,12 +176,17 @@ def run_command(args: argparse.Namespace, out: TextIO) -> int:
                 assert writer is not None
                 if several:
                     writer.extra = {"dump": path}
-                meta["max_address"] = max(r.address + r.length for r in image.runs)
+                meta["max_address"] = image.max_address
                 writer.begin(meta)
-                for records in run(prepared, record_filter, args.jobs, bar):
-                    writer.write(records)
+                try:
+                    for records in run(prepared, record_filter, args.jobs, bar):
+                        writer.write(records)
+                except (InputError, WorkerError) as exc:
+                    writer.abort(str(exc))
+                    raise
                 bar.close()
                 writer.end()
         finally:
             bar.close()
-    return status
+    finally:
+        image.close()

@@ -10,7 +10,6 @@ per file in input order. Nothing here prints.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pooltagscan.drivers.pe import DriverImage, load_image, read_file
 from pooltagscan.drivers.yarascan import RuleSet, is_tag_like
 from pooltagscan.errors import InputError
 from pooltagscan.tags.patterns import tag_from_bytes
+from pooltagscan.workers import ordered_map
 
 __all__ = [
     "CONFIDENCE",
@@ -267,6 +267,11 @@ def analyze_image(image: DriverImage, context: AnalysisContext) -> DriverReport:
     report.findings = sorted(
         found.values(), key=lambda f: (f.tag, f.raw, f.api, f.site, f.evidence)
     )
+    if resolver.exhausted:
+        report.notes.append(
+            f"analysis stopped after {resolver.spent:,} steps (the per-file work budget): "
+            "the tags found until then are reported, other call sites may have more"
+        )
     return report
 
 
@@ -399,9 +404,6 @@ def scan_batch(
         for path in files:
             yield _analyze_or_fail(path, context)
         return
-    workers = min(jobs, len(files))
-    chunk = max(1, min(16, len(files) // (workers * 8)))
-    with multiprocessing.Pool(
-        workers, initializer=_init_worker, initargs=(rules.user_files, ordinals)
-    ) as pool:
-        yield from pool.imap(_worker, files, chunksize=chunk)
+    yield from ordered_map(
+        _worker, files, jobs, initializer=_init_worker, initargs=(rules.user_files, ordinals)
+    )

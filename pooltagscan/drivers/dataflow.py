@@ -23,7 +23,11 @@ jump predecessors, until an instruction defines that location:
   module may fall back to the YARA heuristic.
 
 All paths are followed, so a tag chosen on two branches yields both constants. The walk
-is bounded (instructions per path, states per resolution, wrapper depth).
+is bounded (instructions per path, states per resolution, wrapper depth), and so is the
+whole file's analysis: a work budget shared by every walk (`DEFAULT_BUDGET`). What the
+walks find above a function's parameter is remembered per (call site, location,
+pending arithmetic, depth), so wrappers called from many wrappers are resolved once
+each, not once per path through them.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ _MAX_DISTANCE = 400  # instructions along one path
 _MAX_STATES = 5000  # states visited by one backward walk
 _MAX_OPS = 8  # pending arithmetic steps (more means a loop is changing the value)
 _MAX_WRAPPER_DEPTH = 4
+#: Work allowed per file, in backward-walk states and instructions scanned. Real drivers
+#: use a few thousand to a few hundred thousand; a file built to fan out (every wrapper
+#: called from dozens of others, level after level) stops here with a note instead of
+#: running for minutes. Results found before the budget ran out are kept.
+DEFAULT_BUDGET = 2_000_000
+BUDGET_REASON = "the per-file analysis budget ran out"
 
 _REG, _MEM, _IMM = cs_x86.X86_OP_REG, cs_x86.X86_OP_MEM, cs_x86.X86_OP_IMM
 _ARITHMETIC = frozenset({"add", "sub", "or", "and", "xor", "shl", "sal", "shr", "rol", "ror"})
@@ -161,8 +171,13 @@ def apply_ops(value: int, ops: tuple[tuple[str, int], ...]) -> int:
 class TagResolver:
     """Backward data flow over one `CodeIndex`; see the module docstring."""
 
-    def __init__(self, index: CodeIndex, pool_slots: Mapping[int, PoolApi]):
+    def __init__(
+        self, index: CodeIndex, pool_slots: Mapping[int, PoolApi], budget: int = DEFAULT_BUDGET
+    ):
         self.index = index
+        self.budget = budget
+        self.spent = 0  # walk states and instructions scanned so far
+        self._memo: dict[tuple, _Found] = {}
         self.image = index.image
         self.is64 = index.is64
         self.ptr = 8 if self.is64 else 4
@@ -204,12 +219,24 @@ class TagResolver:
 
     # -- the walk ---------------------------------------------------------------------------
 
+    @property
+    def exhausted(self) -> bool:
+        """Whether the file's work budget ran out (later walks gave up at once)."""
+        return self.spent >= self.budget
+
+    def _spend(self, amount: int) -> bool:
+        """Charge `amount` to the budget; False once it is used up."""
+        self.spent += amount
+        return self.spent < self.budget
+
     def walk(self, rva: int, location: Location, ops: tuple = ()) -> list[Value]:
         """Every value `location` can hold just before the instruction at `rva` runs."""
         index = self.index
         start = index.index_of(rva)
         if start is None:
             return [Value("unknown", reason=f"no instruction at {rva:#x}")]
+        if self.exhausted:
+            return [Value("unknown", reason=BUDGET_REASON)]
         results: list[Value] = []
         stack = [(start, location, ops, 0)]
         seen: set = set()
@@ -219,6 +246,9 @@ class TagResolver:
             if key in seen:
                 continue
             seen.add(key)
+            if not self._spend(1):
+                results.append(Value("unknown", reason=BUDGET_REASON))
+                break
             if len(seen) > _MAX_STATES:
                 results.append(Value("unknown", reason="too many paths to follow"))
                 break
@@ -490,7 +520,7 @@ class TagResolver:
         written: set[str] = set()
         cursor = position
         while cursor < len(index.starts) and index.starts[cursor] < end:
-            if cursor - position > 2000:
+            if cursor - position > 2000 or not self._spend(1):
                 return self._volatile
             insn = index.decode(index.starts[cursor])
             if insn is None:
@@ -566,6 +596,8 @@ class TagResolver:
         if position is not None:
             limit = min(len(index.starts), position + 20000)
             for cursor in range(position, limit):
+                if not self._spend(1):
+                    break
                 rva = index.starts[cursor]
                 if cursor != position and index.is_function_start(rva):
                     break
@@ -617,49 +649,61 @@ class TagResolver:
     def resolve(self, site: ApiSite, api: PoolApi) -> SiteResult:
         """All tag constants that reach `site`, following wrappers and globals."""
         result = SiteResult(site)
-        self._resolve(
-            result,
-            call=site.rva,
-            location=self.argument(api, site.jump),
-            ops=(),
-            api_site=site.rva,
-            via=(),
-            depth=0,
-            visited=frozenset(),
-        )
+        found = self._values_at(site.rva, self.argument(api, site.jump), (), 0, frozenset())
+        for (value, kind, call, source, api_site), via in found.values.items():
+            evidence = GLOBAL if kind == GLOBAL else WRAPPER if via else DIRECT
+            result.values.append(
+                TagValue(value, evidence, call, site.rva if api_site is None else api_site,
+                         source, via)
+            )  # fmt: skip
+        result.failures.extend(found.failures)
         return result
 
-    def _resolve(self, result, call, location, ops, api_site, via, depth, visited) -> None:
+    def _values_at(
+        self, call: int, location: Location, ops: tuple, depth: int, path: frozenset[int]
+    ) -> _Found:
+        """The constants that can reach `location` at `call`, from here or from callers.
+
+        Keys are (value, kind, call where found, source, API site or None for "the site
+        being resolved"); each maps to the wrappers crossed above `call`, innermost
+        first (the first path found is kept). `path` holds the functions being resolved
+        further down, so a recursive wrapper is not followed into itself.
+        """
+        key = (call, location, ops, depth)
+        cached = self._memo.get(key)
+        if cached is not None:
+            return cached
+        values: dict[tuple, tuple[int, ...]] = {}
+        failures: list[str] = []
         for value in self.walk(call, location, ops):
             if value.kind == "const":
-                evidence = WRAPPER if via else DIRECT
-                result.values.append(
-                    TagValue(value.value, evidence, call, api_site, value.where, via)
-                )
+                values.setdefault((value.value, DIRECT, call, value.where, None), ())
             elif value.kind == "global":
                 found = self.global_values(value.value)
                 if not found:
-                    result.failures.append(f"global {value.value:#x} holds no known constant")
+                    failures.append(f"global {value.value:#x} holds no known constant")
                 for constant, _where in found:
-                    result.values.append(
-                        TagValue(
-                            apply_ops(constant, value.ops), GLOBAL, call, api_site, value.value, via
-                        )
-                    )
+                    item = (apply_ops(constant, value.ops), GLOBAL, call, value.value, None)
+                    values.setdefault(item, ())
             elif value.kind == "param":
-                self._follow_callers(result, value, api_site, via, depth, visited)
+                self._from_callers(value, call, depth, path, values, failures)
             else:
-                result.failures.append(value.reason)
+                failures.append(value.reason)
+        result = _Found(values, tuple(dict.fromkeys(failures)))
+        self._memo[key] = result
+        return result
 
-    def _follow_callers(self, result, value: Value, api_site, via, depth, visited) -> None:
+    def _from_callers(self, value: Value, call, depth, path, values, failures) -> None:
         function = value.value
-        thunk = self.index.thunk_slot(function) is not None and function == api_site
-        if function in visited or depth >= _MAX_WRAPPER_DEPTH:
-            result.failures.append(f"wrappers nested too deep at {function:#x}")
+        # A lone `jmp [slot]` reached from the site itself: an import thunk, whose
+        # callers are the real API calls (they do not count as a wrapper level).
+        thunk = function == call and self.index.thunk_slot(function) is not None
+        if function in path or depth >= _MAX_WRAPPER_DEPTH:
+            failures.append(f"wrappers nested too deep at {function:#x}")
             return
         callers = self.index.callers(function)
         if not callers:
-            result.failures.append(
+            failures.append(
                 f"tag is a parameter of the function at {function:#x}, which has no direct caller"
             )
             return
@@ -669,13 +713,21 @@ class TagResolver:
             if location[0] == "stk" and not jump:
                 # The call pushes the return address: the caller's slot is one lower.
                 caller_location = ("stk", location[1] - self.ptr)
-            self._resolve(
-                result,
-                call=caller,
-                location=caller_location,
-                ops=value.ops,
-                api_site=caller if thunk else api_site,
-                via=via if thunk else via + (function,),
-                depth=depth + (0 if thunk else 1),
-                visited=visited | {function},
+            above = self._values_at(
+                caller, caller_location, value.ops, depth + (0 if thunk else 1), path | {function}
             )
+            for (constant, kind, where, source, api_site), via in above.values.items():
+                if thunk:
+                    item = (constant, kind, where, source, caller if api_site is None else api_site)
+                    values.setdefault(item, via)
+                else:
+                    values.setdefault((constant, kind, where, source, api_site), (function, *via))
+            failures.extend(above.failures)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What `TagResolver._values_at` learned at one call site (memoized)."""
+
+    values: dict[tuple, tuple[int, ...]]
+    failures: tuple[str, ...]

@@ -42,6 +42,7 @@ _STOPS = frozenset({"ret", "retf", "iret", "iretd", "iretq", "int3", "ud2", "hlt
 _RIP_MEM = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|\d+)\]")
 _ABS_MEM = re.compile(r"(?<![:\w])\[(0x[0-9a-f]+|\d+)\]")
 _MAX_INSN = 15
+_PIECE_BYTES = 64 * 1024  # code handed to capstone at a time (see CodeIndex._pieces)
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,23 @@ class CodeIndex:
 
         skipped = merge_ranges(skip)
         view = memoryview(image.data)
-        for section in image.executable_sections():
+        swept_rvas: list[tuple[int, int]] = []
+        swept_raw: list[tuple[int, int]] = []
+        for section in sorted(image.executable_sections(), key=lambda s: s.rva):
             start, end = section.rva, section.rva + section.loaded_size
             base = section.raw_offset - section.rva
-            for run_start, run_end in _subtract((start, end), skipped):
+            # Section headers may alias (overlapping RVAs, or the same raw bytes given
+            # again at other RVAs, a trick to multiply a disassembler's work): every
+            # RVA and every file byte is decoded once.
+            aliased = [(lo - base, hi - base) for lo, hi in swept_raw]
+            holes = merge_ranges([*skipped, *swept_rvas, *aliased])
+            for run_start, run_end in _subtract((start, end), holes):
                 chunk = view[run_start + base : run_end + base]
                 self._code.append((run_start, run_end, chunk))
                 self._sweep(chunk, run_start)
+                swept_rvas.append((run_start, run_end))
+                swept_raw.append((run_start + base, run_end + base))
+        self._code.sort(key=lambda c: c[0])
 
         starts = set(image.pdata_function_starts())
         starts.update(s.rva for s in self.api_sites if s.jump and self._after_padding(s.rva))
@@ -123,6 +134,29 @@ class CodeIndex:
 
     # -- the sweep ----------------------------------------------------------------------
 
+    def _pieces(self, chunk: memoryview, base: int) -> Iterable[tuple[int, int, str, str]]:
+        """capstone's light decoding of `chunk`, in bounded pieces.
+
+        capstone decodes a whole buffer into an array of ~240-byte instruction records
+        before the first is returned (10 MiB of code cost 1.2 GB), so the sweep hands it
+        _PIECE_BYTES at a time. An instruction starting within _MAX_INSN bytes of a
+        piece's end may be cut by it, so the next piece starts there instead: the
+        instructions are exactly those of one sweep over the whole chunk.
+        """
+        total = len(chunk)
+        position = 0
+        while position < total:
+            end = min(total, position + _PIECE_BYTES)
+            last = total if end == total else end - _MAX_INSN
+            resume = position
+            for insn in self._lite.disasm_lite(chunk[position:end], base + position):
+                offset = insn[0] - base
+                if offset >= last:
+                    break
+                yield insn
+                resume = offset + insn[1]
+            position = resume if resume > position else position + 1
+
     def _sweep(self, chunk: memoryview, base: int) -> None:
         starts_append, sizes_append, flags_append = (
             self.starts.append,
@@ -130,7 +164,7 @@ class CodeIndex:
             self.flags.append,
         )
         is64 = self.is64
-        for address, size, mnemonic, operands in self._lite.disasm_lite(chunk, base):
+        for address, size, mnemonic, operands in self._pieces(chunk, base):
             starts_append(address)
             sizes_append(size)
             flag = 0

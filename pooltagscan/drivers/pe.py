@@ -4,8 +4,10 @@ Everything a user can hand us by mistake - a text file, a truncated download, a
 user-mode DLL, an ARM64 driver, a directory entry we may not read - becomes an
 `InputError` with a one-line reason, so a batch can report the file and go on. The
 file is read once, read-only, into memory (drivers are small; a size cap keeps a
-multi-GiB file passed by mistake from being read at all), and pefile parses it from
-that copy, so nothing ever writes to or maps the input.
+multi-GiB file passed by mistake from being read at all, and the first page is checked
+before the rest is read), and pefile parses it from that copy, so nothing ever writes to
+or maps the input. Numbers the headers state (section RVAs and sizes, data directories)
+are held against the file and the 32-bit RVA space before anything loops on them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pefile
 
 from pooltagscan.drivers.apis import KERNEL_MODULES, module_key
 from pooltagscan.errors import InputError
-from pooltagscan.files import read_limited, regular_file
+from pooltagscan.files import InputFile
 
 __all__ = [
     "MAX_IMAGE_BYTES",
@@ -33,6 +35,7 @@ __all__ = [
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 _MACHINES = {0x14C: "x86", 0x8664: "x64"}
+_MAX_RVA = 1 << 32  # RVAs are 32-bit: no section may reach past 4 GiB
 _UNSUPPORTED_MACHINES = {
     0xAA64: "ARM64",
     0xA641: "ARM64EC",
@@ -273,35 +276,50 @@ def _text(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else raw.decode("latin-1")
 
 
+_HEAD_BYTES = 4096
+
+
 def read_file(path: str) -> bytes:
-    """The whole file, or InputError saying why it cannot be used."""
-    path, size = regular_file(path, "a driver file")
-    if size == 0:
-        raise InputError(path, "empty file, not a PE image")
-    if size > MAX_IMAGE_BYTES:
-        raise InputError(
-            path,
-            f"{size} bytes is too large for a driver image (limit {MAX_IMAGE_BYTES // 2**20} MiB)",
-        )
-    return read_limited(path, MAX_IMAGE_BYTES)
+    """The whole file, or InputError saying why it cannot be used.
+
+    The first page is read and checked (MZ, PE signature, machine) before the rest, so a
+    large file that is no driver at all (a dump, a disk image, zeros) costs one page.
+    """
+    with InputFile.open(path, "a driver file") as source:
+        size = source.size
+        if size == 0:
+            raise InputError(path, "empty file, not a PE image")
+        if size > MAX_IMAGE_BYTES:
+            raise InputError(
+                path,
+                f"{size} bytes is too large for a driver image "
+                f"(limit {MAX_IMAGE_BYTES // 2**20} MiB)",
+            )
+        head = source.pread(0, _HEAD_BYTES)
+        check_head(path, head, size)
+        data = head + source.pread(len(head), size - len(head)) if size > len(head) else head
+        if len(data) != size:
+            raise InputError(path, f"the file changed while it was read ({size} -> {len(data)} bytes)")
+        return data
 
 
-def load_image(path: str, data: bytes | None = None) -> DriverImage:
-    """Validate `path` (or its already-read `data`) as an x86/x64 kernel-mode image."""
-    if data is None:
-        data = read_file(path)
-    if len(data) < 64 or data[:2] != b"MZ":
+def check_head(path: str, head: bytes, size: int) -> str:
+    """The architecture, if the file's first bytes are an x86/x64 PE header; else
+    InputError in plain words."""
+    if len(head) < 64 or bytes(head[:2]) != b"MZ":
         raise InputError(path, "not a PE image (no MZ header)")
-    (pe_offset,) = struct.unpack_from("<I", data, 0x3C)
-    if pe_offset + 24 > len(data):
+    (pe_offset,) = struct.unpack_from("<I", head, 0x3C)
+    if pe_offset + 24 > size:
         raise InputError(
             path,
             f"truncated or malformed PE: its PE header offset {pe_offset:#x} lies past the "
-            f"end of the {len(data)}-byte file",
+            f"end of the {size}-byte file",
         )
-    if data[pe_offset : pe_offset + 4] != b"PE\0\0":
+    if pe_offset + 24 > len(head):
+        return ""  # a header this far in is odd but legal; load_image decides
+    if bytes(head[pe_offset : pe_offset + 4]) != b"PE\0\0":
         raise InputError(path, "not a PE image (MZ header without a PE signature)")
-    (machine,) = struct.unpack_from("<H", data, pe_offset + 4)
+    (machine,) = struct.unpack_from("<H", head, pe_offset + 4)
     arch = _MACHINES.get(machine)
     if arch is None:
         name = _UNSUPPORTED_MACHINES.get(machine)
@@ -310,6 +328,16 @@ def load_image(path: str, data: bytes | None = None) -> DriverImage:
             f"unsupported architecture {name + ' ' if name else ''}(machine {machine:#06x}); "
             "only x86 and x64 drivers are analysed",
         )
+    return arch
+
+
+def load_image(path: str, data: bytes | None = None) -> DriverImage:
+    """Validate `path` (or its already-read `data`) as an x86/x64 kernel-mode image."""
+    if data is None:
+        data = read_file(path)
+    check_head(path, data[:_HEAD_BYTES], len(data))
+    (pe_offset,) = struct.unpack_from("<I", data, 0x3C)
+    arch = check_head(path, memoryview(data)[: pe_offset + 24], len(data))
     try:
         pe = pefile.PE(data=data, fast_load=True)
     except pefile.PEFormatError as exc:
@@ -350,6 +378,13 @@ def load_image(path: str, data: bytes | None = None) -> DriverImage:
                 path,
                 f"truncated PE: section {name or '?'} needs bytes up to "
                 f"{section.raw_offset + section.raw_size:#x}, the file has {len(data)}",
+            )
+        if section.rva + max(section.virtual_size, section.raw_size) > _MAX_RVA:
+            raise InputError(
+                path,
+                f"malformed PE: section {name or '?'} at RVA {section.rva:#x} with size "
+                f"{max(section.virtual_size, section.raw_size):#x} runs past the 4 GiB an "
+                "image can span",
             )
         sections.append(section)
     if not sections:

@@ -21,15 +21,28 @@ from __future__ import annotations
 import os
 
 from pooltagscan.errors import InputError
+from pooltagscan.files import InputFile
 from pooltagscan.inputs import sniff
 from pooltagscan.inputs.base import MemoryImage, open_checked
 from pooltagscan.inputs.raw import open_raw
 
 
 def open_image(path: str | os.PathLike[str]) -> MemoryImage:
-    """Open a memory dump for scanning; raises InputError with a one-line reason."""
-    path, size = open_checked(path)
-    head = sniff.read_head(path)
+    """Open a memory dump for scanning; raises InputError with a one-line reason.
+
+    The dump's descriptor stays open in the image (`MemoryImage.close` releases it).
+    """
+    source = open_checked(path)
+    try:
+        return _open_source(source)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _open_source(source: InputFile) -> MemoryImage:
+    path = source.path
+    head = source.pread(0, sniff.HEAD_BYTES)
     found = sniff.sniff_bytes(head)
     if found.kind == sniff.FOREIGN:
         hint = f" ({found.hint})" if found.hint else ""
@@ -37,25 +50,25 @@ def open_image(path: str | os.PathLike[str]) -> MemoryImage:
     if found.kind == sniff.CRASHDUMP:
         from pooltagscan.inputs.crashdump import open_crashdump
 
-        return open_crashdump(path, size, head)
+        return open_crashdump(source, head)
     if found.kind == sniff.LIME:
         from pooltagscan.inputs.lime import open_lime
 
-        return open_lime(path, size)
+        return open_lime(source)
     if found.kind == sniff.ELFCORE:
         from pooltagscan.inputs.elfcore import open_elfcore
 
-        return open_elfcore(path, size, head)
+        return open_elfcore(source, head)
     if found.kind == sniff.VMWARE_STATE:
         from pooltagscan.inputs.vmware import open_state_file
 
-        return open_state_file(path)
+        return open_state_file(source)
     from pooltagscan.inputs.vmware import open_vmem, state_file_beside
 
     state = state_file_beside(path)
     if state is not None:
-        return open_vmem(path, size, state)
-    return open_raw(path)
+        return open_vmem(source, state)
+    return open_raw(source)
 
 
 __all__ = ["MemoryImage", "open_image"]

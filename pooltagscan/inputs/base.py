@@ -1,16 +1,21 @@
-"""What every input format provides to the scanner: page-aligned runs mapped from a file.
+"""What every input format provides to the scanner: page-aligned runs read from a file.
 
 The scanner never sees file formats. An input describes its address space as runs of
 (address, file offset, length) and hands out read-only numpy views of windows of them;
 for flat files and the container formats whose page map Volatility reads for us (crash
-dumps, LiME, ELF cores, VMware) the bytes come straight from an mmap of the evidence.
+dumps, LiME, ELF cores, VMware) the bytes come straight from the evidence file.
 Kernel minidumps override `words` to assemble pages from fragments (see `minidump`).
+
+Windows are read with `pread` on the one descriptor opened for the dump (see
+`pooltagscan.files`) into a buffer reused from window to window. Unlike a mapping, a
+read cannot kill the process when the file shrinks under it (an access past the end of a
+mapped file raises SIGBUS): it comes back short, and the scan stops with a one-line
+error. With cache-sized windows the copy is also no slower than faulting in a mapping.
 Subclasses must stay picklable when `parallel_ok`: worker processes receive the image.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pooltagscan.errors import InputError
-from pooltagscan.files import regular_file
+from pooltagscan.files import InputFile
 from pooltagscan.layouts import PAGE_SIZE
 
 # Human names of MemoryImage.format values (the values are what JSON outputs carry).
@@ -34,9 +39,10 @@ FORMAT_NAMES = {
 }
 # `details` keys worth a word in the one-line summary the shells print.
 SUMMARY_KEYS = ("dump_type", "build", "bugcheck", "data_blocks", "ranges", "segments", "regions")
+DUMP = "a memory dump"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Run:
     """A stretch of the address space stored contiguously in the file."""
 
@@ -47,16 +53,40 @@ class Run:
 
 @dataclass(frozen=True)
 class Window:
-    """A slice of one run: the unit of work of a scan (and of one worker process)."""
+    """A slice of the address space: the unit of work of a scan (and of one worker).
+
+    Usually one stretch of one run. A format that stores scattered pages (kernel
+    minidumps) gathers many of them into one window instead: `pages` then holds the
+    address of each page of the window's buffer, in ascending order, and `address` is
+    the first of them. Every scanner check stays inside one page, so gathered pages
+    scan exactly as they would one by one, at a fraction of the per-window cost.
+    """
 
     address: int
     file_offset: int
     length: int
+    pages: np.ndarray | None = field(default=None, compare=False)
+
+    def addresses(self, offsets: np.ndarray) -> np.ndarray:
+        """Addresses (uint64) of byte offsets into the window's buffer."""
+        offsets = np.asarray(offsets, np.uint64)
+        if self.pages is None:
+            return offsets + np.uint64(self.address)
+        return self.pages[offsets // np.uint64(PAGE_SIZE)] + offsets % np.uint64(PAGE_SIZE)
+
+    def address_at(self, offset: int) -> int:
+        if self.pages is None:
+            return self.address + offset
+        return int(self.pages[offset // PAGE_SIZE]) + offset % PAGE_SIZE
 
 
 @dataclass
 class MemoryImage:
-    """A dump opened read-only: its runs, a label for its format, and notes for the user."""
+    """A dump opened read-only: its runs, a label for its format, and notes for the user.
+
+    `source` is the dump's one read-only descriptor (opened from `path` on first use
+    when the image was built without it).
+    """
 
     path: str
     format: str
@@ -65,10 +95,15 @@ class MemoryImage:
     notes: list[str] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
     file_size: int = 0
+    source: InputFile | None = field(default=None, repr=False)
 
     @property
     def scanned_bytes(self) -> int:
         return sum(r.length for r in self.runs)
+
+    @property
+    def max_address(self) -> int:
+        return max((r.address + r.length for r in self.runs), default=0)
 
     @property
     def parallel_ok(self) -> bool:
@@ -103,68 +138,79 @@ class MemoryImage:
                     run.address + delta, run.file_offset + delta, min(step, run.length - delta)
                 )
 
+    # -- reading ------------------------------------------------------------------------
+
+    @property
+    def file(self) -> InputFile:
+        if self.source is None:
+            self.source = InputFile.open(self.path, DUMP)
+        return self.source
+
+    def _buffer(self, length: int) -> memoryview:
+        """A reusable read buffer of at least `length` bytes (one per image and process)."""
+        buf = self.__dict__.get("_buf")
+        if buf is None or len(buf) < length:
+            buf = bytearray(length)
+            self.__dict__["_buf"] = buf
+        return memoryview(buf)[:length]
+
+    def read_file_range(self, offset: int, length: int) -> memoryview:
+        """`length` file bytes at `offset` in the reusable buffer; InputError when the
+        file no longer holds them (it shrank after it was opened)."""
+        view = self._buffer(length)
+        got = self.file.readinto(view, offset)
+        if got < length:
+            raise self.shrank(offset + got)
+        return view
+
+    def shrank(self, at: int) -> InputError:
+        try:
+            now = os.fstat(self.file.fd).st_size
+        except OSError:
+            now = at
+        return InputError(
+            self.path,
+            f"the file shrank during the scan (it was {self.file.size} bytes, it is now "
+            f"{now}); the scan stopped at offset {at:#x}",
+        )
+
     @contextmanager
     def words(self, window: Window) -> Iterator[np.ndarray]:
-        """A read-only uint32 view (pages, 1024) of a window, unmapped on exit.
-
-        Mapping window by window (instead of the whole file once) is what keeps the
-        resident set bounded: pages of a closed mapping stop counting against us.
-        """
-        with map_file_range(self.path, window.file_offset, window.length) as buf:
-            yield np.frombuffer(buf, dtype="<u4").reshape(-1, PAGE_SIZE // 4)
+        """A read-only uint32 view (pages, 1024) of a window, valid inside the block."""
+        view = self.read_file_range(window.file_offset, window.length)
+        words = np.frombuffer(view, dtype="<u4").reshape(-1, PAGE_SIZE // 4)
+        words.flags.writeable = False
+        yield words
 
     def read(self, address: int, length: int) -> bytes:
         """Bytes at an address of the scanned space (short or empty outside the runs)."""
         for run in self.runs:
             if run.address <= address < run.address + run.length:
                 length = min(length, run.address + run.length - address)
-                with open(self.path, "rb") as f:
-                    f.seek(run.file_offset + address - run.address)
-                    return f.read(length)
+                return self.file.pread(run.file_offset + address - run.address, length)
         return b""
 
-
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-
-
-@contextmanager
-def map_file_range(path: str, offset: int, length: int) -> Iterator[memoryview]:
-    """mmap `length` bytes at `offset` read-only (offset need not be granule aligned)."""
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    delta = offset - start
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _POPULATE:  # read-only shared mapping, faulted in at once: fewer page faults
-            mm = mmap.mmap(
-                fd,
-                delta + length,
-                flags=mmap.MAP_SHARED | _POPULATE,
-                prot=mmap.PROT_READ,
-                offset=start,
+    def check_unchanged(self) -> None:
+        """InputError if the dump changed since it was opened (size, mtime, identity)."""
+        if self.source is None:
+            return
+        problem = self.source.changed()
+        if problem:
+            raise InputError(
+                self.path, f"the file {problem} during the scan; its results cannot be trusted"
             )
-        else:
-            mm = mmap.mmap(fd, delta + length, offset=start, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"cannot map bytes {offset:#x}-{offset + length:#x}: {exc}") from exc
-    finally:
-        os.close(fd)
-    view = memoryview(mm)[delta : delta + length]
-    try:
-        yield view
-    finally:
-        view.release()
-        try:
-            mm.close()
-        except BufferError:
-            pass  # a caller kept a view; the mapping goes when it does
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+        self.__dict__.pop("_buf", None)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_buf", None)
+        return state
 
 
-def open_checked(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """Check that `path` is a readable regular file; return (path, size)."""
-    path, size = regular_file(path, "a memory dump")
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except OSError as exc:
-        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
-    return path, size
+def open_checked(path: str | os.PathLike[str]) -> InputFile:
+    """Open `path` read-only as a dump (a readable regular file) and keep it open."""
+    return InputFile.open(path, DUMP)

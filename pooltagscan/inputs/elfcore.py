@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from pooltagscan.files import InputFile
 from pooltagscan.inputs import volmap
 from pooltagscan.inputs.base import MemoryImage
 
@@ -18,8 +19,8 @@ from pooltagscan.inputs.base import MemoryImage
 MACHINES = {3: "x86", 62: "x64", 183: "ARM64"}
 
 
-def open_elfcore(path: str, file_size: int, head: bytes) -> MemoryImage:
-    image = volmap.physical_image(path, file_size, "elfcore", _build_layer, "ELF core dump")
+def open_elfcore(source: InputFile, head: bytes) -> MemoryImage:
+    image = volmap.physical_image(source, "elfcore", _build_layer, "ELF core dump")
     (machine,) = struct.unpack_from("<H", head, 18)
     image.architecture = MACHINES.get(machine, f"ELF machine {machine}")
     image.details["load_segments"] = image.details.pop("segments")

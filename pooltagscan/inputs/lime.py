@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pooltagscan.files import InputFile
 from pooltagscan.inputs import volmap
 from pooltagscan.inputs.base import MemoryImage
 
 
-def open_lime(path: str, file_size: int) -> MemoryImage:
-    image = volmap.physical_image(path, file_size, "lime", _build_layer, "LiME dump")
+def open_lime(source: InputFile) -> MemoryImage:
+    image = volmap.physical_image(source, "lime", _build_layer, "LiME dump")
     image.details["ranges"] = image.details.pop("segments")
     return image
 

@@ -14,6 +14,12 @@ block's bytes at their page offsets. Zeros can never pass as a header (BlockSize
 `captured_only` drops any record whose header bytes are not all in the dump, so padding
 never invents or completes a header.
 
+The data-block table is parsed with numpy and every count in it is held against the
+file before use: the table must lie inside the file, blocks are cut to the file and to
+each other, and blocks together may not claim more bytes than the file holds. Pages are
+gathered into windows of many scattered pages (`Window.pages`), so a dump of 200,000
+blocks on separate pages costs a few dozen windows, not 200,000.
+
 Offsets were checked on a real Windows 11 ARM64 minidump (build 22000): triage header
 at 0x2000, DataBlocksOffset at +0x78, DataBlocksCount at +0x7C, and the 'TRGD' marker at
 ValidOffset ending the triage data; the 32-bit layout follows the same public
@@ -22,7 +28,6 @@ descriptions (rizin's dmp_specs.h, published _TRIAGE_DUMP32 symbol offsets).
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pooltagscan.errors import InputError
-from pooltagscan.inputs.base import MemoryImage, Run, Window, map_file_range
+from pooltagscan.files import InputFile
+from pooltagscan.inputs.base import MemoryImage, Run, Window
 from pooltagscan.inputs.crashdump import DumpHeader
 from pooltagscan.layouts import PAGE_SIZE
 
@@ -40,6 +46,8 @@ TRIAGE_VALID = b"TRGD"  # the ULONG at ValidOffset of a complete triage dump
 # a record is kept only when all of them come from the dump, not from padding.
 REPORTED_HEADER_BYTES = 8
 MAX_BLOCKS = 1 << 20  # far above any real minidump; guards against a corrupt count
+_PAGE = np.uint64(PAGE_SIZE)
+_SHIFT = np.uint64(12)
 
 
 @dataclass(frozen=True)
@@ -52,123 +60,191 @@ class TriageLayout:
     data_page: str  # struct format of (DataPageAddress, DataPageOffset, DataPageSize)
     data_page_at: int
     blocks_at: int  # DataBlocksOffset, DataBlocksCount (two u32)
-    record: struct.Struct  # one data block: (virtual address, file offset, size)
+    record: np.dtype  # one data block: (virtual address, file offset, size)
 
 
-TRIAGE64 = TriageLayout(0x04, 0x08, 0x34, "<QII", 0x60, 0x78, struct.Struct("<QII"))
-TRIAGE32 = TriageLayout(0x04, 0x08, 0x34, "<III", 0x4C, 0x60, struct.Struct("<III"))
+_RECORD64 = np.dtype([("va", "<u8"), ("offset", "<u4"), ("size", "<u4")])
+_RECORD32 = np.dtype([("va", "<u4"), ("offset", "<u4"), ("size", "<u4")])
+TRIAGE64 = TriageLayout(0x04, 0x08, 0x34, "<QII", 0x60, 0x78, _RECORD64)
+TRIAGE32 = TriageLayout(0x04, 0x08, 0x34, "<III", 0x4C, 0x60, _RECORD32)
+
+
+@dataclass
+class Blocks:
+    """Data blocks as arrays, sorted by address and non-overlapping: `va`/`end` (uint64,
+    end exclusive) and the file `offset` of each block's first byte (int64)."""
+
+    va: np.ndarray
+    end: np.ndarray
+    offset: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.va.size)
+
+    def captured(self) -> int:
+        return int((self.end - self.va).sum()) if len(self) else 0
 
 
 @dataclass
 class MinidumpImage(MemoryImage):
     """Kernel virtual memory rebuilt page by page from a minidump's data blocks.
 
-    `blocks` holds (virtual address, file offset, size), sorted and non-overlapping;
-    `spans` the captured virtual ranges with neighbouring blocks merged. Runs cover every
-    page a block touches; their file_offset is meaningless (pages are assembled).
+    `blocks` holds the cleaned data blocks; `span_starts`/`span_ends` the captured
+    virtual ranges with neighbouring blocks merged; `pages` the address of every page a
+    block touches (uint64, ascending). Runs cover those pages; their file_offset is
+    meaningless (pages are assembled).
     """
 
-    blocks: list[tuple[int, int, int]] = field(default_factory=list)
-    spans: list[tuple[int, int]] = field(default_factory=list)
+    blocks: Blocks | None = None
+    span_starts: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    span_ends: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    pages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+
+    @property
+    def scanned_bytes(self) -> int:
+        return int(self.pages.size) * PAGE_SIZE
+
+    def windows(self, window_bytes: int) -> Iterator[Window]:
+        """Windows of up to `window_bytes` of captured pages, gathered across gaps."""
+        step = max(1, window_bytes // PAGE_SIZE)
+        for first in range(0, self.pages.size, step):
+            pages = self.pages[first : first + step]
+            yield Window(int(pages[0]), 0, int(pages.size) * PAGE_SIZE, pages=pages)
 
     @contextmanager
     def words(self, window: Window) -> Iterator[np.ndarray]:
-        buf = self._assemble(window.address, window.length)
+        pages = window.pages
+        if pages is None:  # a plain stretch of the address space (detection samples)
+            first = np.uint64(window.address)
+            pages = first + np.arange(window.length // PAGE_SIZE, dtype=np.uint64) * _PAGE
+        buf = self._assemble(pages)
         yield np.frombuffer(buf, dtype="<u4").reshape(-1, PAGE_SIZE // 4)
 
     def read(self, address: int, length: int) -> bytes:
-        for run in self.runs:
-            if run.address <= address < run.address + run.length:
-                length = min(length, run.address + run.length - address)
-                return bytes(self._assemble(address, length))
-        return b""
+        if length <= 0 or not self.pages.size:
+            return b""
+        first = address - address % PAGE_SIZE
+        last = min(address + length, 1 << 64) - 1
+        count = (last - first) // PAGE_SIZE + 1
+        if not 0 <= first < 1 << 64 or count > 1 << 16:
+            return b""
+        page = np.uint64(first) + np.arange(count, dtype=np.uint64) * _PAGE
+        return bytes(self._assemble(page)[address - first : address - first + length])
 
-    def _assemble(self, address: int, length: int) -> bytearray:
-        """`length` bytes of virtual memory at `address`: block bytes, zeros elsewhere."""
-        buf = bytearray(length)
-        end = address + length
-        starts = [b[0] for b in self.blocks]
-        first = max(0, bisect.bisect_right(starts, address) - 1)
-        wanted = []
-        for va, offset, size in self.blocks[first:]:
-            if va >= end:
-                break
-            lo, hi = max(va, address), min(va + size, end)
-            if lo < hi:
-                wanted.append((lo - address, offset + lo - va, hi - lo))
-        if wanted:
-            low = min(w[1] for w in wanted)
-            high = max(w[1] + w[2] for w in wanted)
-            with map_file_range(self.path, low, high - low) as view:
-                for at, offset, size in wanted:
-                    buf[at : at + size] = view[offset - low : offset - low + size]
+    def _assemble(self, pages: np.ndarray) -> bytearray:
+        """The given pages (ascending addresses) of virtual memory: block bytes where
+        the dump has them, zeros elsewhere."""
+        buf = bytearray(int(pages.size) * PAGE_SIZE)
+        blocks = self.blocks
+        if blocks is None or not len(blocks) or not pages.size:
+            return buf
+        low, high = pages[0], pages[-1] + _PAGE
+        lo = int(np.searchsorted(blocks.end, low, side="right"))
+        hi = int(np.searchsorted(blocks.va, high, side="left"))
+        if lo >= hi:
+            return buf
+        va = np.maximum(blocks.va[lo:hi], low)
+        end = np.minimum(blocks.end[lo:hi], high)
+        offset = blocks.offset[lo:hi] + (va - blocks.va[lo:hi]).astype(np.int64)
+        # Where each piece's first byte lands in the buffer: its page's position among
+        # the window's pages. A block's pages are consecutive there (they are all
+        # captured pages), so each piece is one contiguous copy.
+        slot = np.searchsorted(pages, va - va % _PAGE)
+        found = (slot < pages.size) & (pages[np.minimum(slot, pages.size - 1)] == va - va % _PAGE)
+        at = slot.astype(np.int64) * PAGE_SIZE + (va % _PAGE).astype(np.int64)
+        read = self.file.pread
+        for ok, position, file_offset, size in zip(
+            found.tolist(), at.tolist(), offset.tolist(), (end - va).astype(np.int64).tolist()
+        ):
+            if not ok or size <= 0:
+                continue
+            data = read(file_offset, size)
+            if len(data) < size:
+                raise self.shrank(file_offset + len(data))
+            buf[position : position + size] = data
         return buf
 
     def captured_only(self, records: np.ndarray) -> np.ndarray:
-        if not records.size:
-            return records
-        # Python integers: virtual addresses sit next to 2**64, where uint64 sums wrap.
-        starts = [s for s, _ in self.spans]
-        keep = np.zeros(records.size, bool)
-        for i, offset in enumerate(records["offset"].tolist()):
-            at = bisect.bisect_right(starts, offset) - 1
-            keep[i] = at >= 0 and offset + REPORTED_HEADER_BYTES <= self.spans[at][1]
+        if not records.size or not self.span_starts.size:
+            return records[:0] if not self.span_starts.size else records
+        offset = records["offset"]
+        at = np.searchsorted(self.span_starts, offset, side="right").astype(np.int64) - 1
+        keep = at >= 0
+        # offset + 8 <= end, written so that nothing wraps at the top of the 64-bit space
+        end = self.span_ends[np.maximum(at, 0)]
+        need = np.uint64(REPORTED_HEADER_BYTES)
+        keep &= (end >= need) & (offset <= end - need)
         return records if keep.all() else records[keep]
 
 
-def open_minidump(path: str, file_size: int, header: DumpHeader) -> MinidumpImage:
+def open_minidump(source: InputFile, header: DumpHeader) -> MinidumpImage:
     """Read the triage header and data blocks of a DumpType 4 file."""
+    path, file_size = source.path, source.size
     layout = TRIAGE64 if header.is64 else TRIAGE32
     base = header.header_size
-    with open(path, "rb") as f:
-        f.seek(base)
-        triage = f.read(0x100)
-        if len(triage) < 0x80:
-            raise InputError(path, "truncated kernel minidump: no triage header")
-        blocks_offset, count = struct.unpack_from("<II", triage, layout.blocks_at)
-        (size_of_dump,) = struct.unpack_from("<I", triage, layout.size_of_dump)
-        (valid_offset,) = struct.unpack_from("<I", triage, layout.valid_offset)
-        (drivers,) = struct.unpack_from("<I", triage, layout.driver_count)
-        page_va, page_offset, page_size = struct.unpack_from(
-            layout.data_page, triage, layout.data_page_at
+    triage = source.pread(base, 0x100)
+    if len(triage) < 0x80:
+        raise InputError(path, "truncated kernel minidump: no triage header")
+    blocks_offset, count = struct.unpack_from("<II", triage, layout.blocks_at)
+    (size_of_dump,) = struct.unpack_from("<I", triage, layout.size_of_dump)
+    (valid_offset,) = struct.unpack_from("<I", triage, layout.valid_offset)
+    (drivers,) = struct.unpack_from("<I", triage, layout.driver_count)
+    page_va, page_offset, page_size = struct.unpack_from(
+        layout.data_page, triage, layout.data_page_at
+    )
+    table_size = count * layout.record.itemsize
+    if count > MAX_BLOCKS or blocks_offset + table_size > file_size or blocks_offset < base:
+        raise InputError(
+            path,
+            f"kernel minidump with a damaged data-block table "
+            f"({count} blocks at {blocks_offset:#x}, file is {file_size} bytes)",
         )
-        table_size = count * layout.record.size
-        if count > MAX_BLOCKS or blocks_offset + table_size > file_size or blocks_offset < base:
-            raise InputError(
-                path,
-                f"kernel minidump with a damaged data-block table "
-                f"({count} blocks at {blocks_offset:#x}, file is {file_size} bytes)",
-            )
-        f.seek(blocks_offset)
-        table = f.read(table_size)
-        marker = b""
-        if 0 < valid_offset <= file_size - 4:
-            f.seek(valid_offset)
-            marker = f.read(4)
-    raw = [layout.record.unpack_from(table, i * layout.record.size) for i in range(count)]
-    if page_size and page_va:
-        raw.append((page_va, page_offset, page_size))  # the page the bugcheck points at
-    blocks, notes = _clean_blocks(raw, file_size, 1 << (64 if header.is64 else 32))
-    if not blocks:
+    table = source.pread(blocks_offset, table_size)
+    marker = b""
+    if 0 < valid_offset <= file_size - 4:
+        marker = source.pread(valid_offset, 4)
+    records = np.frombuffer(table, dtype=layout.record, count=count)
+    va = records["va"].astype(np.uint64)
+    offset = records["offset"].astype(np.int64)
+    size = records["size"].astype(np.int64)
+    if page_size and page_va:  # the page the bugcheck points at
+        va = np.append(va, np.uint64(page_va))
+        offset = np.append(offset, page_offset)
+        size = np.append(size, page_size)
+    space_bits = 64 if header.is64 else 32
+    blocks, notes = clean_blocks(va, offset, size, file_size, space_bits)
+    if not len(blocks):
         raise InputError(path, "kernel minidump holds no memory blocks")
-    spans = _spans(blocks)
+    captured = blocks.captured()
+    if captured > file_size:
+        raise InputError(
+            path,
+            f"kernel minidump whose data blocks claim {captured} bytes of memory, more than "
+            f"the {file_size}-byte file holds (blocks share file bytes: the table is damaged)",
+        )
+    span_starts, span_ends = _spans(blocks)
+    pages = _pages(blocks)
     image = MinidumpImage(
         path=path,
         format="minidump",
-        runs=_page_runs(blocks),
+        runs=_page_runs(pages),
         architecture=header.architecture,
         file_size=file_size,
+        source=source,
         blocks=blocks,
-        spans=spans,
+        span_starts=span_starts,
+        span_ends=span_ends,
+        pages=pages,
     )
-    captured = sum(size for _, _, size in blocks)
-    whole = sum(1 for va, _, size in blocks if va % PAGE_SIZE == 0 and size % PAGE_SIZE == 0)
+    whole = int(
+        np.count_nonzero((blocks.va % _PAGE == 0) & ((blocks.end - blocks.va) % _PAGE == 0))
+    )
     image.details.update(header.details())
     image.details.update(
         data_blocks=count,
         captured_bytes=captured,
         whole_page_blocks=whole,
-        pages=image.scanned_bytes // PAGE_SIZE,
+        pages=int(pages.size),
         drivers=drivers,
     )
     if size_of_dump and file_size > size_of_dump:
@@ -178,68 +254,90 @@ def open_minidump(path: str, file_size: int, header: DumpHeader) -> MinidumpImag
     image.notes.extend(notes)
     image.notes.append(
         f"kernel minidump: {captured} bytes of kernel virtual memory in {len(blocks)} "
-        f"blocks over {image.scanned_bytes // PAGE_SIZE} pages; offsets are virtual addresses"
+        f"blocks over {pages.size} pages; offsets are virtual addresses"
     )
     return image
 
 
-def _clean_blocks(
-    raw: list[tuple[int, int, int]], file_size: int, space: int
-) -> tuple[list[tuple[int, int, int]], list[str]]:
-    """Blocks sorted by address, cut to the file and to each other, with notes on repairs."""
+def clean_blocks(
+    va: np.ndarray, offset: np.ndarray, size: np.ndarray, file_size: int, space_bits: int
+) -> tuple[Blocks, list[str]]:
+    """Blocks sorted by address, cut to the file, the address space and each other.
+
+    Empty blocks and blocks starting outside the file or the address space are dropped;
+    where blocks overlap, the earlier block's bytes stand. (The last byte of the 64-bit
+    address space is never captured, so block ends fit in uint64.)
+    """
     notes = []
-    beyond = empty = overlapped = 0
-    usable = []
-    for va, offset, size in raw:
-        if size == 0:
-            empty += 1
-            continue
-        if offset >= file_size or va >= space:
-            beyond += 1
-            continue
-        size = min(size, file_size - offset, space - va)
-        usable.append((va, offset, size))
-    usable.sort()
-    blocks: list[tuple[int, int, int]] = []
-    for va, offset, size in usable:
-        if blocks:
-            prev_end = blocks[-1][0] + blocks[-1][2]
-            if va < prev_end:  # overlapping capture: the earlier block's bytes stand
-                overlapped += 1
-                cut = prev_end - va
-                if cut >= size:
-                    continue
-                va, offset, size = va + cut, offset + cut, size - cut
-        blocks.append((va, offset, size))
-    if beyond:
-        notes.append(f"{beyond} data blocks point outside the file and are skipped")
-    if empty:
-        notes.append(f"{empty} empty data blocks are skipped")
+    va = va.astype(np.uint64)
+    empty = size == 0
+    beyond = ~empty & (offset >= file_size)
+    if space_bits < 64:
+        beyond |= ~empty & (va >= np.uint64(1 << space_bits))
+    usable = ~empty & ~beyond
+    va, offset, size = va[usable], offset[usable], size[usable]
+    top = np.uint64((1 << space_bits) - 1)
+    room = np.minimum(top - va, np.uint64(1 << 32)).astype(np.int64)
+    size = np.minimum(np.minimum(size, file_size - offset), room)
+    order = np.lexsort((size, offset, va))
+    va, offset, size = va[order], offset[order], size[order]
+    end = va + size.astype(np.uint64)
+    overlapped = 0
+    if va.size:
+        reach = np.maximum.accumulate(end)
+        previous_end = np.concatenate(([np.uint64(0)], reach[:-1]))
+        cut = va < previous_end
+        cut[0] = False
+        overlapped = int(np.count_nonzero(cut))
+        start = np.where(cut, previous_end, va)
+        keep = start < end
+        offset = offset + (start - va).astype(np.int64)
+        va = start
+        va, end, offset = va[keep], end[keep], offset[keep]
+    if int(np.count_nonzero(beyond)):
+        notes.append(
+            f"{int(np.count_nonzero(beyond))} data blocks point outside the file and are skipped"
+        )
+    if int(np.count_nonzero(empty)):
+        notes.append(f"{int(np.count_nonzero(empty))} empty data blocks are skipped")
     if overlapped:
         notes.append(f"{overlapped} data blocks overlap others; the first copy is used")
-    return blocks, notes
+    return Blocks(va, end, offset), notes
 
 
-def _spans(blocks: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    for va, _, size in blocks:
-        if spans and spans[-1][1] == va:
-            spans[-1] = (spans[-1][0], va + size)
-        else:
-            spans.append((va, va + size))
-    return spans
+def _spans(blocks: Blocks) -> tuple[np.ndarray, np.ndarray]:
+    """Captured ranges: blocks that touch end to start merged."""
+    if not len(blocks):
+        return blocks.va, blocks.end
+    breaks = blocks.va[1:] != blocks.end[:-1]
+    starts = blocks.va[np.concatenate(([True], breaks))]
+    ends = blocks.end[np.concatenate((breaks, [True]))]
+    return starts, ends
 
 
-def _page_runs(blocks: list[tuple[int, int, int]]) -> list[Run]:
-    """Runs over every virtual page a block touches, neighbouring pages merged."""
-    runs: list[Run] = []
-    for va, _, size in blocks:
-        first = va // PAGE_SIZE * PAGE_SIZE
-        last = (va + size - 1) // PAGE_SIZE * PAGE_SIZE + PAGE_SIZE
-        if runs and first <= runs[-1].address + runs[-1].length:
-            prev = runs[-1]
-            end = max(prev.address + prev.length, last)
-            runs[-1] = Run(prev.address, 0, end - prev.address)
-        else:
-            runs.append(Run(first, 0, last - first))
-    return runs
+def _pages(blocks: Blocks) -> np.ndarray:
+    """Addresses of every page a block touches, ascending, each once."""
+    first = blocks.va >> _SHIFT
+    last = (blocks.end - np.uint64(1)) >> _SHIFT
+    counts = (last - first + np.uint64(1)).astype(np.int64)
+    starts = np.repeat(first, counts)
+    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    )
+    numbers = starts + within.astype(np.uint64)
+    if numbers.size > 1:  # sorted already: neighbouring blocks may share a page
+        numbers = numbers[np.concatenate(([True], numbers[1:] != numbers[:-1]))]
+    return numbers << _SHIFT
+
+
+def _page_runs(pages: np.ndarray) -> list[Run]:
+    """Runs of consecutive captured pages."""
+    if not pages.size:
+        return []
+    breaks = np.flatnonzero(pages[1:] != pages[:-1] + _PAGE) + 1
+    firsts = np.concatenate(([0], breaks))
+    lasts = np.concatenate((breaks, [pages.size]))
+    return [
+        Run(int(pages[a]), 0, int(b - a) * PAGE_SIZE)
+        for a, b in zip(firsts.tolist(), lasts.tolist())
+    ]

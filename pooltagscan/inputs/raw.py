@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import os
-
 from pooltagscan.errors import InputError
-from pooltagscan.inputs.base import MemoryImage, Run, open_checked
+from pooltagscan.files import InputFile
+from pooltagscan.inputs.base import MemoryImage, Run
 from pooltagscan.layouts import PAGE_SIZE
 
 
-def open_raw(path: str | os.PathLike[str]) -> MemoryImage:
+def open_raw(source: InputFile) -> MemoryImage:
     """A flat file: file offset = physical address; a trailing partial page is skipped."""
-    path, size = open_checked(path)
+    path, size = source.path, source.size
     if size == 0:
         raise InputError(path, "empty file")
     if size < PAGE_SIZE:
         raise InputError(path, f"only {size} bytes, shorter than one {PAGE_SIZE}-byte page")
     usable = size - size % PAGE_SIZE
-    image = MemoryImage(path=path, format="raw", runs=[Run(0, 0, usable)], file_size=size)
+    image = MemoryImage(
+        path=path, format="raw", runs=[Run(0, 0, usable)], file_size=size, source=source
+    )
     if usable != size:
         image.notes.append(
             f"size {size} is not a multiple of {PAGE_SIZE}; "

@@ -131,6 +131,8 @@ def _has_pe_header(head: bytes) -> bool:
 
 
 def read_head(path: str) -> bytes:
-    """The first HEAD_BYTES bytes of a file (read-only)."""
-    with open(path, "rb") as f:
-        return f.read(HEAD_BYTES)
+    """The first HEAD_BYTES bytes of a file (read-only; InputError if it cannot be read)."""
+    from pooltagscan.files import InputFile
+
+    with InputFile.open(path) as source:
+        return source.pread(0, HEAD_BYTES)

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from pooltagscan.errors import InputError
+from pooltagscan.files import InputFile
 from pooltagscan.inputs import sniff, volmap
 from pooltagscan.inputs.base import MemoryImage, open_checked
 from pooltagscan.inputs.raw import open_raw
@@ -33,21 +34,29 @@ def state_file_beside(path: str) -> str | None:
         if os.path.isfile(candidate):
             try:
                 head = sniff.read_head(candidate)
-            except OSError:
+            except InputError:
                 continue
             if sniff.sniff_bytes(head).kind == sniff.VMWARE_STATE:
                 return candidate
     return None
 
 
-def open_state_file(path: str) -> MemoryImage:
+def open_state_file(state: InputFile) -> MemoryImage:
     """A .vmss/.vmsn given as the dump: scan the .vmem it describes."""
+    path = state.path
     stem = os.path.splitext(path)[0]
     for suffix in VMEM_SUFFIXES:
         if os.path.isfile(stem + suffix):
-            vmem, size = open_checked(stem + suffix)
-            image = open_vmem(vmem, size, path)
-            image.notes.append(f"{os.path.basename(path)} is a VMware state file; scanned {vmem}")
+            vmem = open_checked(stem + suffix)
+            try:
+                image = open_vmem(vmem, path)
+            except BaseException:
+                vmem.close()
+                raise
+            state.close()
+            image.notes.append(
+                f"{os.path.basename(path)} is a VMware state file; scanned {vmem.path}"
+            )
             return image
     raise InputError(
         path,
@@ -56,20 +65,23 @@ def open_state_file(path: str) -> MemoryImage:
     )
 
 
-def open_vmem(path: str, file_size: int, state: str) -> MemoryImage:
+def open_vmem(source: InputFile, state: str) -> MemoryImage:
     """The .vmem mapped through the regions of its state file."""
     from volatility3.framework.layers import vmware
+
+    path = source.path
+    InputFile.open(state).close()  # an input too: checked, and never to be overwritten
 
     def build(context: Any, base: str) -> Any:
         meta = volmap.add_file_layer(context, state, "vmware-state")
         return volmap.stack_layer(context, vmware.VmwareLayer, base, "vmware", meta_layer=meta)
 
     try:
-        image = volmap.physical_image(path, file_size, "vmware", build, "VMware memory")
+        image = volmap.physical_image(source, "vmware", build, "VMware memory")
     except InputError as exc:
         if "not split into regions" not in exc.problem:
             raise InputError(path, f"{exc.problem} (state file {state})") from None
-        image = open_raw(path)
+        image = open_raw(source)
         image.notes.append(
             f"{os.path.basename(state)} does not split memory into regions; the .vmem is flat"
         )

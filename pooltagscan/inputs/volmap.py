@@ -12,7 +12,7 @@ a buffer or a URL) cannot be mmapped; `LayerImage` reads those through `layer.re
 
 from __future__ import annotations
 
-import os
+import struct
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pooltagscan.errors import InputError
+from pooltagscan.files import InputFile
 from pooltagscan.inputs.base import MemoryImage, Run, Window
 from pooltagscan.layouts import PAGE_SIZE
 
@@ -97,8 +98,29 @@ def file_pieces(context: Any, layer_name: str) -> list[Piece]:
         raise NotFileBacked(f"{layer_name} is a virtual (Intel) layer")
     if not isinstance(layer, interfaces.layers.TranslationLayerInterface):
         raise NotFileBacked(f"{layer_name} ({type(layer).__name__}) is not backed by a file")
+    _check_segments(layer)
     low, high = layer.minimum_address, layer.maximum_address
     return sorted(_map_range(context, layer_name, low, high - low + 1), key=lambda p: p.address)
+
+
+def _check_segments(layer: Any) -> None:
+    """Refuse segment tables Volatility's `mapping()` cannot walk to an end.
+
+    A segmented layer's table comes straight from the file's header: an empty
+    segment makes `mapping()` loop without advancing, and overlapping ones make it
+    revisit memory. Real dumps have neither.
+    """
+    segments = getattr(layer, "_segments", None)
+    if not isinstance(segments, list):
+        return
+    segments.sort()  # Volatility's lookups bisect this table; ELF cores need not be sorted
+    end = -1
+    for address, _mapped, length, _mapped_length in segments:
+        if length <= 0:
+            raise ValueError(f"a memory range at {address:#x} is empty")
+        if address < end:
+            raise ValueError(f"memory ranges overlap or are out of order at {address:#x}")
+        end = address + length
 
 
 def _map_range(context: Any, layer_name: str, address: int, length: int) -> Iterator[Piece]:
@@ -137,17 +159,16 @@ def file_layer_path(layer: Any) -> str | None:
         return None
     path = urllib.request.url2pathname(parsed.path)
     try:
-        size = os.stat(path).st_size
-        if size != layer.maximum_address + 1 or size == 0:
-            return None
-        probe = min(PAGE_SIZE, size)
-        with open(path, "rb") as f:
-            head = f.read(probe)
-            f.seek(size - probe)
-            tail = f.read(probe)
+        with InputFile.open(path) as source:
+            size = source.size
+            if size != layer.maximum_address + 1 or size == 0:
+                return None
+            probe = min(PAGE_SIZE, size)
+            head = source.pread(0, probe)
+            tail = source.pread(size - probe, probe)
         if layer.read(0, probe) != head or layer.read(size - probe, probe) != tail:
             return None
-    except OSError:
+    except (OSError, InputError):
         return None
     return path
 
@@ -194,37 +215,57 @@ def runs_from_pieces(pieces: Iterable[Piece], file_size: int) -> tuple[list[Run]
 
 
 def physical_image(
-    path: str,
-    file_size: int,
+    source: InputFile,
     fmt: str,
     build: Callable[[Any, str], Any],
     what: str,
 ) -> MemoryImage:
-    """A MemoryImage of a container format: Volatility's layer gives the map, mmap the bytes.
+    """A MemoryImage of a container format: Volatility's layer gives the map, we read the
+    bytes.
 
     `build(context, file_layer_name)` constructs the format's layer; its format errors
-    become one-line InputErrors naming the file.
+    become one-line InputErrors naming the file. Our readers check every count and size
+    a header states before Volatility loops over it; whatever Volatility still trips on
+    in a corrupt file is a malformed file, never a traceback.
     """
-    from volatility3.framework import exceptions
-
+    path, file_size = source.path, source.size
     context = new_context()
     base = add_file_layer(context, path, "evidence")
     try:
         layer = build(context, base)
         pieces = file_pieces(context, layer.name)
-    except (exceptions.VolatilityException, ValueError, KeyError, TypeError) as exc:
-        raise InputError(path, f"malformed {what}: {exc}") from None
+    except InputError:
+        raise
     except NotFileBacked as exc:
         raise InputError(path, f"{what} cannot be read directly: {exc}") from None
+    except RecursionError:
+        raise InputError(path, f"malformed {what}: its structures nest without end") from None
+    except Exception as exc:  # noqa: BLE001 - any parse failure of hostile input
+        raise InputError(path, f"malformed {what}: {_plain(exc)}") from None
     if any(p.file_layer != base for p in pieces):
         raise InputError(path, f"{what}: memory stored outside this file is not supported")
     runs, notes = runs_from_pieces(pieces, file_size)
     if not runs:
         raise InputError(path, f"{what} holds no whole page of memory")
-    image = MemoryImage(path=path, format=fmt, runs=runs, file_size=file_size)
+    image = MemoryImage(path=path, format=fmt, runs=runs, file_size=file_size, source=source)
     image.details["segments"] = len(pieces)
     image.notes.extend(notes)
     return image
+
+
+def _plain(exc: Exception) -> str:
+    """Volatility's message when it has one; else what kind of value was wrong."""
+    text = str(exc).strip()
+    kind = {
+        "OverflowError": "a value is out of range",
+        "struct.error": "a structure is cut short",
+        "IndexError": "a structure is cut short",
+        "ZeroDivisionError": "a size is zero",
+        "MemoryError": "a size is impossibly large",
+    }.get(type(exc).__name__ if not isinstance(exc, struct.error) else "struct.error")
+    if kind:
+        return kind
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass

@@ -35,6 +35,10 @@ class RecordWriter:
     def end(self) -> None:
         pass
 
+    def abort(self, problem: str) -> None:
+        """The dump's scan failed part way: end its output as well as the format allows."""
+        self.end()
+
     def finish(self) -> None:
         """Called once after the last dump."""
 
@@ -84,6 +88,11 @@ class JsonWriter(RecordWriter):
 
     def end(self) -> None:
         self.out.write(f'\n], "count": {self.count}}}\n')
+        self.count = 0
+
+    def abort(self, problem: str) -> None:
+        """A valid document that says the list is incomplete, and why."""
+        self.out.write(f'\n], "count": {self.count}, "error": {json.dumps(problem)}}}\n')
         self.count = 0
 
 

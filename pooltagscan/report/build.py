@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pooltagscan.diff import load_snapshot
 from pooltagscan.drivers.attribution import DriverFailure, expand_paths, scan_batch
@@ -31,15 +31,28 @@ def make_report(
     jobs: int = 1,
     rule_files: Sequence[str] = (),
     progress: ProgressCallback | None = None,
+    check_files: Callable[[list[str]], None] | None = None,
 ) -> Report:
     """The report of one dump. Unusable driver files become `problems` (the batch goes
-    on); an unusable dump or baseline raises InputError."""
+    on); an unusable dump or baseline raises InputError. `check_files` sees the driver
+    files found before any is read (the CLI refuses outputs among them)."""
     db = db or TagDatabase.builtin()
     image = open_image(dump)
+    try:
+        return _report(
+            image, driver_paths, db, baseline, layout, jobs, rule_files, progress, check_files
+        )
+    finally:
+        image.close()
+
+
+def _report(image, driver_paths, db, baseline, layout, jobs, rule_files, progress, check_files):
     problems: list[str] = []
     reports = []
     if driver_paths:
         expansion = expand_paths(driver_paths)
+        if check_files is not None:
+            check_files(expansion.files)
         problems += [str(f) for f in expansion.failures]
         for result in scan_batch(expansion.files, RuleSet(rule_files), jobs):
             if isinstance(result, DriverFailure):
@@ -61,7 +74,7 @@ def make_report(
     meta = prepared.metadata()
     meta.update(
         size=image.file_size,
-        sha256=file_sha256(image.path),
+        sha256=file_sha256(image.file),
         scan_seconds=round(seconds, 3),
         baseline=snapshot.source if snapshot else None,
     )

@@ -19,6 +19,7 @@ import numpy as np
 
 from pooltagscan.diff import Snapshot
 from pooltagscan.drivers.attribution import DriverReport
+from pooltagscan.files import InputFile
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, STATE_NAMES, TagNames
 from pooltagscan.stats import TagStats
 from pooltagscan.tags.database import TagDatabase
@@ -243,12 +244,17 @@ def driver_summaries(reports: Iterable[DriverReport]) -> list[dict[str, Any]]:
     ]
 
 
-def file_sha256(path: str, chunk: int = 8 << 20) -> str:
-    """Hash of the evidence file, streamed so memory stays flat."""
+def file_sha256(source: InputFile | str, chunk: int = 8 << 20) -> str:
+    """Hash of the evidence file, streamed so memory stays flat (through the scan's own
+    descriptor when given one, so it is the bytes that were scanned)."""
+    if isinstance(source, str):
+        with InputFile.open(source) as opened:
+            return file_sha256(opened, chunk)
     digest = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
+    offset = 0
+    while n := source.readinto(view, offset):
+        digest.update(view[:n])
+        offset += n
     return digest.hexdigest()

@@ -1,18 +1,20 @@
 """Drive a scan over a whole image: windows in order, optionally across processes.
 
 Records come out window by window, in address order, so renderers can stream and
-statistics can aggregate without ever holding a dump's worth of records.
+statistics can aggregate without ever holding a dump's worth of records. After the
+last window the dump is checked against what it was when opened: a file that changed
+under the scan is an error, not silently mixed results.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from pooltagscan.inputs.base import MemoryImage, Window
 from pooltagscan.scanner.pages import ScanConfig, scan_words
+from pooltagscan.workers import ordered_map
 
 WINDOW_BYTES = 32 << 20
 # Below this, starting worker processes costs more than it saves.
@@ -36,22 +38,34 @@ def scan_image(
     # be handed to workers.
     parallel = jobs > 1 and image.parallel_ok
     if parallel and total >= PARALLEL_MIN_BYTES and len(windows) > 1:
-        results = _parallel(image, config, windows, jobs)
+        results = ordered_map(_worker, windows, jobs, _init_worker, (image, config))
     else:
         results = (_scan_window(image, config, w) for w in windows)
-    for window, records in zip(windows, results):
-        done += window.length
-        if progress is not None:
-            progress(done, total)
-        yield records
+    try:
+        for window, records in zip(windows, results):
+            done += window.length
+            if progress is not None:
+                progress(done, total)
+            yield records
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stops the workers now if the consumer stopped early
+    image.check_unchanged()
 
 
 def window_records(
     image: MemoryImage, config: ScanConfig, window: Window, words: np.ndarray
 ) -> np.ndarray:
-    """Records of one mapped window, keeping only headers the dump really holds (a
-    minidump pads its fragments with zeros that must not invent or complete one)."""
-    return image.captured_only(scan_words(words, window.address, config))
+    """Records of one window, at their addresses, keeping only headers the dump really
+    holds (a minidump pads its fragments with zeros that must not invent or complete
+    one)."""
+    if window.pages is None:
+        records = scan_words(words, window.address, config)
+    else:  # scattered pages: scan at buffer offsets, then move each page to its address
+        records = scan_words(words, 0, config)
+        records["offset"] = window.addresses(records["offset"])
+    return image.captured_only(records)
 
 
 def _scan_window(image: MemoryImage, config: ScanConfig, window: Window) -> np.ndarray:
@@ -70,12 +84,3 @@ def _init_worker(image: MemoryImage, config: ScanConfig) -> None:
 def _worker(window: Window) -> np.ndarray:
     assert _worker_state is not None
     return _scan_window(_worker_state[0], _worker_state[1], window)
-
-
-def _parallel(
-    image: MemoryImage, config: ScanConfig, windows: list[Window], jobs: int
-) -> Iterator[np.ndarray]:
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(min(jobs, len(windows)), _init_worker, (image, config)) as pool:
-        yield from pool.imap(_worker, windows, chunksize=1)

@@ -1,0 +1,254 @@
+"""Where results are written, so that writing them can never harm the evidence.
+
+Every output a command writes (`-o`, `--html`, and any later one) goes through an
+`Outputs` set:
+
+- an output that is the same file as an input (compared by device and inode, so a hard
+  link or a symlink to the dump is caught too) is refused before anything is written,
+  and checked again just before the result is put in place, against every input the
+  run opened (the VMware state file beside a .vmem, rule files in a folder, tag lists
+  named by the environment...);
+- a regular-file output is written to a temporary file beside the target and renamed
+  over it only when the command succeeds, so a failed or interrupted run leaves an
+  existing file exactly as it was; a symlinked target is written through (the file it
+  names is replaced, the link stays);
+- outputs that are not regular files (`/dev/stdout`, a FIFO, a terminal) are written
+  directly, since they cannot be renamed into;
+- a write that fails (full disk, I/O error) raises `OutputError` naming the output and
+  the OS's words, for one line and exit code 2; a closed pipe stays a BrokenPipeError,
+  which the CLI treats as the reader having had enough.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Iterable
+from typing import TextIO
+
+from pooltagscan.errors import OutputError
+from pooltagscan.files import FileId, file_id, opened_inputs
+
+STDOUT = "standard output"
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+class OutputStream(io.TextIOBase):
+    """A text stream that turns write failures into OutputError naming its target."""
+
+    def __init__(self, raw: TextIO, label: str):
+        super().__init__()
+        self._raw = raw
+        self.label = label
+        self.written = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        try:
+            count = self._raw.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(self.label, f"cannot write: {_strerror(exc)}") from None
+        if text:
+            self.written = True
+        return count
+
+    def flush(self) -> None:
+        try:
+            self._raw.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(self.label, f"cannot write: {_strerror(exc)}") from None
+
+    def isatty(self) -> bool:
+        try:
+            return self._raw.isatty()
+        except (OSError, ValueError):
+            return False
+
+
+class OutputFile:
+    """One output path: checked up front, written to a temporary file, committed last."""
+
+    def __init__(self, option: str, path: str):
+        self.option = option
+        self.path = path
+        self.target = os.path.realpath(path)  # write through symlinks
+        self.direct = False  # a device or FIFO: written in place
+        self.stream: OutputStream | None = None
+        self._temp: str | None = None
+        self._handle: TextIO | None = None
+        self._check_target()
+
+    def _check_target(self) -> None:
+        try:
+            info = os.stat(self.target)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise OutputError(self.path, f"cannot write: {_strerror(exc)}") from None
+        if info is not None:
+            if stat.S_ISDIR(info.st_mode):
+                raise OutputError(self.path, "cannot write: it is a directory")
+            self.direct = not stat.S_ISREG(info.st_mode)
+        folder = os.path.dirname(self.target) or "."
+        if not self.direct and not os.access(folder, os.W_OK | os.X_OK):
+            reason = "no such folder" if not os.path.isdir(folder) else "permission denied"
+            raise OutputError(self.path, f"cannot write: {reason} ({folder})")
+
+    @property
+    def identity(self) -> FileId | None:
+        return file_id(self.target)
+
+    def open(self) -> OutputStream:
+        """The stream to write to (created on first use)."""
+        if self.stream is not None:
+            return self.stream
+        try:
+            if self.direct:
+                handle = open(self.target, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            else:
+                folder, name = os.path.split(self.target)
+                fd, self._temp = tempfile.mkstemp(
+                    prefix=f".{name}.", suffix=".pooltagscan-partial", dir=folder or "."
+                )
+                handle = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise OutputError(self.path, f"cannot write: {_strerror(exc)}") from None
+        self._handle = handle
+        self.stream = OutputStream(handle, self.path)
+        return self.stream
+
+    def commit(self, inputs: frozenset[FileId]) -> None:
+        """Put the finished output in place (refusing to replace any input)."""
+        if self.stream is None:
+            self.open()  # an empty result is still a result
+        assert self.stream is not None and self._handle is not None
+        self.stream.flush()
+        if self.direct:
+            self._close()
+            return
+        target_id = self.identity
+        if target_id is not None and target_id in inputs:
+            self.discard()
+            raise OutputError(
+                f"{self.option} {self.path}",
+                "is one of this run's input files; refusing to replace it (evidence is never "
+                "overwritten; nothing was written)",
+            )
+        try:
+            os.fsync(self._handle.fileno())
+            self._apply_mode()
+            self._close()
+            os.replace(self._temp, self.target)
+        except OSError as exc:
+            self.discard()
+            raise OutputError(self.path, f"cannot write: {_strerror(exc)}") from None
+        self._temp = None
+
+    def _apply_mode(self) -> None:
+        """The mode the file would have had if written in place: an existing target's
+        own, else 0666 minus the umask (mkstemp creates 0600)."""
+        try:
+            mode = stat.S_IMODE(os.stat(self.target).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(self._temp, mode)
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except OSError:
+                pass
+
+    def discard(self) -> None:
+        """Drop what was written; an existing target is left exactly as it was."""
+        self._close()
+        if self._temp is not None:
+            try:
+                os.unlink(self._temp)
+            except OSError:
+                pass
+            self._temp = None
+
+
+def refusal(output: OutputFile, what: str, path: str) -> OutputError:
+    """The error for an output that is an input: nothing is written, the input is safe."""
+    return OutputError(
+        f"{output.option} {output.path}",
+        f"is the same file as the {what} {path}; refusing to write it (evidence is never "
+        "overwritten; nothing was written)",
+    )
+
+
+class Outputs:
+    """The outputs of one command run, and the guard that keeps them off the inputs."""
+
+    def __init__(self, targets: Iterable[tuple[str, str]]):
+        self.files: dict[str, OutputFile] = {}
+        seen: dict[FileId | str, str] = {}
+        for option, path in targets:
+            output = OutputFile(option, path)
+            key: FileId | str = output.identity or output.target
+            if key in seen and not output.direct:
+                raise OutputError(path, f"is given to both {seen[key]} and {option}")
+            seen[key] = option
+            self.files[option] = output
+        self.keep = False  # set by a command whose run produced a result worth keeping
+        self._stdout: OutputStream | None = None
+
+    def check_inputs(self, paths: Iterable[str], what: str = "input") -> None:
+        """Refuse outputs that are the same file as one of `paths` (before any work)."""
+        for path in paths:
+            identity = file_id(path)
+            if identity is None:
+                continue  # missing inputs are reported by the command
+            for output in self.files.values():
+                if output.direct:
+                    continue
+                if output.identity == identity:
+                    raise refusal(output, what, path)
+
+    def guards(self, identity: FileId) -> OutputFile | None:
+        """The output that is this file, if any (for inputs found while running)."""
+        for output in self.files.values():
+            if not output.direct and output.identity == identity:
+                return output
+        return None
+
+    def stream(self, option: str = "-o") -> TextIO:
+        """Where `option`'s output goes: its file, or standard output when not given."""
+        output = self.files.get(option)
+        if output is not None:
+            return output.open()
+        if self._stdout is None:
+            self._stdout = OutputStream(sys.stdout, STDOUT)
+        return self._stdout
+
+    def given(self, option: str) -> bool:
+        return option in self.files
+
+    def commit(self) -> None:
+        inputs = opened_inputs()
+        for output in self.files.values():
+            output.commit(inputs)
+        if self._stdout is not None:
+            self._stdout.flush()
+
+    def discard(self) -> None:
+        for output in self.files.values():
+            output.discard()
