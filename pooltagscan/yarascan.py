@@ -23,17 +23,15 @@ from typing import Any
 import numpy as np
 
 from pooltagscan.errors import InputError
-from pooltagscan.files import InputFile
 from pooltagscan.inputs.base import MemoryImage
 from pooltagscan.layouts import PAGE_SIZE
 from pooltagscan.records import TagNames
+from pooltagscan.rulefiles import rule_files
 from pooltagscan.scan import PreparedScan
 from pooltagscan.scanner.engine import WINDOW_BYTES, ProgressCallback, window_records
 
 PREVIEW_BYTES = 32
 MAX_HITS_PER_RULE = 10_000
-MAX_RULE_FILE_BYTES = 64 << 20
-RULE_FILE = "a YARA rule file"
 
 
 @dataclass
@@ -61,40 +59,6 @@ class YaraHit:
             "allocation_size": self.allocation_size,
             "offset_in_allocation": self.offset_in_allocation,
         }
-
-
-def rule_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """The rule files named (folders: their .yar/.yara files), each checked as an input.
-
-    Each is opened read-only like any input (a FIFO or device is refused instead of
-    blocking YARA's open forever, and an output may never replace it) and its size held
-    against MAX_RULE_FILE_BYTES.
-    """
-    files: list[str] = []
-    for path in paths:
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            try:
-                names = sorted(os.listdir(path))
-            except OSError as exc:
-                raise InputError(path, f"cannot list folder: {exc.strerror or exc}") from None
-            found = [os.path.join(path, n) for n in names if n.endswith((".yar", ".yara"))]
-            if not found:
-                raise InputError(path, "folder holds no .yar or .yara rule files")
-        else:
-            if not os.path.lexists(path):
-                raise InputError(path, "no such YARA rule file or folder")
-            found = [path]
-        for file in found:
-            with InputFile.open(file, RULE_FILE) as source:
-                if source.size > MAX_RULE_FILE_BYTES:
-                    raise InputError(
-                        file,
-                        f"{source.size} bytes is too large for a YARA rule file "
-                        f"(limit {MAX_RULE_FILE_BYTES >> 20} MiB)",
-                    )
-            files.append(file)
-    return files
 
 
 def compile_rules(paths: Iterable[str | os.PathLike[str]]):

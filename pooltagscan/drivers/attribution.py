@@ -18,7 +18,7 @@ from capstone import x86 as cs_x86
 
 from pooltagscan.drivers.apis import POOL_APIS, PoolApi, lookup, module_key
 from pooltagscan.drivers.dataflow import DIRECT, GLOBAL, WRAPPER, SiteResult, TagResolver
-from pooltagscan.drivers.disasm import NO_FALLTHROUGH, CodeIndex
+from pooltagscan.drivers.disasm import MAX_INSTRUCTIONS, NO_FALLTHROUGH, CodeIndex
 from pooltagscan.drivers.pe import DriverImage, load_image, read_file
 from pooltagscan.drivers.yarascan import RuleSet, is_tag_like
 from pooltagscan.errors import InputError
@@ -267,6 +267,11 @@ def analyze_image(image: DriverImage, context: AnalysisContext) -> DriverReport:
     report.findings = sorted(
         found.values(), key=lambda f: (f.tag, f.raw, f.api, f.site, f.evidence)
     )
+    if index.truncated_at is not None:
+        report.notes.append(
+            f"code from RVA {index.truncated_at:#x} on was not disassembled: the per-file "
+            f"budget of {MAX_INSTRUCTIONS:,} instructions was reached"
+        )
     if resolver.exhausted:
         report.notes.append(
             f"analysis stopped after {resolver.spent:,} steps (the per-file work budget): "

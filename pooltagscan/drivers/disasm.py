@@ -24,10 +24,11 @@ from __future__ import annotations
 import bisect
 import re
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import capstone
+import numpy as np
 from capstone import x86 as cs_x86
 
 from pooltagscan.drivers.pe import DriverImage
@@ -43,6 +44,69 @@ _RIP_MEM = re.compile(r"\[rip ([+-]) (0x[0-9a-f]+|\d+)\]")
 _ABS_MEM = re.compile(r"(?<![:\w])\[(0x[0-9a-f]+|\d+)\]")
 _MAX_INSN = 15
 _PIECE_BYTES = 64 * 1024  # code handed to capstone at a time (see CodeIndex._pieces)
+#: Instructions indexed per file at most (5 bytes each: 60 MB; about 50 MB of x64 code).
+#: Real drivers have a few million; the rest of a larger code section is not analysed,
+#: with a note. With the file itself (at most MAX_IMAGE_BYTES) this bounds the RSS.
+MAX_INSTRUCTIONS = 12_000_000
+
+
+class _Bits:
+    """A read-only view of some bits of every byte of a bytearray, indexed like a list."""
+
+    __slots__ = ("_data", "_mask", "_shift")
+
+    def __init__(self, data: bytearray, shift: int, mask: int):
+        self._data, self._shift, self._mask = data, shift, mask
+
+    def __getitem__(self, index: int) -> int:
+        return (self._data[index] >> self._shift) & self._mask
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Edges:
+    """Branch edges target -> sites, compact: two uint32 arrays, sorted by target once
+    the sweep is over (random code holds a jump every few instructions; a dict of lists
+    cost ~150 bytes per target, this costs 8 per edge)."""
+
+    def __init__(self) -> None:
+        self._targets = array("I")
+        self._sources = array("I")
+
+    def add(self, target: int, source: int) -> None:
+        self._targets.append(target)
+        self._sources.append(source)
+
+    def finish(self) -> None:
+        if not self._targets:
+            return
+        # One uint64 key per edge, sorted in place: by target, then by site, which is
+        # the sweep's own order (sections are swept by ascending RVA). No index array.
+        keys = np.frombuffer(self._targets, np.uint32).astype(np.uint64) << np.uint64(32)
+        keys |= np.frombuffer(self._sources, np.uint32)
+        self._targets = self._sources = array("I")
+        keys.sort()
+        self._targets = array("I", (keys >> np.uint64(32)).astype(np.uint32).tobytes())
+        self._sources = array("I", keys.astype(np.uint32).tobytes())
+
+    def get(self, target: int) -> array:
+        """The sites branching to `target` (empty when none)."""
+        low = bisect.bisect_left(self._targets, target)
+        high = bisect.bisect_right(self._targets, target, low)
+        return self._sources[low:high]
+
+    def __contains__(self, target: int) -> bool:
+        low = bisect.bisect_left(self._targets, target)
+        return low < len(self._targets) and self._targets[low] == target
+
+    def targets(self) -> Iterator[int]:
+        """Every distinct target."""
+        previous = None
+        for target in self._targets:
+            if target != previous:
+                yield target
+                previous = target
 
 
 @dataclass(frozen=True)
@@ -92,12 +156,17 @@ class CodeIndex:
         self._slots = frozenset(slots)
 
         self.starts = array("I")
-        self.sizes = array("B")
-        self.flags = bytearray()
-        self.jump_sources: dict[int, list[int]] = {}
-        self.call_sources: dict[int, list[int]] = {}
+        # Per instruction, one byte: its length (at most 15) in the low four bits, its
+        # flags (NO_FALLTHROUGH, PADDING) above them; `sizes` and `flags` read it.
+        self._info = bytearray()
+        self.sizes = _Bits(self._info, 0, 0x0F)
+        self.flags = _Bits(self._info, 4, 0x03)
+        self.jump_sources = Edges()  # target -> jump sites
+        self.call_sources = Edges()  # target -> call sites
         self.api_sites: list[ApiSite] = []
-        self.register_calls: list[tuple[int, bool]] = []  # (rva, is jump)
+        self._register_calls = array("I")  # `call reg` / `jmp reg` sites...
+        self._register_jumps = bytearray()  # ...and whether each is a jump
+        self.truncated_at: int | None = None  # RVA where the instruction budget ran out
         self.loads_slot = False  # some `mov reg, [slot]`: register calls need resolving
         self.const_stores: dict[int, list[tuple[int, int]]] = {}  # global -> (value, rva)
         self._code: list[tuple[int, int, memoryview]] = []  # (start, end, bytes) decoded
@@ -116,16 +185,20 @@ class CodeIndex:
             aliased = [(lo - base, hi - base) for lo, hi in swept_raw]
             holes = merge_ranges([*skipped, *swept_rvas, *aliased])
             for run_start, run_end in _subtract((start, end), holes):
+                if self.truncated_at is not None:
+                    break
                 chunk = view[run_start + base : run_end + base]
-                self._code.append((run_start, run_end, chunk))
-                self._sweep(chunk, run_start)
+                run_end = run_start + self._sweep(chunk, run_start)
+                self._code.append((run_start, run_end, chunk[: run_end - run_start]))
                 swept_rvas.append((run_start, run_end))
                 swept_raw.append((run_start + base, run_end + base))
         self._code.sort(key=lambda c: c[0])
+        self.jump_sources.finish()
+        self.call_sources.finish()
 
         starts = set(image.pdata_function_starts())
         starts.update(s.rva for s in self.api_sites if s.jump and self._after_padding(s.rva))
-        starts.update(self.call_sources)
+        starts.update(self.call_sources.targets())
         starts.add(image.entry_rva)
         starts.update(image.export_rvas())
         starts.update(extra_starts)
@@ -157,16 +230,18 @@ class CodeIndex:
                 resume = offset + insn[1]
             position = resume if resume > position else position + 1
 
-    def _sweep(self, chunk: memoryview, base: int) -> None:
-        starts_append, sizes_append, flags_append = (
-            self.starts.append,
-            self.sizes.append,
-            self.flags.append,
-        )
+    def _sweep(self, chunk: memoryview, base: int) -> int:
+        """Index `chunk` (code at RVA `base`); returns how many of its bytes were swept
+        (all of them unless the instruction budget ran out)."""
+        starts_append, info_append = self.starts.append, self._info.append
         is64 = self.is64
+        room = MAX_INSTRUCTIONS - len(self.starts)
         for address, size, mnemonic, operands in self._pieces(chunk, base):
+            if room <= 0:
+                self.truncated_at = address
+                return address - base
+            room -= 1
             starts_append(address)
-            sizes_append(size)
             flag = 0
             first = mnemonic[0]
             if first == "j" or mnemonic == "call" or mnemonic.startswith("loop"):
@@ -180,17 +255,24 @@ class CodeIndex:
                 flag = PADDING
             elif mnemonic == "mov" and ("rip" in operands if is64 else "[" in operands):
                 self._global_mov(address, size, operands)
-            flags_append(flag)
+            info_append(size | flag << 4)
+        return len(chunk)
+
+    @property
+    def register_calls(self) -> Iterator[tuple[int, bool]]:
+        """(rva, is jump) of every call or jump through a register, in address order."""
+        return zip(self._register_calls, map(bool, self._register_jumps))
 
     def _branch(self, address: int, size: int, mnemonic: str, operands: str, is_call: bool) -> None:
         target = _number(operands)
         if target is not None:
-            table = self.call_sources if is_call else self.jump_sources
-            table.setdefault(target, []).append(address)
+            if 0 <= target <= 0xFFFFFFFF:  # beyond the image's RVAs: nothing to find there
+                (self.call_sources if is_call else self.jump_sources).add(target, address)
             return
         if "[" not in operands:
             if mnemonic in ("call", "jmp"):
-                self.register_calls.append((address, not is_call))
+                self._register_calls.append(address)
+                self._register_jumps.append(not is_call)
             return
         slot = self._memory_target(address, size, operands)
         if slot is not None and slot in self._slots and mnemonic in ("call", "jmp"):
@@ -274,7 +356,7 @@ class CodeIndex:
                 and not self.flags[previous] & NO_FALLTHROUGH
             ):
                 result.append(previous)
-        for source in self.jump_sources.get(self.starts[index], ()):
+        for source in self.jump_sources.get(self.starts[index]):
             position = self.index_of(source)
             if position is not None:
                 result.append(position)
@@ -282,8 +364,8 @@ class CodeIndex:
 
     def callers(self, function: int) -> list[tuple[int, bool]]:
         """(site, is tail jump) of every direct call or unconditional jump to `function`."""
-        sites = [(rva, False) for rva in self.call_sources.get(function, ())]
-        for rva in self.jump_sources.get(function, ()):
+        sites = [(rva, False) for rva in self.call_sources.get(function)]
+        for rva in self.jump_sources.get(function):
             insn = self.decode(rva)
             if insn is not None and insn.mnemonic == "jmp":
                 sites.append((rva, True))

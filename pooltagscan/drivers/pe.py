@@ -31,8 +31,10 @@ __all__ = [
     "read_file",
 ]
 
-#: Larger files are refused before reading: the biggest real drivers are tens of MiB.
-MAX_IMAGE_BYTES = 256 * 1024 * 1024
+#: Larger files are refused before reading: the biggest real drivers (display drivers)
+#: are tens of MiB to about 100 MiB. The file is held in memory while it is analysed, so
+#: this and disasm.MAX_INSTRUCTIONS bound the memory one file can cost (under 300 MB).
+MAX_IMAGE_BYTES = 128 * 1024 * 1024
 
 _MACHINES = {0x14C: "x86", 0x8664: "x64"}
 _MAX_RVA = 1 << 32  # RVAs are 32-bit: no section may reach past 4 GiB
@@ -297,9 +299,11 @@ def read_file(path: str) -> bytes:
             )
         head = source.pread(0, _HEAD_BYTES)
         check_head(path, head, size)
-        data = head + source.pread(len(head), size - len(head)) if size > len(head) else head
+        data = source.pread(0, size) if size > len(head) else head  # one copy, not two
         if len(data) != size:
-            raise InputError(path, f"the file changed while it was read ({size} -> {len(data)} bytes)")
+            raise InputError(
+                path, f"the file changed while it was read ({size} -> {len(data)} bytes)"
+            )
         return data
 
 

@@ -33,6 +33,7 @@ import yara
 
 from pooltagscan.drivers.apis import POOL_APIS
 from pooltagscan.errors import InputError
+from pooltagscan.rulefiles import check_rule_file
 
 __all__ = [
     "IMMEDIATE_TAG",
@@ -110,6 +111,7 @@ class ImmediateHit:
 
 
 def _compile_file(path: str) -> yara.Rules:
+    check_rule_file(path)
     try:
         return yara.compile(filepath=path)
     except yara.SyntaxError as exc:

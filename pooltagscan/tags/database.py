@@ -62,9 +62,13 @@ ENV_VAR = "POOLTAGSCAN_POOLTAG"
 BUILTIN_SOURCE = "builtin"
 _BUILTIN_RESOURCE = "core_tags.txt"
 
-# A real pooltag.txt is ~300 KB; anything past this is not a tag list (a dump passed
-# by mistake, say), and we refuse before reading it all into memory.
-_MAX_FILE_BYTES = 32 * 1024 * 1024
+# A real pooltag.txt is ~300 KB, a localtag.txt of a whole DriverStore well under 1 MB;
+# anything past this is not a tag list (a dump passed by mistake, say), and we refuse
+# before reading it. At this size a file of valid entries loads in about 3 s and 160 MB.
+_MAX_FILE_BYTES = 8 * 1024 * 1024
+# Lines that are not entries are kept for auditing up to this many per file (counted
+# beyond), so a file of junk cannot hold its whole text twice in memory.
+_MAX_SKIPPED_KEPT = 1000
 # Share of control bytes above which a file is treated as binary rather than text.
 _MAX_CONTROL_SHARE = 0.01
 _TEXT_CONTROLS = frozenset(b"\t\n\r\f\v\x1a")
@@ -82,7 +86,7 @@ _REM = re.compile(r"rem(?:\s|$)", re.IGNORECASE)
 _REM_ENTRY = re.compile(r"rem\s+-(?:\s|$)", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TagInfo:
     """One database entry.
 
@@ -147,8 +151,8 @@ def parse_tag_lines(
                 entry_or_reason = _parse_entry(stripped, where if line_numbers else source_name)
                 if isinstance(entry_or_reason, TagInfo):
                     entries.append(entry_or_reason)
-                else:
-                    skipped.append(SkippedLine(where, line, entry_or_reason))
+                elif len(skipped) < _MAX_SKIPPED_KEPT:
+                    skipped.append(SkippedLine(where, line[:200], entry_or_reason))
         if at_eof:
             break
     return entries, skipped
@@ -173,9 +177,12 @@ def _read_tag_file(path: str | os.PathLike[str]) -> str:
     if size > _MAX_FILE_BYTES:
         raise InputError(
             path,
-            f"{size} bytes is far too large for a pool tag list; is it the right file?",
+            f"{size} bytes is far too large for a pool tag list (limit {_MAX_FILE_BYTES >> 20} MiB); "
+            "is it the right file?",
         )
-    data = read_limited(path, _MAX_FILE_BYTES)
+    data = read_limited(path, _MAX_FILE_BYTES, "a pool tag text file")
+    if len(data) > _MAX_FILE_BYTES:  # it grew since the size was checked
+        raise InputError(path, "is growing while it is read; is it the right file?")
 
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         # Notepad / PowerShell "Unicode" output.
