@@ -223,6 +223,18 @@ class Outputs:
                 if output.identity == identity:
                     raise refusal(output, what, path)
 
+    def check_opened(self) -> None:
+        """Refuse outputs that are a file the run has opened as an input so far (rule
+        files found in a folder, a state file beside a .vmem, ...), before more work."""
+        inputs = opened_inputs()
+        for output in self.files.values():
+            if not output.direct and output.identity in inputs:
+                raise OutputError(
+                    f"{output.option} {output.path}",
+                    "is one of this run's input files; refusing to write it (evidence is "
+                    "never overwritten; nothing was written)",
+                )
+
     def guards(self, identity: FileId) -> OutputFile | None:
         """The output that is this file, if any (for inputs found while running)."""
         for output in self.files.values():

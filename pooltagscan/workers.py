@@ -211,12 +211,15 @@ def ordered_map(
         next_task = 0
         next_out = 0
         while next_out < len(tasks):
-            # Keep every worker fed, never running further ahead than `ahead`.
-            for worker in workers:
-                while worker.busy < 2 and next_task < len(tasks) and next_task < next_out + ahead:
-                    worker.send((next_task, tasks[next_task]))
-                    worker.busy += 1
-                    next_task += 1
+            # Keep every worker fed (the least busy first, so consecutive tasks run side
+            # by side), never running further ahead than `ahead`.
+            while workers and next_task < len(tasks) and next_task < next_out + ahead:
+                worker = min(workers, key=lambda w: w.busy)
+                if worker.busy >= 2:
+                    break
+                worker.send((next_task, tasks[next_task]))
+                worker.busy += 1
+                next_task += 1
             while next_out in results:
                 ok, value = results.pop(next_out)
                 next_out += 1

@@ -74,12 +74,14 @@ def crash_alternating_bitmap(folder: Path, bitmap_bytes: int = 1_300_000) -> Pat
 
 def minidump_many_blocks(folder: Path, blocks: int = 200_000, x64: bool = True) -> Path:
     """A kernel minidump of `blocks` 256-byte blocks, each on its own page (a page apart),
-    every one holding a valid segment-heap header (for x64) so each yields a record."""
+    every one holding two LFH blocks of 32 bytes (segment-heap headers a stride apart),
+    so each block yields two high-confidence `Many` records."""
     from conftest import load_module
 
     make_formats = load_module("make_formats", REPO / "samples" / "make_formats.py")
     block = bytearray(256)
-    struct.pack_into("<BBBB4s", block, 0x10, 0, 0, 2, 2, b"Many")  # 32-byte block, nonpaged
+    for at in (0x10, 0x30):  # BlockSize 2 (32 bytes), PoolType 2 (nonpaged)
+        struct.pack_into("<BBBB4s", block, at, 0, 0, 2, 2, b"Many")
     base = 0xFFFFBB8E00000000 if x64 else 0x85000000
     table = [(base + i * 2 * PAGE, bytes(block)) for i in range(blocks)]
     data = make_formats._minidump(x64, table, 22000 if x64 else 7601, (0x19, 0, 0, 0, 0))
@@ -214,7 +216,7 @@ def driver_fan_out(folder: Path, width: int = 24, levels: int = 4) -> tuple[Path
     for _ in range(2):  # the IAT slot's RVA depends on the code size: lay out twice
         code = bytearray()
 
-        def emit(body: bytes) -> int:
+        def emit(body: bytes, code: bytearray = code) -> int:
             at = TEXT_RVA + len(code)
             code.extend(body)
             while len(code) % 16:
@@ -257,7 +259,7 @@ def driver_section_overflow(folder: Path) -> Path:
     pe = struct.unpack_from("<I", data, 0x3C)[0]
     optional_size = struct.unpack_from("<H", data, pe + 20)[0]
     first = pe + 24 + optional_size
-    struct.pack_into("<II", data, first + 8, 0x1000, 0xFFFFF000)  # VirtualSize, VirtualAddress
+    struct.pack_into("<II", data, first + 8, 0x10000, 0xFFFFF000)  # VirtualSize, VirtualAddress
     return _write(folder, "overflow.sys", bytes(data))
 
 

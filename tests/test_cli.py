@@ -14,8 +14,7 @@ import sys
 import pytest
 from conftest import DUMPS, REPO, load_manifest
 
-from pooltagscan import cli
-from pooltagscan import files
+from pooltagscan import cli, files
 from pooltagscan.progress import ProgressBar
 
 CONTRACT_KEYS = ["offset", "tag", "protected", "size", "pool", "state", "layout", "confidence"]

@@ -103,6 +103,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         note(args, remark)
     expansion = expand_paths(args.paths)
     guard_expansion(expansion.files, outputs)
+    outputs.check_opened()
     out = outputs.stream("-o")
     status = EXIT_OK
     for failure in expansion.failures:

@@ -110,6 +110,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     rules = compile_rules(args.yara) if args.yara else None
     if rules is not None and args.stats:
         raise UsageError("--yara and --stats do not go together")
+    outputs.check_opened()
     out = outputs.stream("-o")
     several = len(args.dumps) > 1
     writer = (
@@ -118,7 +119,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     status = EXIT_OK
     for path in args.dumps:
         try:
-            _scan_dump(args, path, out, writer, record_filter, db, rules, several)
+            _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, several)
         except (InputError, WorkerError) as exc:
             # One bad dump is reported, named, and skipped; the batch goes on.
             error(str(exc) if isinstance(exc, InputError) else f"{path}: scan failed: {exc}")
@@ -130,9 +131,10 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     return status
 
 
-def _scan_dump(args, path, out, writer, record_filter, db, rules, several) -> None:
+def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, several) -> None:
     image = open_image(path)
     try:
+        outputs.check_opened()  # the dump may have brought a companion (a .vmss)
         for remark in image.notes:
             note(args, f"{path}: {remark}")
         prepared = prepare(image, args.layout, db)

@@ -291,14 +291,14 @@ def read_file(path: str) -> bytes:
         size = source.size
         if size == 0:
             raise InputError(path, "empty file, not a PE image")
+        head = source.pread(0, _HEAD_BYTES)
+        check_head(path, head, size)  # a large file that is no PE at all says so
         if size > MAX_IMAGE_BYTES:
             raise InputError(
                 path,
                 f"{size} bytes is too large for a driver image "
                 f"(limit {MAX_IMAGE_BYTES // 2**20} MiB)",
             )
-        head = source.pread(0, _HEAD_BYTES)
-        check_head(path, head, size)
         data = source.pread(0, size) if size > len(head) else head  # one copy, not two
         if len(data) != size:
             raise InputError(

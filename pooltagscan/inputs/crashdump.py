@@ -212,8 +212,9 @@ def _build_layer(header: DumpHeader, segments: list[Segment], context: Any, base
     return volmap.stack_layer(context, given, base, "crashdump")
 
 
-# Bitmap bytes decoded per step: bounds memory on dumps of machines with terabytes of RAM.
-BITMAP_CHUNK = 4 << 20
+# Bitmap bytes decoded per step: bounds memory on dumps of machines with terabytes of RAM
+# (and on hostile bitmaps whose bits alternate: at most 4M run edges per step).
+BITMAP_CHUNK = 512 << 10
 
 
 def bitmap_segments(
@@ -271,7 +272,10 @@ def bitmap_segments(
         if capacity is not None and stored >= capacity:
             done += count
             continue  # only counting what the file cannot hold
-        edges = np.flatnonzero(np.diff(flags, prepend=0, append=0)).tolist()
+        edges = np.flatnonzero(np.diff(flags, prepend=0, append=0))
+        if capacity is not None:  # every run takes a page: later edges cannot matter
+            edges = edges[: 2 * (capacity - stored) + 2]
+        edges = edges.tolist()
         full = False
         for i in range(0, len(edges), 2):
             begin, end = edges[i] + done, edges[i + 1] + done

@@ -38,6 +38,7 @@ def scan_image(
     # be handed to workers.
     parallel = jobs > 1 and image.parallel_ok
     if parallel and total >= PARALLEL_MIN_BYTES and len(windows) > 1:
+        image.file  # noqa: B018 - opened before the fork: one descriptor, shared by all
         results = ordered_map(_worker, windows, jobs, _init_worker, (image, config))
     else:
         results = (_scan_window(image, config, w) for w in windows)

@@ -1,0 +1,100 @@
+"""The worker pool: order, errors that come back as themselves, dead workers, early stops."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+
+import pytest
+
+from pooltagscan.errors import InputError, OutputError
+from pooltagscan.workers import WorkerError, ordered_map
+
+
+def square(x: int) -> int:
+    if x == 3:
+        time.sleep(0.05)  # finishes after its successors: order must still hold
+    return x * x
+
+
+def fail_on_five(x: int) -> int:
+    if x == 5:
+        raise InputError(f"dump{x}.raw", "the file shrank during the scan")
+    return x
+
+
+class Unpicklable(Exception):
+    def __init__(self, handle):
+        super().__init__("cannot travel")
+        self.handle = handle
+
+    def __reduce__(self):
+        raise TypeError("no")
+
+
+def fail_unpicklable(x: int) -> int:
+    raise Unpicklable(lambda: None)
+
+
+def die(x: int) -> int:
+    if x == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def pid_of(_: int) -> int:
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def test_errors_pickle_as_themselves():
+    for exc in (InputError("a.raw", "b"), InputError(None, "c"), OutputError("x", "y")):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+        assert back.__reduce__() == exc.__reduce__()
+
+
+def test_results_come_in_input_order():
+    assert list(ordered_map(square, range(20), 2)) == [x * x for x in range(20)]
+
+
+def test_worker_error_is_raised_as_itself_after_earlier_results():
+    results = ordered_map(fail_on_five, range(10), 2)
+    assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(InputError) as caught:
+        next(results)
+    assert caught.value.path == "dump5.raw" and "shrank" in caught.value.problem
+
+
+def test_unpicklable_error_becomes_worker_error():
+    with pytest.raises(WorkerError, match="Unpicklable: cannot travel"):
+        list(ordered_map(fail_unpicklable, range(3), 2))
+
+
+def test_dead_worker_is_reported_not_waited_for():
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="was killed by SIGKILL"):
+        list(ordered_map(die, range(6), 2))
+    assert time.monotonic() - start < 10
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_stopping_early_kills_the_workers():
+    results = ordered_map(pid_of, range(50), 2)
+    pids = {next(results), next(results)}  # tasks 0 and 1 ran side by side
+    assert len(pids) == 2
+    results.close()
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+    assert os.getpid() not in pids
