@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     stats: dict[str, Counter] = {n: Counter() for n in names}
     peak: dict[str, float] = dict.fromkeys(names, 0.0)
     slowest: dict[str, float] = dict.fromkeys(names, 0.0)
+    slowest_index: dict[str, int] = dict.fromkeys(names, -1)
     findings = []
     start = time.monotonic()
     results = fuzz(names, args.mutants, args.seed, max(1, args.jobs), args.timeout)
@@ -416,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         stats[name][result["verdict"]] += 1
         stats[name][f"exit {result['code']}"] += 1
         peak[name] = max(peak[name], result["rss_mb"])
-        slowest[name] = max(slowest[name], result["seconds"])
+        if result["seconds"] > slowest[name]:
+            slowest[name], slowest_index[name] = result["seconds"], result["index"]
         if result["verdict"] != "ok":
             findings.append(result)
         if done % 1000 == 0:
@@ -430,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<10} {c['tried']:>7} {c['exit 0']:>7} {c['exit 2']:>7} "
               f"{c['traceback']:>10} {c['hang']:>6} {c['multi-line']:>10} "
               f"{peak[name]:>6.0f}MB {slowest[name]:>7.2f}s")  # fmt: skip
+    print("slowest mutants: " + ", ".join(f"{n} --replay {i}" for n, i in slowest_index.items()))
     for result in findings[:20]:
         print(f"\n{result['verdict']}: --family {result['family']} --replay {result['index']} "
               f"({result['sample']}, exit {result['code']}, {result['seconds']:.1f} s)\n"

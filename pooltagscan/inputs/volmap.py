@@ -173,7 +173,13 @@ def file_layer_path(layer: Any) -> str | None:
     return path
 
 
-def runs_from_pieces(pieces: Iterable[Piece], file_size: int) -> tuple[list[Run], list[str]]:
+# No machine addresses physical memory past 52 bits; a piece claiming to is a corrupt map.
+PHYSICAL_LIMIT = 1 << 52
+
+
+def runs_from_pieces(
+    pieces: Iterable[Piece], file_size: int, address_limit: int = PHYSICAL_LIMIT
+) -> tuple[list[Run], list[str]]:
     """Page-aligned runs (contiguous pieces merged) and notes on what had to be left out.
 
     A piece that starts or ends inside a page loses that partial page: the scanner judges
@@ -182,10 +188,13 @@ def runs_from_pieces(pieces: Iterable[Piece], file_size: int) -> tuple[list[Run]
     (a truncated dump) are cut at the last whole page the file holds.
     """
     runs: list[Run] = []
-    partial = truncated = 0
+    partial = truncated = beyond = 0
     for piece in pieces:
         start = -(-piece.address // PAGE_SIZE) * PAGE_SIZE
         end = (piece.address + piece.length) // PAGE_SIZE * PAGE_SIZE
+        if end > address_limit:
+            beyond += end - max(start, address_limit)
+            end = address_limit
         file_start = piece.file_offset + (start - piece.address)
         if end <= start:
             partial += piece.length
@@ -204,6 +213,10 @@ def runs_from_pieces(pieces: Iterable[Piece], file_size: int) -> tuple[list[Run]
                 continue
         runs.append(Run(start, file_start, end - start))
     notes = []
+    if beyond:
+        notes.append(
+            f"{beyond} bytes mapped beyond the 52-bit physical address space are not scanned"
+        )
     if partial:
         notes.append(f"{partial} bytes in partial pages at range edges are not scanned")
     if truncated:
