@@ -24,7 +24,6 @@ tables, several times the scan itself, before the scan even starts.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +49,7 @@ def _pooltagscan() -> Any:
     """Import the pooltagscan package, or stop with what to install."""
     try:
         import pooltagscan.errors
+        import pooltagscan.files
         import pooltagscan.filters
         import pooltagscan.inputs
         import pooltagscan.inputs.base
@@ -62,6 +62,7 @@ def _pooltagscan() -> Any:
         import pooltagscan.scanner.engine
         import pooltagscan.stats
         import pooltagscan.tags.database
+        import pooltagscan.workers
     except ImportError as exc:
         raise exceptions.MissingModuleException(
             "pooltagscan",
@@ -211,14 +212,14 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
     @staticmethod
     def _mapped_image(pts: Any, layer: Any, path: str, pieces: list) -> Any:
         """The fast path: Volatility's map of the physical layer, the file's bytes by mmap."""
-        size = os.stat(path).st_size
+        source = pts.files.InputFile.open(path, "a memory dump")  # one descriptor, read-only
+        size = source.size
         runs, notes = pts.inputs.volmap.runs_from_pieces(pieces, size)
         fmt = next((f for cls, f in _FORMATS if isinstance(layer, cls)), "volatility-layer")
         image = pts.inputs.base.MemoryImage(
-            path=path, format=fmt, runs=runs, file_size=size, notes=notes
+            path=path, format=fmt, runs=runs, file_size=size, notes=notes, source=source
         )
-        with open(path, "rb") as f:
-            head = f.read(0x2000)
+        head = source.pread(0, 0x2000)
         if fmt == "crashdump":
             header = pts.inputs.crashdump.parse_header(path, head)
             image.architecture = header.architecture
@@ -242,7 +243,16 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
             vollog.error(f"pooltagscan: {exc}")
             return renderers.TreeGrid(columns, iter(()))
         rows = self._stats_rows(pts, *work) if stats else self._record_rows(pts, *work)
-        return renderers.TreeGrid(columns, rows)
+        return renderers.TreeGrid(columns, self._guarded(pts, rows))
+
+    @staticmethod
+    def _guarded(pts: Any, rows: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, tuple]]:
+        """The rows, ended by one error line if the dump fails during the scan (it shrank,
+        was replaced, a worker died): never a traceback from inside the renderer."""
+        try:
+            yield from rows
+        except (pts.errors.InputError, pts.workers.WorkerError) as exc:
+            vollog.error(f"pooltagscan: {exc}")
 
     def _prepare(self, pts: Any) -> tuple[Any, Any, Any, int]:
         record_filter = pts.filters.RecordFilter.from_names(

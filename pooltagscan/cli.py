@@ -36,8 +36,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _error(text: str) -> None:
+    from pooltagscan.errors import one_line
+
     try:
-        print(f"pooltagscan: error: {text}", file=sys.stderr, flush=True)
+        print(f"pooltagscan: error: {one_line(text)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass  # stderr closed: nothing left to tell
 

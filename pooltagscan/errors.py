@@ -38,3 +38,12 @@ class OutputError(PoolTagScanError):
 
     def __reduce__(self):
         return (type(self), (self.target, self.problem))
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped: bytes of a hostile file quoted in a message
+    (a section name holding a newline, say) must not break it over several lines."""
+    return text.translate(_CONTROLS)

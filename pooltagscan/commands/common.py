@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Iterable
 
+from pooltagscan.errors import one_line
+
 PROG = "pooltagscan"
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
@@ -18,11 +20,11 @@ class UsageError(Exception):
 def note(args: argparse.Namespace, text: str) -> None:
     """An informational line on stderr, unless --quiet."""
     if not getattr(args, "quiet", False):
-        print(f"{PROG}: {text}", file=sys.stderr)
+        print(f"{PROG}: {one_line(text)}", file=sys.stderr)
 
 
 def error(text: str) -> None:
-    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
+    print(f"{PROG}: error: {one_line(text)}", file=sys.stderr, flush=True)
 
 
 def tag_list_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:

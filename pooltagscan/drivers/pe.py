@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pefile
 
 from pooltagscan.drivers.apis import KERNEL_MODULES, module_key
-from pooltagscan.errors import InputError
+from pooltagscan.errors import InputError, one_line
 from pooltagscan.files import InputFile
 
 __all__ = [
@@ -368,7 +368,7 @@ def load_image(path: str, data: bytes | None = None) -> DriverImage:
         raise InputError(path, f"user-mode image ({kind} subsystem), not a kernel driver")
     sections = []
     for raw in pe.sections:
-        name = raw.Name.rstrip(b"\0").decode("latin-1")
+        name = one_line(raw.Name.rstrip(b"\0").decode("latin-1"))
         section = Section(
             name,
             raw.VirtualAddress,
