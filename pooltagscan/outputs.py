@@ -39,6 +39,15 @@ def _strerror(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _stdout_file() -> FileId | None:
+    """The identity of the regular file standard output is redirected to, if it is."""
+    try:
+        info = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return FileId.of(info) if stat.S_ISREG(info.st_mode) else None
+
+
 class OutputStream(io.TextIOBase):
     """A text stream that turns write failures into OutputError naming its target."""
 
@@ -100,7 +109,10 @@ class OutputFile:
         if info is not None:
             if stat.S_ISDIR(info.st_mode):
                 raise OutputError(self.path, "cannot write: it is a directory")
-            self.direct = not stat.S_ISREG(info.st_mode)
+            # /dev/stdout and friends name whatever the descriptor is (a pipe, or the
+            # file the shell redirected to, which must be written through, not replaced).
+            special = os.path.abspath(self.path).startswith(("/dev/", "/proc/"))
+            self.direct = special or not stat.S_ISREG(info.st_mode)
         folder = os.path.dirname(self.target) or "."
         if not self.direct and not os.access(folder, os.W_OK | os.X_OK):
             reason = "no such folder" if not os.path.isdir(folder) else "permission denied"
@@ -212,11 +224,18 @@ class Outputs:
         self._stdout: OutputStream | None = None
 
     def check_inputs(self, paths: Iterable[str], what: str = "input") -> None:
-        """Refuse outputs that are the same file as one of `paths` (before any work)."""
+        """Refuse outputs that are the same file as one of `paths` (before any work),
+        standard output included (`>> evidence.raw` would append to the evidence)."""
         for path in paths:
             identity = file_id(path)
             if identity is None:
                 continue  # missing inputs are reported by the command
+            if identity == _stdout_file():
+                raise OutputError(
+                    STDOUT,
+                    f"is the same file as the {what} {path}; refusing to write to it "
+                    "(evidence is never overwritten; nothing was written)",
+                )
             for output in self.files.values():
                 if output.direct:
                     continue
@@ -227,6 +246,13 @@ class Outputs:
         """Refuse outputs that are a file the run has opened as an input so far (rule
         files found in a folder, a state file beside a .vmem, ...), before more work."""
         inputs = opened_inputs()
+        stdout = _stdout_file()
+        if stdout is not None and stdout in inputs:
+            raise OutputError(
+                STDOUT,
+                "is one of this run's input files; refusing to write to it (evidence is "
+                "never overwritten; nothing was written)",
+            )
         for output in self.files.values():
             if not output.direct and output.identity in inputs:
                 raise OutputError(

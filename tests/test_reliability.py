@@ -133,6 +133,20 @@ def test_output_that_is_the_dump_is_refused(tmp_path, how):
         assert target.is_symlink()
 
 
+def test_stdout_redirected_onto_the_dump_is_refused(tmp_path):
+    """`scan ev.raw >> ev.raw` must not append a table to the evidence."""
+    dump = evidence(tmp_path)
+    before = sha256(dump)
+    with open(dump, "a") as appended:
+        result = run(tmp_path, "scan", str(dump), "--stats", "-q", stdout=appended)
+    assert result.code == 2 and sha256(dump) == before
+    want = (
+        f"pooltagscan: error: standard output: is the same file as the dump {dump}; refusing "
+        "to write to it (evidence is never overwritten; nothing was written)"
+    )
+    assert result.lines == [want]
+
+
 def test_output_that_is_a_driver_is_refused(tmp_path):
     driver = tmp_path / "d.sys"
     driver.write_bytes((DRIVERS / "pooltags_x64.sys").read_bytes())
