@@ -272,6 +272,35 @@ def test_dump_replaced_mid_scan_is_reported(tmp_path, monkeypatch, capsys):
     assert "was replaced by another file during the scan" in err and str(victim) in err
 
 
+def test_dump_that_shrinks_under_the_workers_is_one_line(tmp_path):
+    """Workers map their windows; one that touches a page cut off the file dies of SIGBUS
+    and the parent says what happened to the dump, in one line."""
+    dump = tmp_path / "big.raw"
+    with open(dump, "wb") as f:
+        f.truncate(16 << 30)  # sparse
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pooltagscan", "scan", str(dump), "--stats", "--layout", "x64",
+         "--jobs", "2", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    from test_signals import children
+
+    deadline = time.monotonic() + 60
+    while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    os.truncate(dump, 1 << 30)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines() == [
+        (
+            f"pooltagscan: error: {dump}: the file shrank from {16 << 30} to {1 << 30} bytes "
+            "during the scan; its results cannot be trusted"
+        )
+    ]
+    assert out == ""
+
+
 def test_bad_dump_in_a_batch_is_skipped(tmp_path):
     bad = tmp_path / "bad.dmp"
     bad.write_bytes(b"PAGEDU64" + bytes(100))

@@ -14,7 +14,7 @@ import numpy as np
 
 from pooltagscan.inputs.base import MemoryImage, Window
 from pooltagscan.scanner.pages import ScanConfig, scan_words
-from pooltagscan.workers import ordered_map
+from pooltagscan.workers import WorkerError, ordered_map
 
 WINDOW_BYTES = 32 << 20
 # Below this, starting worker processes costs more than it saves.
@@ -34,12 +34,13 @@ def scan_image(
     windows = list(image.windows(window_bytes))
     total = sum(w.length for w in windows)
     done = 0
-    # An image that lives only in this process (read through a Volatility layer) cannot
-    # be handed to workers.
-    parallel = jobs > 1 and image.parallel_ok
-    if parallel and total >= PARALLEL_MIN_BYTES and len(windows) > 1:
+    # Large dumps are scanned by worker processes (one with --jobs 1), which map the
+    # windows instead of copying them; see MemoryImage.use_mapping. An image that lives
+    # only in this process (read through a Volatility layer) cannot be handed to workers.
+    workers = image.parallel_ok and total >= PARALLEL_MIN_BYTES and len(windows) > 1
+    if workers:
         image.file  # noqa: B018 - opened before the fork: one descriptor, shared by all
-        results = ordered_map(_worker, windows, jobs, _init_worker, (image, config))
+        results = ordered_map(_worker, windows, max(1, jobs), _init_worker, (image, config))
     else:
         results = (_scan_window(image, config, w) for w in windows)
     try:
@@ -48,6 +49,9 @@ def scan_image(
             if progress is not None:
                 progress(done, total)
             yield records
+    except WorkerError:
+        image.check_unchanged()  # a worker killed by SIGBUS: the dump shrank under it
+        raise
     finally:
         close = getattr(results, "close", None)
         if close is not None:
@@ -79,6 +83,7 @@ _worker_state: tuple[MemoryImage, ScanConfig] | None = None
 
 def _init_worker(image: MemoryImage, config: ScanConfig) -> None:
     global _worker_state
+    image.use_mapping()
     _worker_state = (image, config)
 
 
