@@ -287,6 +287,8 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
             ("State", str),
             ("Layout", str),
             ("Confidence", str),
+            ("Source", str),
+            ("Entry", format_hints.Hex),
         ]
 
     def _record_rows(
@@ -296,8 +298,9 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
         names = pts.records.TagNames()
         hex_hint = format_hints.Hex
         for records in pts.scan.run(prepared, record_filter, jobs, self._progress):
-            for offset, *rest in pts.records.to_tuples(records, names):
-                yield 0, (hex_hint(offset), *rest)
+            for offset, *rest, entry in pts.records.to_tuples(records, names):
+                entry = renderers.NotApplicableValue() if entry is None else hex_hint(entry)
+                yield 0, (hex_hint(offset), *rest, entry)
 
     @staticmethod
     def _stats_columns() -> list[tuple[str, type]]:

@@ -26,6 +26,8 @@ RECORD_DTYPE = np.dtype(
         ("confidence", "u1"),  # CONFIDENCE_* below
         ("protected", "?"),
         ("family", "u1"),  # index into FAMILY_CODES
+        ("source", "u1"),  # SOURCE_PAGE or SOURCE_BIGPOOL
+        ("entry", "<u8"),  # bigpool: physical address of the big-page table entry; else 0
     ]
 )
 
@@ -33,10 +35,23 @@ CONFIDENCE_LOW, CONFIDENCE_MEDIUM, CONFIDENCE_HIGH = 0, 1, 2
 CONFIDENCE_NAMES = ("low", "medium", "high")
 POOL_NAMES = ("nonpaged", "paged", "unknown")
 STATE_NAMES = ("allocated", "free", "unknown")
+SOURCE_PAGE, SOURCE_BIGPOOL = 0, 1
+SOURCE_NAMES = ("page", "bigpool")
 FAMILY_CODES: tuple[Family, ...] = (Family.X86, Family.X64, Family.SEGMENT_HEAP)
 FAMILY_INDEX = {fam: i for i, fam in enumerate(FAMILY_CODES)}
 
-FIELDS = ("offset", "tag", "protected", "size", "pool", "state", "layout", "confidence")
+FIELDS = (
+    "offset",
+    "tag",
+    "protected",
+    "size",
+    "pool",
+    "state",
+    "layout",
+    "confidence",
+    "source",
+    "entry",
+)
 
 
 def empty_records() -> np.ndarray:
@@ -62,7 +77,7 @@ def to_tuples(records: np.ndarray, names: TagNames | None = None) -> Iterator[tu
     codes into the words of DESIGN.md section 6 (dicts for renderers, rows for the plugin)."""
     names = names or TagNames()
     layouts = [family.value for family in FAMILY_CODES]
-    for offset, tag, prot, size, pool, state, fam, conf in zip(
+    for offset, tag, prot, size, pool, state, fam, conf, source, entry in zip(
         records["offset"].tolist(),
         records["tag"].tolist(),
         records["protected"].tolist(),
@@ -71,6 +86,8 @@ def to_tuples(records: np.ndarray, names: TagNames | None = None) -> Iterator[tu
         records["state"].tolist(),
         records["family"].tolist(),
         records["confidence"].tolist(),
+        records["source"].tolist(),
+        records["entry"].tolist(),
     ):
         yield (
             offset,
@@ -81,10 +98,16 @@ def to_tuples(records: np.ndarray, names: TagNames | None = None) -> Iterator[tu
             STATE_NAMES[state],
             layouts[fam],
             CONFIDENCE_NAMES[conf],
+            SOURCE_NAMES[source],
+            entry if source == SOURCE_BIGPOOL else None,
         )
 
 
 def to_dicts(records: np.ndarray, names: TagNames | None = None) -> Iterator[dict[str, Any]]:
-    """Contract objects, field order as in DESIGN.md section 6."""
+    """Contract objects, field order as in DESIGN.md section 6; `entry` only on big-pool
+    records (a page record has no table entry, and millions of nulls cost output time)."""
     for values in to_tuples(records, names):
-        yield dict(zip(FIELDS, values))
+        item = dict(zip(FIELDS, values))
+        if item["entry"] is None:
+            del item["entry"]
+        yield item

@@ -17,7 +17,17 @@ from conftest import DUMPS, REPO, load_manifest
 from pooltagscan import cli, files
 from pooltagscan.progress import ProgressBar
 
-CONTRACT_KEYS = ["offset", "tag", "protected", "size", "pool", "state", "layout", "confidence"]
+CONTRACT_KEYS = [
+    "offset",
+    "tag",
+    "protected",
+    "size",
+    "pool",
+    "state",
+    "layout",
+    "confidence",
+    "source",
+]
 SAMPLE = DUMPS / "win10-1809-x64.raw"
 
 
@@ -155,7 +165,17 @@ def test_pool_state_and_confidence_filters():
 def test_table_json_and_csv_views_agree():
     rows = jsonl(pooltagscan("scan", str(SAMPLE), "--format", "jsonl", "--tag", "Thre"))
     table = pooltagscan("scan", str(SAMPLE), "--tag", "Thre").stdout.splitlines()
-    assert table[0].split() == ["Address", "Tag", "P", "Size", "Pool", "State", "Layout", "Conf"]
+    assert table[0].split() == [
+        "Address",
+        "Tag",
+        "P",
+        "Size",
+        "Pool",
+        "State",
+        "Layout",
+        "Conf",
+        "Source",
+    ]
     assert [int(line.split()[0], 16) for line in table[1:]] == [r["offset"] for r in rows]
     doc = json.loads(pooltagscan("scan", str(SAMPLE), "--format", "json", "--tag", "Thre").stdout)
     assert doc["layout"] == "x64" and doc["pooltype_encoding"] == "vista"
@@ -166,7 +186,7 @@ def test_table_json_and_csv_views_agree():
         )
     )
     assert [int(r["offset"]) for r in parsed] == [r["offset"] for r in rows]
-    assert list(parsed[0]) == CONTRACT_KEYS
+    assert list(parsed[0]) == [*CONTRACT_KEYS, "entry"]
 
 
 def test_forced_layout_is_reported():

@@ -39,7 +39,32 @@ FORMATS = SAMPLES / "formats"
 FAMILIES = ("xp-x86", "win7-x86", "win7-x64", "win10-1809-x64", "win11-segheap-x64")
 FORMAT_FILES = sorted(p.name for p in FORMATS.iterdir() if p.suffix != ".json")
 FORMAT_FILES.remove("vmware-x64.vmss")
-KEYS = ("offset", "tag", "protected", "size", "pool", "state", "layout", "confidence")
+KEYS = (
+    "offset",
+    "tag",
+    "protected",
+    "size",
+    "pool",
+    "state",
+    "layout",
+    "confidence",
+    "source",
+    "entry",
+)
+
+
+def row_dict(values) -> dict:
+    """A plugin row as the standalone contract object (`entry` only on big-pool rows)."""
+    item = dict(zip(KEYS, values))
+    item["offset"] = int(item["offset"])
+    entry = item.pop("entry")
+    if isinstance(entry, int):
+        item["entry"] = int(entry)
+    return item
+
+
+def json_row(row: dict) -> dict:
+    return row_dict([row[k.capitalize()] for k in KEYS])
 STATS_KEYS = (
     "NonPagedAllocs",
     "NonPagedBytes",
@@ -83,7 +108,7 @@ def plugin_records(plugin_class, dump: Path, **options) -> list[dict]:
     _, plugin = construct(plugin_class, dump, **options)
     names, rows = grid_rows(plugin)
     assert names == [k.capitalize() for k in KEYS]
-    return [dict(zip(KEYS, (int(r[0]), *r[1:]))) for r in rows]
+    return [row_dict(r) for r in rows]
 
 
 def standalone(dump: Path, layout="auto", record_filter=None, db=None) -> list[dict]:
@@ -163,7 +188,7 @@ def test_scans_physical_layer_below_an_intel_layer(plugin_class):
     ctx.add_layer(intel.WindowsIntel32e(ctx, "t.intel", "virtual", metadata={"os": "Windows"}))
     ctx.config["plugins.PoolTagScan.primary"] = "virtual"
     _, rows = grid_rows(plugin_class(ctx, "plugins.PoolTagScan"))
-    assert [dict(zip(KEYS, (int(r[0]), *r[1:]))) for r in rows] == standalone(dump)
+    assert [row_dict(r) for r in rows] == standalone(dump)
 
 
 def test_layer_without_a_file_is_read_through_the_layer(plugin_class, tmp_path):
@@ -264,7 +289,7 @@ def test_vol_json_renderer(tmp_path):
     proc = vol("-r", "json", "-f", str(dump), "pooltagscan.PoolTagScan", tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    got = [{k: r[k.capitalize()] for k in KEYS} for r in rows]
+    got = [json_row(r) for r in rows]
     assert got == standalone(dump)
 
 
@@ -334,7 +359,7 @@ def test_vol_on_the_real_arm64_minidump(tmp_path):
         pytest.skip("win11-arm64-triage.dmp absent")
     proc = vol("-r", "json", "-f", str(dump), "pooltagscan.PoolTagScan", tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    got = [{k: r[k.capitalize()] for k in KEYS} for r in json.loads(proc.stdout)]
+    got = [json_row(r) for r in json.loads(proc.stdout)]
     assert got == standalone(dump)
     assert {"offset": 0xFFFFBB8EBA5FB3A0, "tag": "Driv"}.items() <= next(
         r for r in got if r["offset"] == 0xFFFFBB8EBA5FB3A0

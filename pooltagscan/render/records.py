@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from pooltagscan.records import FIELDS, TagNames, to_dicts
+from pooltagscan.records import FIELDS, TagNames, to_dicts, to_tuples
 
 FORMATS = ("table", "jsonl", "json", "csv")
 
@@ -67,7 +67,12 @@ class CsvWriter(RecordWriter):
 
     def write(self, records: np.ndarray) -> None:
         self._header()
-        self._csv.writerows(d.values() for d in self._dicts(records))
+        extra = tuple(self.extra.values())
+        self.count += records.size
+        self._csv.writerows(
+            extra + tuple("" if v is None else v for v in row)
+            for row in to_tuples(records, self.names)
+        )
 
     def end(self) -> None:
         self._header()
@@ -99,19 +104,21 @@ class JsonWriter(RecordWriter):
 class TableWriter(RecordWriter):
     """Fixed columns so rows can stream without measuring the whole result first."""
 
-    HEADERS = ("Address", "Tag", "P", "Size", "Pool", "State", "Layout", "Conf")
+    HEADERS = ("Address", "Tag", "P", "Size", "Pool", "State", "Layout", "Conf", "Source")
 
     def begin(self, meta: dict[str, Any]) -> None:
-        self._addr = max(10, 2 + len(f"{int(meta.get('max_address', 0)):x}"))
+        # Big-pool records are at kernel virtual addresses, wider than physical ones.
+        wide = 18 if meta.get("architecture") != "x86" else 10
+        self._addr = max(wide, 2 + len(f"{int(meta.get('max_address', 0)):x}"))
         self._rows = 0
         if "dump" in meta and self.extra:
             self.out.write(f"== {meta['dump']}\n")
 
     def _line(self, cells: tuple[str, ...]) -> str:
-        addr, tag, prot, size, pool, state, layout, conf = cells
+        addr, tag, prot, size, pool, state, layout, conf, source = cells
         return (
-            f"{addr:>{self._addr}}  {tag:<4}  {prot:1}  {size:>5}  {pool:<8}  "
-            f"{state:<9}  {layout:<16}  {conf}\n"
+            f"{addr:>{self._addr}}  {tag:<4}  {prot:1}  {size:>7}  {pool:<8}  "
+            f"{state:<9}  {layout:<16}  {conf:<6}  {source}\n"
         )
 
     def write(self, records: np.ndarray) -> None:
@@ -130,6 +137,7 @@ class TableWriter(RecordWriter):
                         d["state"],
                         d["layout"],
                         d["confidence"],
+                        d["source"],
                     )
                 )
             )

@@ -21,6 +21,7 @@ from pooltagscan.records import (
     CONFIDENCE_MEDIUM,
     FAMILY_INDEX,
     RECORD_DTYPE,
+    SOURCE_PAGE,
 )
 from pooltagscan.scanner import legacy, segment
 from pooltagscan.scanner.tagbytes import split_protected
@@ -114,4 +115,6 @@ def _pack(offset, tag, size, pooltype, pool, state, confidence, protected, famil
     out["confidence"] = confidence
     out["protected"] = protected
     out["family"] = FAMILY_INDEX[family]
+    out["source"] = SOURCE_PAGE
+    out["entry"] = 0
     return out
