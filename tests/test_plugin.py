@@ -65,6 +65,8 @@ def row_dict(values) -> dict:
 
 def json_row(row: dict) -> dict:
     return row_dict([row[k.capitalize()] for k in KEYS])
+
+
 STATS_KEYS = (
     "NonPagedAllocs",
     "NonPagedBytes",
