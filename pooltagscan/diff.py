@@ -2,7 +2,8 @@
 
 A snapshot is the per-tag statistics of one dump, either computed by scanning it or read
 back from a saved `scan --stats --format json` document, so a baseline taken once can be
-compared with many later dumps without rescanning it.
+compared with many later dumps without rescanning it. The tracker view compares the
+kernel's own counters instead (PoolTrackTable, `scan --tracker`), as PoolMon does.
 """
 
 from __future__ import annotations
@@ -20,19 +21,25 @@ from pooltagscan.inputs.base import open_checked
 from pooltagscan.render.stats import STATS_KIND
 from pooltagscan.scan import prepare, run
 from pooltagscan.scanner.engine import ProgressCallback
+from pooltagscan.scanner.tracker import COUNTERS
 from pooltagscan.stats import TagStats
 from pooltagscan.tags.database import TagDatabase
 from pooltagscan.tags.patterns import tag_from_bytes, tag_to_bytes
+from pooltagscan.tracking import TRACKER_KIND, TrackerTotals
+
+VIEW_STATS, VIEW_TRACKER = "stats", "tracker"
 
 
 @dataclass
 class Snapshot:
-    """Per-tag counters of one dump (`allocs` excludes free blocks, as `!poolused` does)."""
+    """Per-tag counters of one dump (`allocs` excludes free blocks, as `!poolused` does;
+    in the tracker view, allocations outstanding by the kernel's count)."""
 
     source: str
     meta: dict[str, Any]
     allocs: dict[str, int] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
+    view: str = VIEW_STATS
 
 
 @dataclass
@@ -112,8 +119,12 @@ def _saved_stats(source: InputFile) -> dict[str, Any] | None:
         raise InputError(path, "not a valid JSON statistics file: it nests too deeply") from None
     except ValueError as exc:
         raise InputError(path, f"not a valid JSON statistics file: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("kind") != STATS_KIND:
-        raise InputError(path, "JSON file is not a `pooltagscan scan --stats --format json` output")
+    if not isinstance(doc, dict) or doc.get("kind") not in (STATS_KIND, TRACKER_KIND):
+        raise InputError(
+            path,
+            "JSON file is not a `pooltagscan scan --stats --format json` "
+            "or `scan --tracker --format json` output",
+        )
     return doc
 
 
@@ -140,8 +151,46 @@ def _tag(path: str, row: int, value: Any) -> str:
         raise InputError(path, f"statistics row {row}: {shown!r} is not a pool tag") from None
 
 
+def snapshot_from_tracker_document(path: str, doc: dict[str, Any]) -> Snapshot:
+    """Outstanding counts of a saved tracker view, every field checked."""
+    rows = doc.get("tags")
+    if not isinstance(rows, list):
+        raise InputError(path, "tracker file lacks its list of tags")
+    meta = {
+        k: v for k, v in doc.items() if k not in ("tags", "cut_tags") and isinstance(v, (str, int))
+    }
+    snap = Snapshot(path, meta, view=VIEW_TRACKER)
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise InputError(path, f"tracker row {number} is not an object")
+        missing = [f for f in ("tag", *COUNTERS) if f not in row]
+        if missing:
+            raise InputError(path, f"tracker row {number} lacks field {missing[0]!r}")
+        tag = _tag(path, number, row["tag"])
+        c = {f: _count(path, number, f, row[f]) for f in COUNTERS}
+        if c["nonpaged_frees"] > c["nonpaged_allocs"] or c["paged_frees"] > c["paged_allocs"]:
+            raise InputError(path, f"tracker row {number}: more frees than allocations")
+        if tag in snap.allocs:
+            raise InputError(path, f"tracker row {number}: tag {tag!r} appears twice")
+        snap.allocs[tag] = (
+            c["nonpaged_allocs"] - c["nonpaged_frees"] + c["paged_allocs"] - c["paged_frees"]
+        )
+        snap.bytes[tag] = c["nonpaged_bytes"] + c["paged_bytes"]
+    return snap
+
+
+def snapshot_from_tracker(source: str, meta: dict[str, Any], totals: TrackerTotals) -> Snapshot:
+    snap = Snapshot(source, meta, view=VIEW_TRACKER)
+    for row in totals.rows(sort="tag"):
+        snap.allocs[row.tag] = row.live
+        snap.bytes[row.tag] = row.live_bytes
+    return snap
+
+
 def snapshot_from_document(path: str, doc: dict[str, Any]) -> Snapshot:
-    """Per-tag counters of a saved statistics document, every field checked."""
+    """Per-tag counters of a saved statistics (or tracker) document, every field checked."""
+    if doc.get("kind") == TRACKER_KIND:
+        return snapshot_from_tracker_document(path, doc)
     rows = doc.get("tags")
     if not isinstance(rows, list):
         raise InputError(path, "statistics file lacks its list of tags")
@@ -174,8 +223,10 @@ def load_snapshot(
     db: TagDatabase | None = None,
     jobs: int = 1,
     progress: ProgressCallback | None = None,
+    view: str = VIEW_STATS,
 ) -> Snapshot:
-    """Read a saved stats document or scan a dump; raises InputError for bad files."""
+    """Read a saved stats or tracker document, or scan a dump for the `view` asked;
+    raises InputError for bad files. A saved document brings its own view."""
     with open_checked(path) as source:
         doc = _saved_stats(source)
         if doc is not None:
@@ -184,8 +235,13 @@ def load_snapshot(
     try:
         prepared = prepare(image, layout, db)
         stats = TagStats()
-        for records in run(prepared, jobs=jobs, progress=progress):
+        totals = TrackerTotals()
+        for records in run(prepared, jobs=jobs, progress=progress, tracker=totals.add):
             stats.add(records)
+        if view == VIEW_TRACKER:
+            if not totals.found:
+                raise InputError(image.path, "no pool tracker table found in this dump")
+            return snapshot_from_tracker(image.path, prepared.metadata(), totals)
         return snapshot_from_stats(image.path, prepared.metadata(), stats)
     finally:
         image.close()
@@ -201,6 +257,16 @@ def diff(
     sort: str = "bytes",
 ) -> list[DiffRow]:
     """Rows for every tag in either snapshot, largest growth first (or by tag)."""
+    if old.view != new.view:
+        raise InputError(
+            new.source,
+            f"a {new.view} view cannot be compared with the {old.view} view of {old.source}"
+            + (
+                "; --tracker compares the kernel's counters of a dump"
+                if VIEW_TRACKER in (old.view, new.view)
+                else ""
+            ),
+        )
     rows = []
     for tag in sorted(old.allocs.keys() | new.allocs.keys()):
         row = DiffRow(

@@ -99,3 +99,99 @@ def decode_pooltype(pooltype: np.ndarray, encoding: Encoding) -> tuple[np.ndarra
         pool = np.where(pt & 1, POOL_PAGED, POOL_NONPAGED).astype(np.uint8)
         state = np.full(n, STATE_UNKNOWN, dtype=np.uint8)
     return pool, state
+
+
+# ---------------------------------------------------------------- kernel tables
+# Facts and sources: docs/pool-tables.md. Entries of both tables are found page by page
+# (scanner/bigpages.py, scanner/tracker.py); these describe where their fields sit.
+
+
+@dataclass(frozen=True)
+class BigPageFormat:
+    """One `_POOL_TRACKER_BIG_PAGES` entry layout (entries of PoolBigPageTable).
+
+    Va bit 0 set means free; a freed entry keeps its Va (plus one), Key and size, a
+    never-used one holds only the free bit. `pooltype` is None where the entry has no
+    PoolType (XP/2003: the pool is not recorded); `size_in_pages` on XP/2003.
+    """
+
+    name: str
+    entry_size: int
+    ptr_size: int
+    key_at: int
+    pooltype_at: int | None
+    size_at: int
+    size_in_pages: bool = False
+    # Windows 10+: the dword after Key is {Pattern:8, PoolType:12, SlushSize:12};
+    # None = decided per page (legacy x64 covers Windows 7 to 10 1809).
+    bitfield: bool | None = False
+
+    @property
+    def kernel_min(self) -> int:
+        return 0xFFFF800000000000 if self.ptr_size == 8 else 0x80000000
+
+    def phases(self) -> range:
+        """Offsets, inside a page, at which an entry of a page-aligned table can start."""
+        step = 4 if self.ptr_size == 4 else 8
+        return range(0, self.entry_size if PAGE_SIZE % self.entry_size else step, step)
+
+
+BIG_XP_X86 = BigPageFormat("xp-x86", 12, 4, 4, None, 8, size_in_pages=True)
+BIG_2003_X86 = BigPageFormat("2003-x86", 16, 4, 4, None, 8, size_in_pages=True)
+BIG_VISTA_X86 = BigPageFormat("vista-x86", 16, 4, 4, 8, 12)
+BIG_X64 = BigPageFormat("x64", 24, 8, 8, 12, 16, bitfield=None)
+BIG_WIN10_X64 = BigPageFormat("win10-x64", 24, 8, 8, 12, 16, bitfield=True)
+BIG_20348_X64 = BigPageFormat("20348-x64", 32, 8, 8, 12, 16, bitfield=True)
+
+# POOL_TYPE bits a big-page entry may carry: paged (1), cache aligned (4), session
+# (0x20), NX (0x200). Must-succeed (2) is refused by Windows 8+ and never seen there.
+BIG_POOLTYPE_BITS = 0x225
+# Larger than this is no big-pool allocation we believe in (a 4 GiB single block).
+BIG_MAX_BYTES = 1 << 32
+
+
+def big_page_formats(family: Family, encoding: Encoding) -> tuple[BigPageFormat, ...]:
+    """Entry layouts a dump of this family may hold; each page picks the one it proves."""
+    if family is Family.X86:
+        if encoding is Encoding.XP:
+            return (BIG_XP_X86, BIG_2003_X86)
+        return (BIG_VISTA_X86,)
+    if family is Family.X64:
+        return (BIG_X64,)
+    return (BIG_WIN10_X64, BIG_20348_X64)
+
+
+def big_pooltype(value: np.ndarray, bitfield: bool) -> np.ndarray:
+    """The POOL_TYPE held in a big-page entry's dword after Key."""
+    value = value.astype(np.uint32, copy=False)
+    return (value >> 8) & 0xFFF if bitfield else value
+
+
+@dataclass(frozen=True)
+class TrackerFormat:
+    """One `_POOL_TRACKER_TABLE` entry layout (entries of PoolTrackTable): offsets of
+    Key and of (allocs, frees, bytes) for nonpaged then paged pool, and field widths."""
+
+    name: str
+    entry_size: int
+    count_width: int  # bytes of Allocs/Frees
+    bytes_width: int  # bytes of the Bytes counters
+    nonpaged: tuple[int, int, int]  # offsets of allocs, frees, bytes
+    paged: tuple[int, int, int]
+    zero_at: tuple[int, ...] = ()  # alignment padding, zero in a real table
+
+    def phases(self) -> range:
+        step = 4 if self.count_width == 4 and self.bytes_width == 4 else 8
+        return range(0, self.entry_size if PAGE_SIZE % self.entry_size else step, step)
+
+
+TRACK_X86 = TrackerFormat("x86", 28, 4, 4, (4, 8, 12), (16, 20, 24))
+TRACK_X64 = TrackerFormat("x64", 40, 4, 8, (4, 8, 16), (24, 28, 32), zero_at=(12,))
+# Later 64-bit builds: every counter 64-bit, bytes first (docs/pool-tables.md).
+TRACK_X64_WIDE = TrackerFormat("x64-wide", 56, 8, 8, (16, 24, 8), (40, 48, 32), zero_at=(4,))
+
+
+def tracker_formats(family: Family) -> tuple[TrackerFormat, ...]:
+    if family is Family.X86:
+        return (TRACK_X86,)
+    return (TRACK_X64, TRACK_X64_WIDE)

@@ -15,7 +15,7 @@ from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs.base import MemoryImage
 from pooltagscan.layouts import Family
 from pooltagscan.scanner.detect import Detection, detect
-from pooltagscan.scanner.engine import ProgressCallback, scan_image
+from pooltagscan.scanner.engine import ProgressCallback, TrackerSink, scan_image
 from pooltagscan.scanner.pages import ScanConfig
 from pooltagscan.tags.database import TagDatabase
 from pooltagscan.tags.patterns import tag_to_bytes
@@ -63,14 +63,18 @@ def known_tag_values(db: TagDatabase | None) -> np.ndarray:
 
 
 def prepare(
-    image: MemoryImage, layout: str = "auto", db: TagDatabase | None = None
+    image: MemoryImage,
+    layout: str = "auto",
+    db: TagDatabase | None = None,
+    tables: bool = True,
 ) -> PreparedScan:
-    """Choose the family (or take the user's) and the PoolType encoding."""
+    """Choose the family (or take the user's) and the PoolType encoding; `tables` also
+    searches every page for the big-page and tracker tables."""
     if layout not in LAYOUT_CHOICES:
         raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUT_CHOICES)}")
     forced = None if layout == "auto" else Family(layout)
     detection = detect(image, forced)
-    config = ScanConfig(detection.family, detection.encoding, known_tag_values(db))
+    config = ScanConfig(detection.family, detection.encoding, known_tag_values(db), tables)
     return PreparedScan(image, detection, config)
 
 
@@ -79,7 +83,9 @@ def run(
     record_filter: RecordFilter | None = None,
     jobs: int = 1,
     progress: ProgressCallback | None = None,
+    tracker: TrackerSink | None = None,
 ) -> Iterator[np.ndarray]:
-    """Filtered record batches in address order."""
-    for records in scan_image(prepared.image, prepared.config, jobs, progress):
+    """Filtered record batches, window by window (see scanner.engine.scan_image);
+    `tracker` receives the rows of the kernel's tag tracker table met on the way."""
+    for records in scan_image(prepared.image, prepared.config, jobs, progress, tracker=tracker):
         yield record_filter.apply(records) if record_filter else records

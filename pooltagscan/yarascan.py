@@ -14,6 +14,7 @@ reached the scan says so once per string: the hits of that string are then incom
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -106,9 +107,12 @@ class YaraScan:
                 self.capped[key] = self.capped.get(key, 0) + 1
             return yara.CALLBACK_CONTINUE
 
+        # Hits are placed in header-carrying blocks of the same physical page; big-pool
+        # records are at virtual addresses and have no bytes in this page.
+        config = dataclasses.replace(self.prepared.config, tables=False)
         for window in windows:
             with image.words(window) as words:
-                records = window_records(image, self.prepared.config, window, words)
+                records = window_records(image, config, window, words)
                 data = memoryview(words).cast("B")
                 matches = self.rules.match(data=data, warnings_callback=warned)
                 del data

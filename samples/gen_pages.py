@@ -290,6 +290,34 @@ def big_pool_page(rng: np.random.Generator, spec: Spec) -> bytes:
     return bytes(out[:PAGE])
 
 
+def pointer_text_page(rng: np.random.Generator, spec: Spec) -> bytes:
+    """Runs of page-aligned kernel pointers (section and MDL arrays) followed by ASCII:
+    what a big-page table's Va and Key columns look like to a careless scanner."""
+    out = bytearray()
+    while len(out) < PAGE:
+        vals = kernel_ptrs(rng, spec, int(rng.integers(2, 12))) & ~np.uint64(0xFFF)
+        out += _words_to_page(vals, spec)[: len(vals) * spec.ptr_size]
+        out += text_page(rng, spec)[: int(rng.integers(8, 120))]
+    return bytes(out[:PAGE])
+
+
+def handle_table_page(rng: np.random.Generator, spec: Spec) -> bytes:
+    """A handle table page: {object pointer with attribute bits, granted access} entries."""
+    n = PAGE // (2 * spec.ptr_size)
+    obj = kernel_ptrs(rng, spec, n, align16=1.0)
+    if not spec.x86:  # Windows 8+: the pointer shifted left by 16, lock and audit bits
+        obj = (obj << np.uint64(16)) | rng.integers(0, 8, n).astype(np.uint64) | np.uint64(1)
+    else:
+        obj = obj | rng.integers(0, 8, n).astype(np.uint64)
+    access = flag_words(rng, spec, n)
+    empty = rng.random(n) < 0.3
+    obj[empty] = 0
+    access[empty] = 0
+    vals = np.empty(2 * n, np.uint64)
+    vals[0::2], vals[1::2] = obj, access
+    return _words_to_page(vals, spec)
+
+
 NON_POOL_MAKERS: dict[str, Callable[[np.random.Generator, Spec], bytes]] = {
     "text": text_page,
     "utf16": utf16_page,
@@ -299,9 +327,12 @@ NON_POOL_MAKERS: dict[str, Callable[[np.random.Generator, Spec], bytes]] = {
     "zeros": zero_page,
     "page-table": page_table_page,
     "big-pool": big_pool_page,
+    "pointer-text": pointer_text_page,
+    "handle-table": handle_table_page,
 }
 # Share of the non-pool pages per kind.
 NON_POOL_WEIGHTS: dict[str, float] = {
     "text": 0.14, "utf16": 0.10, "code-x64": 0.15, "pointers": 0.16, "random": 0.09,
-    "zeros": 0.14, "page-table": 0.08, "big-pool": 0.14,
+    "zeros": 0.12, "page-table": 0.06, "big-pool": 0.12, "pointer-text": 0.03,
+    "handle-table": 0.03,
 }  # fmt: skip

@@ -31,6 +31,7 @@ if str(HERE) not in sys.path:  # the gen_* helpers live next to this file, not i
 from gen_common import PAGE, Spec, header_like, legacy_chain, page_is_clean, tag_text
 from gen_pages import NON_POOL_MAKERS, NON_POOL_WEIGHTS
 from gen_pool import Record, legacy_page, lfh_subsegment, vs_subsegment
+from gen_tables import BIG_FORMATS, TRACKER_FORMATS, big_page_table, tracker_table
 
 SPECS: dict[str, Spec] = {
     s.name: s
@@ -51,6 +52,7 @@ FAMILIES: tuple[str, ...] = tuple(SPECS)
 DEFAULT_PAGES = 512  # 2 MiB samples
 POOL_SHARE = 0.4
 POOL_KINDS = frozenset(("pool-legacy", "lfh", "vs"))
+TABLE_KINDS = frozenset(("bigpage-table", "tracker-table"))
 BENCH_UNIT_PAGES = 4096  # 16 MiB built once and repeated by write_bench_dump
 _POOL_SLOT = "@pool"
 _FIELDS = ("offset", "tag", "protected", "size", "pool", "state", "kind", "truth")
@@ -101,10 +103,11 @@ def _segment_heap(rng: np.random.Generator, spec: Spec, n_pages: int
     return vpages, vkinds, vrecs
 
 
-def _build(spec: Spec, pages: int, seed: int) -> tuple[bytearray, list[str], list[Record]]:
-    """Image, page kinds and allocation records (absolute offsets, sorted)."""
-    if pages < 32:
-        raise ValueError("an image needs at least 32 pages to hold every page kind")
+def _build(spec: Spec, pages: int, seed: int) -> tuple[bytearray, list[str], list[Record], dict]:
+    """Image, page kinds, allocation records (absolute offsets, sorted) and the kernel
+    tables planted (big-page table entries, tracker rows)."""
+    if pages < 64:
+        raise ValueError("an image needs at least 64 pages to hold every page kind")
     rng = np.random.default_rng(seed)
     plan = _page_plan(rng, pages)
     image = bytearray(pages * PAGE)
@@ -123,11 +126,86 @@ def _build(spec: Spec, pages: int, seed: int) -> tuple[bytearray, list[str], lis
             image[p * PAGE : (p + 1) * PAGE] = data
             plan[p] = "pool-legacy"
             recs.extend((p * PAGE + r[0],) + r[1:] for r in page_recs)
-    for p, kind in enumerate(plan):
-        if kind not in POOL_KINDS:
-            image[p * PAGE : (p + 1) * PAGE] = _clean_page(rng, spec, kind)
     recs.sort()
-    return image, plan, recs
+    tables = _plant_tables(rng, spec, image, plan, recs)
+    for p, kind in enumerate(plan):
+        if kind not in POOL_KINDS and kind not in TABLE_KINDS:
+            image[p * PAGE : (p + 1) * PAGE] = _clean_page(rng, spec, kind)
+    return image, plan, recs, tables
+
+
+def _scatter(rng: np.random.Generator, plan: list[str], data: bytes, kind: str) -> list[int]:
+    """Put a virtually contiguous table on random decoy pages; their physical numbers."""
+    phys = []
+    for _ in range(len(data) // PAGE):
+        # Take a page of a decoy kind that keeps at least two, so every kind stays.
+        counts: dict[str, int] = {}
+        for k in plan:
+            counts[k] = counts.get(k, 0) + 1
+        spare = [i for i, k in enumerate(plan) if k in NON_POOL_MAKERS and counts[k] > 2]
+        p = spare[int(rng.integers(len(spare)))]
+        plan[p] = kind
+        phys.append(p)
+    return phys
+
+
+def _entry_at(phys: list[int], virtual: int, size: int) -> tuple[int, bool]:
+    """Physical address of a table entry and whether it runs into the next page."""
+    return phys[virtual // PAGE] * PAGE + virtual % PAGE, virtual % PAGE + size > PAGE
+
+
+def _plant_tables(rng: np.random.Generator, spec: Spec, image: bytearray, plan: list[str],
+                  recs: list[Record]) -> dict[str, Any]:  # fmt: skip
+    """A big-page table and a tracker table that agrees with what was planted, except
+    for two tags made to disagree on purpose (manifest `tracker_anomalies`)."""
+    big, big_entries = big_page_table(rng, spec)
+    big_phys = _scatter(rng, plan, big, "bigpage-table")
+    size = BIG_FORMATS[spec.name][0]
+    for v, p in enumerate(big_phys):
+        image[p * PAGE : (p + 1) * PAGE] = big[v * PAGE : (v + 1) * PAGE]
+    bigpool = []
+    for e in big_entries:
+        entry, crosses = _entry_at(big_phys, e["index"] * size, size)
+        bigpool.append({"offset": e["va"], "entry": entry, "tag": e["tag"],
+                        "protected": e["protected"], "size": e["size"], "pool": e["pool"],
+                        "state": e["state"], "crosses": crosses})  # fmt: skip
+    # Outstanding blocks per tag and pool, as the kernel would count them.
+    live: dict[str, dict[str, list[int]]] = {}
+    observed_allocated: dict[str, int] = {}
+    for r in recs:
+        a = dict(zip(_FIELDS, r))
+        if a["state"] == "allocated":
+            observed_allocated[a["tag"]] = observed_allocated.get(a["tag"], 0) + 1
+        if a["truth"] != "allocated":
+            continue
+        slot = live.setdefault(a["tag"], {}).setdefault(a["pool"], [0, 0])
+        slot[0] += 1
+        slot[1] += a["size"]
+    for e in bigpool:
+        if e["state"] == "allocated":
+            observed_allocated[e["tag"]] = observed_allocated.get(e["tag"], 0) + 1
+            pool = "paged" if e["pool"] == "paged" else "nonpaged"
+            slot = live.setdefault(e["tag"], {}).setdefault(pool, [0, 0])
+            slot[0] += 1
+            slot[1] += e["size"]
+    proven = sorted(t for t, n in observed_allocated.items() if n >= 2 and t in live)
+    untracked, exceeds = proven[0], proven[-1]
+    del live[untracked]
+    live[exceeds] = {}
+    table, rows = tracker_table(rng, spec, live, frozenset((untracked,)))
+    track_phys = _scatter(rng, plan, table, "tracker-table")
+    for v, p in enumerate(track_phys):
+        image[p * PAGE : (p + 1) * PAGE] = table[v * PAGE : (v + 1) * PAGE]
+    tsize = TRACKER_FORMATS[spec.name][0]
+    tracker = []
+    for row in rows:
+        entry, crosses = _entry_at(track_phys, row.pop("index") * tsize, tsize)
+        tracker.append({**row, "entry": entry, "crosses": crosses})
+    return {
+        "bigpool": sorted(bigpool, key=lambda e: e["entry"]),
+        "tracker": sorted(tracker, key=lambda r: r["entry"]),
+        "tracker_anomalies": {"untracked": untracked, "exceeds": exceeds},
+    }
 
 
 def build_family(name: str, pages: int = DEFAULT_PAGES, seed: int | None = None
@@ -135,7 +213,7 @@ def build_family(name: str, pages: int = DEFAULT_PAGES, seed: int | None = None
     """(image, manifest) of one family; same arguments, same bytes."""
     spec = SPECS[name]
     seed = spec.seed if seed is None else seed
-    image, plan, recs = _build(spec, pages, seed)
+    image, plan, recs, tables = _build(spec, pages, seed)
     data = bytes(image)
     kinds: dict[str, int] = {}
     for kind in plan:
@@ -150,6 +228,7 @@ def build_family(name: str, pages: int = DEFAULT_PAGES, seed: int | None = None
         "seed": seed,
         "page_kinds": dict(sorted(kinds.items())),
         "pages": plan,
+        **tables,
         "allocations": [dict(zip(_FIELDS, r)) for r in recs],
     }
     return data, manifest
@@ -157,9 +236,13 @@ def build_family(name: str, pages: int = DEFAULT_PAGES, seed: int | None = None
 
 def manifest_text(manifest: dict[str, Any]) -> str:
     """JSON with one allocation per line, so a regenerated manifest diffs readably."""
-    head = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in manifest.items() if k != "allocations"]
-    allocs = ",\n".join(json.dumps(a) for a in manifest["allocations"])
-    return "{\n" + ",\n".join(head) + ',\n"allocations": [\n' + allocs + "\n]\n}\n"
+    listed = ("bigpool", "tracker", "allocations")
+    head = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in manifest.items() if k not in listed]
+    for key in listed:
+        if key in manifest:
+            items = ",\n".join(json.dumps(a) for a in manifest[key])
+            head.append(f"{json.dumps(key)}: [\n{items}\n]")
+    return "{\n" + ",\n".join(head) + "\n}\n"
 
 
 def write_bench_dump(path: str | Path, family: str, size_bytes: int) -> dict[str, Any]:
@@ -172,9 +255,9 @@ def write_bench_dump(path: str | Path, family: str, size_bytes: int) -> dict[str
         raise ValueError("size_bytes must be positive")
     spec = SPECS[family]
     unit_pages = min(BENCH_UNIT_PAGES, max(64, -(-size_bytes // PAGE)))
-    image, _plan, recs = _build(spec, unit_pages, spec.seed)
+    image, _plan, recs, _tables = _build(spec, unit_pages, spec.seed)
     offsets = np.fromiter((r[0] for r in recs), dtype=np.int64, count=len(recs))
-    del recs, _plan
+    del recs, _plan, _tables
     full, rest = divmod(size_bytes, len(image))
     with open(path, "wb") as out:
         out.writelines(image for _ in range(full))

@@ -46,6 +46,12 @@ def load_manifest(family: str) -> dict:
     return json.loads((DUMPS / f"{family}.json").read_text())
 
 
+def carved_truth(manifest: dict) -> list[dict]:
+    """Every block a perfect scan reports: the planted headers, then the big-page table
+    entries that lie whole in one page (one cut by a page boundary cannot be read)."""
+    return manifest["allocations"] + [e for e in manifest["bigpool"] if not e["crosses"]]
+
+
 @pytest.fixture(scope="session")
 def make_samples():
     return load_module("make_samples", SAMPLES / "make_samples.py")

@@ -51,7 +51,7 @@ def jsonl(proc) -> list[dict]:
 
 def test_jsonl_follows_contract_and_manifest():
     manifest = load_manifest("win10-1809-x64")
-    proc = pooltagscan("scan", str(SAMPLE), "--format", "jsonl")
+    proc = pooltagscan("scan", str(SAMPLE), "--format", "jsonl", "--source", "page")
     rows = jsonl(proc)
     assert all(list(r) == CONTRACT_KEYS for r in rows)
     truth = {a["offset"]: a for a in manifest["allocations"]}
@@ -87,6 +87,18 @@ def test_stats_json_counts_match_manifest():
             c[f"{a['pool']}_bytes"] += a["size"]
         c["total_allocs"] += 1
         c["total_bytes"] += a["size"]
+    for e in manifest["bigpool"]:
+        if e["crosses"]:
+            continue  # an entry cut by a page boundary is not reported
+        c = expected[e["tag"]]
+        if e["state"] == "free":
+            c["free_allocs"] += 1
+            c["free_bytes"] += e["size"]
+        else:
+            c[f"{e['pool']}_allocs"] += 1
+            c[f"{e['pool']}_bytes"] += e["size"]
+        c["total_allocs"] += 1
+        c["total_bytes"] += e["size"]
     assert {row["tag"] for row in doc["tags"]} == set(expected)
     for row in doc["tags"]:
         for key in (
@@ -100,7 +112,7 @@ def test_stats_json_counts_match_manifest():
             "total_bytes",
         ):
             assert row[key] == expected[row["tag"]][key], (row["tag"], key)
-    assert doc["totals"]["total_allocs"] == len(manifest["allocations"])
+    assert doc["totals"]["total_allocs"] == sum(c["total_allocs"] for c in expected.values())
     by_tag = {row["tag"]: row for row in doc["tags"]}
     assert by_tag["Proc"]["owner"] == "nt!ps" and by_tag["Proc"]["description"]
     assert by_tag["WdRv"]["owner"] == ""  # a third-party tag nobody knows
@@ -132,7 +144,11 @@ def test_tag_patterns_like_poolfind(patterns, predicate):
     args = [arg for p in patterns for arg in ("--tag", p)]
     rows = jsonl(pooltagscan("scan", str(SAMPLE), "--format", "jsonl", *args))
     expected = sorted(a["offset"] for a in manifest["allocations"] if predicate(a["tag"]))
-    assert [r["offset"] for r in rows] == expected
+    assert [r["offset"] for r in rows if r["source"] == "page"] == expected
+    big = sorted(
+        e["entry"] for e in manifest["bigpool"] if predicate(e["tag"]) and not e["crosses"]
+    )
+    assert sorted(r["entry"] for r in rows if r["source"] == "bigpool") == big
 
 
 def test_pool_state_and_confidence_filters():
@@ -147,6 +163,8 @@ def test_pool_state_and_confidence_filters():
             "paged",
             "--state",
             "free",
+            "--source",
+            "page",
         )
     )
     expected = [
@@ -221,9 +239,9 @@ def test_output_file(tmp_path):
     target = tmp_path / "out.jsonl"
     proc = pooltagscan("scan", str(SAMPLE), "--format", "jsonl", "-o", str(target))
     assert proc.stdout == ""
-    assert len(target.read_text().splitlines()) == len(
-        load_manifest("win10-1809-x64")["allocations"]
-    )
+    manifest = load_manifest("win10-1809-x64")
+    whole_big = [e for e in manifest["bigpool"] if not e["crosses"]]
+    assert len(target.read_text().splitlines()) == len(manifest["allocations"]) + len(whole_big)
 
 
 def one_line_error(proc, *needles: str) -> None:
@@ -259,7 +277,14 @@ def test_bad_inputs(tmp_path):
 
 def test_batch_skips_bad_file_and_continues(tmp_path):
     proc = pooltagscan(
-        "scan", str(tmp_path / "missing.raw"), str(SAMPLE), "--format", "jsonl", check_exit=2
+        "scan",
+        str(tmp_path / "missing.raw"),
+        str(SAMPLE),
+        "--format",
+        "jsonl",
+        "--source",
+        "page",
+        check_exit=2,
     )
     rows = jsonl(proc)
     assert len(rows) == len(load_manifest("win10-1809-x64")["allocations"])
@@ -271,7 +296,7 @@ def test_partial_last_page_is_scanned(tmp_path):
     data = SAMPLE.read_bytes()
     cut = tmp_path / "cut.raw"
     cut.write_bytes(data[: len(data) - 4096 + 1000])  # last page incomplete
-    proc = pooltagscan("scan", str(cut), "--format", "jsonl")
+    proc = pooltagscan("scan", str(cut), "--format", "jsonl", "--source", "page")
     assert "the last 1000 bytes are not scanned" in proc.stderr
     manifest = load_manifest("win10-1809-x64")
     limit = len(data) - 4096

@@ -5,14 +5,14 @@ from __future__ import annotations
 import collections
 import json
 
-from conftest import DUMPS, load_manifest
+from conftest import DUMPS, carved_truth, load_manifest
 from test_cli import one_line_error, pooltagscan
 
 
 def live_counts(family: str) -> tuple[collections.Counter, collections.Counter]:
     allocs: collections.Counter = collections.Counter()
     size: collections.Counter = collections.Counter()
-    for a in load_manifest(family)["allocations"]:
+    for a in carved_truth(load_manifest(family)):
         if a["state"] != "free":
             allocs[a["tag"]] += 1
             size[a["tag"]] += a["size"]

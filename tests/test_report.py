@@ -7,7 +7,7 @@ import csv
 import io
 import json
 
-from conftest import DUMPS, SAMPLES, load_manifest
+from conftest import DUMPS, SAMPLES, carved_truth, load_manifest
 from test_cli import one_line_error, pooltagscan
 
 DRIVERS = SAMPLES / "drivers"
@@ -47,7 +47,7 @@ def test_planted_driver_tags_are_attributed_to_their_drivers():
 
 def test_known_tags_show_their_description_and_counts():
     manifest = load_manifest("win10-1809-x64")
-    live = collections.Counter(a["tag"] for a in manifest["allocations"] if a["state"] != "free")
+    live = collections.Counter(a["tag"] for a in carved_truth(manifest) if a["state"] != "free")
     doc = report_json()
     rows = {r["tag"]: r for r in doc["tags"]}
     assert rows["Proc"]["status"] == "known" and rows["Proc"]["owner"] == "nt!ps"

@@ -11,7 +11,7 @@ import pytest
 from conftest import DUMPS, load_manifest
 
 from pooltagscan.inputs import open_image
-from pooltagscan.records import to_dicts
+from pooltagscan.records import SOURCE_PAGE, to_dicts
 from pooltagscan.scan import prepare, run
 from pooltagscan.tags.database import TagDatabase
 
@@ -25,13 +25,24 @@ NON_POOL_KINDS = {
     "zeros",
     "page-table",
     "big-pool",
+    "pointer-text",
+    "handle-table",
 }
 
 
 def scan_family(family: str, layout: str = "auto", jobs: int = 1):
+    """(prepared scan, page records by offset); big-pool records are tested elsewhere."""
+    prepared, records, _ = scan_all(family, layout, jobs)
+    page = records[records["source"] == SOURCE_PAGE]
+    return prepared, {d["offset"]: d for d in to_dicts(page)}
+
+
+def scan_all(family: str, layout: str = "auto", jobs: int = 1):
+    """(prepared scan, every record, tracker rows) of a sample dump."""
     prepared = prepare(open_image(DUMPS / f"{family}.raw"), layout, TagDatabase.builtin())
-    records = np.concatenate(list(run(prepared, jobs=jobs)))
-    return prepared, {d["offset"]: d for d in to_dicts(records)}
+    rows: list[np.ndarray] = []
+    records = np.concatenate(list(run(prepared, jobs=jobs, tracker=rows.append)))
+    return prepared, records, np.concatenate(rows) if rows else None
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -115,7 +126,9 @@ def test_parallel_equals_serial(monkeypatch):
 
     monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(engine, "WINDOW_BYTES", 256 << 10)
-    monkeypatch.setattr(engine.scan_image, "__defaults__", (1, None, 256 << 10))
-    _, serial = scan_family("win11-segheap-x64")
-    _, parallel = scan_family("win11-segheap-x64", jobs=2)
-    assert parallel == serial
+    monkeypatch.setattr(engine.scan_image, "__defaults__", (1, None, 256 << 10, None))
+    _, serial, serial_rows = scan_all("win11-segheap-x64")
+    _, parallel, parallel_rows = scan_all("win11-segheap-x64", jobs=2)
+    assert (serial["source"] == 1).sum() > 200  # big-pool records come back from workers too
+    assert parallel.tobytes() == serial.tobytes()
+    assert parallel_rows.tobytes() == serial_rows.tobytes()

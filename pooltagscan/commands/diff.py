@@ -16,7 +16,7 @@ from pooltagscan.commands.common import (
     note,
     tag_list_inputs,
 )
-from pooltagscan.diff import DIFF_SORTS, diff, load_snapshot
+from pooltagscan.diff import DIFF_SORTS, VIEW_STATS, VIEW_TRACKER, diff, load_snapshot
 from pooltagscan.progress import ProgressBar
 from pooltagscan.render.table import format_table
 from pooltagscan.tags.database import TagDatabase
@@ -41,6 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="bytes or count growth, largest first, or tag (default: bytes)",
     )
     parser.add_argument("--changed", action="store_true", help="only tags whose counts changed")
+    parser.add_argument(
+        "--tracker",
+        action="store_true",
+        help="compare the kernel's own counters (PoolTrackTable) of two dumps, like "
+        "PoolMon; saved `scan --tracker --format json` files are tracker views anyway",
+    )
     parser.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table")
     add_dump_options(parser)
     add_output_options(parser)
@@ -57,7 +63,8 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     snaps = []
     for path in (args.old, args.new):
         bar = ProgressBar(f"scanning {path}", enabled=False if args.quiet else None)
-        snaps.append(load_snapshot(path, args.layout, db, args.jobs, bar))
+        view = VIEW_TRACKER if args.tracker else VIEW_STATS
+        snaps.append(load_snapshot(path, args.layout, db, args.jobs, bar, view))
         bar.close()
         note(args, f"{path}: {len(snaps[-1].allocs)} tags")
     rows = diff(*snaps, describe=db.describe, sort=args.sort)
@@ -68,6 +75,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         json.dump(
             {
                 "kind": "pooltagscan-diff",
+                "view": snaps[0].view,
                 "old": snaps[0].source,
                 "new": snaps[1].source,
                 "tags": [r.as_dict() for r in rows],

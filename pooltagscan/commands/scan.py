@@ -22,13 +22,15 @@ from pooltagscan.errors import InputError
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs import open_image
 from pooltagscan.progress import ProgressBar
-from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, STATE_NAMES
+from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
 from pooltagscan.render.records import FORMATS, make_writer
 from pooltagscan.render.stats import write_stats
+from pooltagscan.render.tracker import write_tracker
 from pooltagscan.render.yarahits import write_hits
 from pooltagscan.scan import prepare, run
 from pooltagscan.stats import SORT_KEYS, TagStats
 from pooltagscan.tags.database import TagDatabase
+from pooltagscan.tracking import TrackerTotals
 from pooltagscan.workers import WorkerError
 from pooltagscan.yarascan import compile_rules, scan_yara
 
@@ -77,6 +79,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=STATE_NAMES,
         help="only this state (repeatable)",
     )
+    scan.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        choices=SOURCE_NAMES,
+        help="only blocks found in pool pages (page) or in the big-page table (bigpool)",
+    )
+    scan.add_argument(
+        "--tracker",
+        action="store_true",
+        help="the kernel's own per-tag counters (PoolTrackTable) found in the dump, like PoolMon",
+    )
+    scan.add_argument(
+        "--no-tables",
+        action="store_true",
+        help="do not search for the big-page and tracker tables (page headers only)",
+    )
     scan.add_argument("--format", choices=FORMATS, default="table", help="output format")
     scan.add_argument(
         "--sort", choices=SORT_KEYS, default="bytes", help="order of --stats rows (default: bytes)"
@@ -102,7 +121,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     check_jobs(args)
     try:
         record_filter = RecordFilter.from_names(
-            args.tag, args.min_confidence, args.pool, args.state
+            args.tag, args.min_confidence, args.pool, args.state, args.source
         )
     except ValueError as exc:
         raise UsageError(f"--tag: {exc}") from None
@@ -110,11 +129,17 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     rules = compile_rules(args.yara) if args.yara else None
     if rules is not None and args.stats:
         raise UsageError("--yara and --stats do not go together")
+    if args.tracker and (args.stats or rules is not None):
+        raise UsageError("--tracker is a view of its own: not with --stats or --yara")
+    if args.tracker and args.no_tables:
+        raise UsageError("--tracker needs the table search that --no-tables turns off")
     outputs.check_opened()
     out = outputs.stream("-o")
     several = len(args.dumps) > 1
     writer = (
-        None if args.stats or rules else make_writer(args.format, out, {} if not several else None)
+        None
+        if args.stats or args.tracker or rules
+        else make_writer(args.format, out, {} if not several else None)
     )
     status = EXIT_OK
     for path in args.dumps:
@@ -137,7 +162,7 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
         outputs.check_opened()  # the dump may have brought a companion (a .vmss)
         for remark in image.notes:
             note(args, f"{path}: {remark}")
-        prepared = prepare(image, args.layout, db)
+        prepared = prepare(image, args.layout, db, tables=not args.no_tables)
         how = "chosen by --layout" if args.layout != "auto" else "detected"
         note(
             args,
@@ -166,6 +191,15 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 bar.close()
                 for remark in scan.notes:
                     note(args, f"{path}: {remark}")
+            elif args.tracker:
+                totals = TrackerTotals()
+                for _ in run(prepared, None, args.jobs, bar, tracker=totals.add):
+                    pass
+                bar.close()
+                rows = totals.rows(db.describe, args.sort)
+                write_tracker(args.format, out, totals, rows, meta, path if several else None)
+                if not totals.found:
+                    note(args, f"{path}: no pool tracker table found")
             elif args.stats:
                 stats = TagStats()
                 for records in run(prepared, record_filter, args.jobs, bar):

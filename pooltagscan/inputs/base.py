@@ -122,6 +122,11 @@ class MemoryImage:
         ]
         return ", ".join(parts)
 
+    def captured(self, addresses: np.ndarray, length: int) -> np.ndarray:
+        """Which of `length` bytes at each address the dump really holds (all, for
+        formats that store whole pages)."""
+        return np.ones(np.shape(addresses), bool)
+
     def captured_only(self, records: np.ndarray) -> np.ndarray:
         """Drop records whose header bytes the dump does not hold.
 

@@ -164,16 +164,20 @@ class MinidumpImage(MemoryImage):
             buf[position : position + size] = data
         return buf
 
-    def captured_only(self, records: np.ndarray) -> np.ndarray:
-        if not records.size or not self.span_starts.size:
-            return records[:0] if not self.span_starts.size else records
-        offset = records["offset"]
-        at = np.searchsorted(self.span_starts, offset, side="right").astype(np.int64) - 1
-        keep = at >= 0
-        # offset + 8 <= end, written so that nothing wraps at the top of the 64-bit space
+    def captured(self, addresses: np.ndarray, length: int) -> np.ndarray:
+        addresses = np.asarray(addresses, np.uint64)
+        if not self.span_starts.size:
+            return np.zeros(addresses.shape, bool)
+        at = np.searchsorted(self.span_starts, addresses, side="right").astype(np.int64) - 1
+        # address + length <= end, written so that nothing wraps at the top of 64 bits
         end = self.span_ends[np.maximum(at, 0)]
-        need = np.uint64(REPORTED_HEADER_BYTES)
-        keep &= (end >= need) & (offset <= end - need)
+        need = np.uint64(length)
+        return (at >= 0) & (end >= need) & (addresses <= end - need)
+
+    def captured_only(self, records: np.ndarray) -> np.ndarray:
+        if not records.size:
+            return records
+        keep = self.captured(records["offset"], REPORTED_HEADER_BYTES)
         return records if keep.all() else records[keep]
 
 

@@ -13,7 +13,11 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from pooltagscan.inputs.base import MemoryImage, Window
+from pooltagscan.layouts import big_page_formats, tracker_formats
+from pooltagscan.records import FAMILY_INDEX
+from pooltagscan.scanner.bigpages import big_page_records
 from pooltagscan.scanner.pages import ScanConfig, scan_words
+from pooltagscan.scanner.tracker import TRACKER_DTYPE, tracker_entries
 from pooltagscan.workers import WorkerError, ordered_map
 
 WINDOW_BYTES = 32 << 20
@@ -21,6 +25,9 @@ WINDOW_BYTES = 32 << 20
 PARALLEL_MIN_BYTES = 128 << 20
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
+# Receives the tracker-table rows each window holds (scanner/tracker.TRACKER_DTYPE, with
+# `entry` an address of the scanned space).
+TrackerSink = Callable[[np.ndarray], None]
 
 
 def scan_image(
@@ -29,8 +36,10 @@ def scan_image(
     jobs: int = 1,
     progress: ProgressCallback | None = None,
     window_bytes: int = WINDOW_BYTES,
+    tracker: TrackerSink | None = None,
 ) -> Iterator[np.ndarray]:
-    """Yield one record array per window, in address order."""
+    """Yield one record array per window: its header-carrying blocks in address order,
+    then the big-pool entries its big-page table pages hold, in entry order."""
     windows = list(image.windows(window_bytes))
     total = sum(w.length for w in windows)
     done = 0
@@ -44,10 +53,12 @@ def scan_image(
     else:
         results = (_scan_window(image, config, w) for w in windows)
     try:
-        for window, records in zip(windows, results):
+        for window, (records, rows) in zip(windows, results):
             done += window.length
             if progress is not None:
                 progress(done, total)
+            if tracker is not None and rows.size:
+                tracker(rows)
             yield records
     except WorkerError:
         image.check_unchanged()  # a worker killed by SIGBUS: the dump shrank under it
@@ -62,20 +73,45 @@ def scan_image(
 def window_records(
     image: MemoryImage, config: ScanConfig, window: Window, words: np.ndarray
 ) -> np.ndarray:
-    """Records of one window, at their addresses, keeping only headers the dump really
-    holds (a minidump pads its fragments with zeros that must not invent or complete
-    one)."""
+    """Records of one window, at their addresses, keeping only headers (and big-page
+    entries) the dump really holds (a minidump pads its fragments with zeros that must
+    not invent or complete one)."""
     if window.pages is None:
         records = scan_words(words, window.address, config)
     else:  # scattered pages: scan at buffer offsets, then move each page to its address
         records = scan_words(words, 0, config)
         records["offset"] = window.addresses(records["offset"])
-    return image.captured_only(records)
+    records = image.captured_only(records)
+    if not config.tables:
+        return records
+    formats = big_page_formats(config.family, config.encoding)
+    big, at = big_page_records(words, formats, FAMILY_INDEX[config.family])
+    if big.size:
+        big["entry"] = window.addresses(at)
+        big = big[image.captured(big["entry"], max(f.entry_size for f in formats))]
+        records = np.concatenate([records, big])
+    return records
 
 
-def _scan_window(image: MemoryImage, config: ScanConfig, window: Window) -> np.ndarray:
+def window_tracker(image: MemoryImage, config: ScanConfig, window: Window, words) -> np.ndarray:
+    """Tracker-table rows of one window, `entry` at its address in the scanned space."""
+    if not config.tables:
+        return np.zeros(0, TRACKER_DTYPE)
+    rows = tracker_entries(words, tracker_formats(config.family))
+    if rows.size:
+        rows["entry"] = window.addresses(rows["entry"])
+        rows = rows[image.captured(rows["entry"], 4)]
+    return rows
+
+
+def _scan_window(
+    image: MemoryImage, config: ScanConfig, window: Window
+) -> tuple[np.ndarray, np.ndarray]:
     with image.words(window) as words:
-        return window_records(image, config, window, words)
+        return (
+            window_records(image, config, window, words),
+            window_tracker(image, config, window, words),
+        )
 
 
 _worker_state: tuple[MemoryImage, ScanConfig] | None = None
@@ -87,6 +123,6 @@ def _init_worker(image: MemoryImage, config: ScanConfig) -> None:
     _worker_state = (image, config)
 
 
-def _worker(window: Window) -> np.ndarray:
+def _worker(window: Window) -> tuple[np.ndarray, np.ndarray]:
     assert _worker_state is not None
     return _scan_window(_worker_state[0], _worker_state[1], window)

@@ -36,6 +36,9 @@ class ScanConfig:
     # Sorted uint32 tag values a tag database knows; an isolated segment-heap header
     # with one of these tags is more credible than one with an unheard-of tag.
     known_tags: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint32))
+    # Search every page for the big-page and tracker tables too (see scanner/bigpages.py
+    # and scanner/tracker.py).
+    tables: bool = True
 
 
 def scan_words(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
