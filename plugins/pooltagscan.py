@@ -91,6 +91,18 @@ STATS_HEADINGS = {
     "undecided": "Undecided",
     "total_allocs": "TotalAllocs",
     "total_bytes": "TotalBytes",
+    "allocated_allocs": "AllocatedAllocs",
+    "allocated_bytes": "AllocatedBytes",
+    "undecided_bytes": "UndecidedBytes",
+    "live_allocs": "LiveAllocs",
+    "live_bytes": "LiveBytes",
+    "high_confidence": "HighConfidence",
+    "medium_confidence": "MediumConfidence",
+    "low_confidence": "LowConfidence",
+    "small_allocs": "SmallAllocs",
+    "small_bytes": "SmallBytes",
+    "big_allocs": "BigAllocs",
+    "big_bytes": "BigBytes",
 }
 
 
@@ -270,6 +282,14 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
             f"pooltagscan {pts.__version__}: {image.path}: {image.describe()}; "
             f"layout: {prepared.detection.describe()}"
         )
+        favoured = prepared.contrary_family()
+        if favoured is not None:
+            counts = ", ".join(f"{k} {v}" for k, v in prepared.detection.evidence.items())
+            vollog.warning(
+                f"pooltagscan: {image.path}: --layout {prepared.config.family.value} goes "
+                f"against the evidence, which favours {favoured.value} ({counts}); "
+                "records are likely bogus"
+            )
         jobs = int(self._option("jobs", 0)) or pts.parallel.default_jobs()
         return prepared, record_filter, db, jobs
 

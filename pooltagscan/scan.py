@@ -21,6 +21,25 @@ from pooltagscan.tags.database import TagDatabase
 from pooltagscan.tags.patterns import tag_to_bytes
 
 LAYOUT_CHOICES = ("auto", *(f.value for f in Family))
+# Detection.evidence keys that count proving pages per family, in detect's tie order.
+EVIDENCE_KEYS = {
+    Family.X64: "x64 chains",
+    Family.SEGMENT_HEAP: "segment-heap pages",
+    Family.X86: "x86 chains",
+}
+
+
+def contrary_family(family: Family, evidence: dict[str, int]) -> Family | None:
+    """The family the detection evidence favours over `family`, or None.
+
+    A `--layout` forced against the dump's own structure does not fail: each family's
+    checks still find header-shaped bytes, so the scan returns bogus records silently.
+    Shells warn when the evidence proves more pages for another family; a tie or no
+    evidence at all is no contradiction (the user may know better than a sample).
+    """
+    counts = {fam: int(evidence.get(key, 0)) for fam, key in EVIDENCE_KEYS.items()}
+    best = max(counts, key=lambda fam: counts[fam])
+    return best if counts[best] > counts[family] else None
 
 
 @dataclass
@@ -28,6 +47,13 @@ class PreparedScan:
     image: MemoryImage
     detection: Detection
     config: ScanConfig
+    forced: bool = False  # the family is the user's `--layout`, not the detected one
+
+    def contrary_family(self) -> Family | None:
+        """For a forced layout, the family the evidence favours instead (else None)."""
+        if not self.forced:
+            return None
+        return contrary_family(self.config.family, self.detection.evidence)
 
     def metadata(self) -> dict:
         """Facts about the scan for JSON outputs and report headers."""
@@ -75,7 +101,7 @@ def prepare(
     forced = None if layout == "auto" else Family(layout)
     detection = detect(image, forced)
     config = ScanConfig(detection.family, detection.encoding, known_tag_values(db), tables)
-    return PreparedScan(image, detection, config)
+    return PreparedScan(image, detection, config, forced=forced is not None)
 
 
 def run(

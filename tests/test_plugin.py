@@ -77,6 +77,18 @@ STATS_KEYS = (
     "Undecided",
     "TotalAllocs",
     "TotalBytes",
+    "AllocatedAllocs",
+    "AllocatedBytes",
+    "UndecidedBytes",
+    "LiveAllocs",
+    "LiveBytes",
+    "HighConfidence",
+    "MediumConfidence",
+    "LowConfidence",
+    "SmallAllocs",
+    "SmallBytes",
+    "BigAllocs",
+    "BigBytes",
 )
 
 
@@ -214,6 +226,22 @@ def test_format_stacking_skips_the_os_stackers(plugin_class):
     ctx, plugin = construct(plugin_class, FORMATS / "crash-full-x64.dmp")
     top = ctx.layers[plugin.config["primary"]]
     assert type(top).__name__.startswith("WindowsCrashDump64Layer")
+
+
+@pytest.mark.parametrize(("layout", "warned"), [("x64-segment-heap", True), ("x86", False)])
+def test_forced_layout_against_the_evidence_logs_a_warning(plugin_class, caplog, layout, warned):
+    dump = DUMPS / "win7-x86.raw"
+    _, plugin = construct(plugin_class, dump, stats=True, layout=layout)
+    _, rows = grid_rows(plugin)
+    assert rows  # a warning, not an error: the scan runs as asked
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    mine = [w for w in warnings if w.startswith("pooltagscan:")]
+    want = (
+        f"pooltagscan: {dump}: --layout x64-segment-heap goes against the evidence, which "
+        "favours x86 (x86 chains 205, x64 chains 0, segment-heap pages 0); records are likely "
+        "bogus"
+    )
+    assert mine == ([want] if warned else [])
 
 
 def test_foreign_file_logs_one_error_and_no_rows(plugin_class, tmp_path, caplog):

@@ -27,6 +27,7 @@ from pooltagscan.report import html as report_html
 from pooltagscan.report.model import (
     ATTRIBUTED,
     KNOWN,
+    UNCONFIRMED,
     UNKNOWN,
     Candidate,
     Report,
@@ -387,8 +388,10 @@ def test_summary_facts_and_counts(page):
         "attributed to a driver": "2",
         "unknown": "1",
         "in the tag database": "2",
+        "unconfirmed (low confidence only)": "0",
         "live allocations": "22",
         "in live allocations": "8.7 KiB",
+        "of them in big-pool allocations": "0 B",
         "drivers analysed": "1",
     }
 
@@ -397,11 +400,11 @@ def test_table_columns_with_and_without_baseline(page):
     _, root = page
     heads = [th.text() for th in by_id(root, "tags").find_all("th")]
     assert heads == [
-        "Tag", "Status", "Allocs", "Bytes", "Nonpaged", "Paged", "Free",
+        "Tag", "Status", "Allocs", "Bytes", "Nonpaged", "Paged", "Free", "Big bytes",
         "Growth allocs", "Growth bytes", "Owner", "Description", "Candidate drivers",
     ]  # fmt: skip
     first = [c for c in table_rows(root)[1].children if isinstance(c, Node)]
-    assert [c.text() for c in first[:9]] == [
+    assert [c.text() for c in first[:10]] == [
         "NfLt",
         "attributed",
         "10",
@@ -409,15 +412,17 @@ def test_table_columns_with_and_without_baseline(page):
         "10",
         "0",
         "0",
+        "0",
         "-2",
         "-400",
     ]
-    assert [c.attrs.get("data-sort") for c in first[:9]] == [
+    assert [c.attrs.get("data-sort") for c in first[:10]] == [
         "NfLt",
         "0",
         "10",
         "2000",
         "10",
+        "0",
         "0",
         "0",
         "-2",
@@ -427,7 +432,7 @@ def test_table_columns_with_and_without_baseline(page):
     plain = parse(report_html.render_html(hand_report(growth=False)))
     heads = [th.text() for th in by_id(plain, "tags").find_all("th")]
     assert heads == [
-        "Tag", "Status", "Allocs", "Bytes", "Nonpaged", "Paged", "Free",
+        "Tag", "Status", "Allocs", "Bytes", "Nonpaged", "Paged", "Free", "Big bytes",
         "Owner", "Description", "Candidate drivers",
     ]  # fmt: skip
 
@@ -486,6 +491,58 @@ def test_empty_report_renders():
         "No live allocations.",
         "Every tag in this dump is in the tag database.",
     ]
+
+
+def big_and_unconfirmed_report() -> Report:
+    """A tag with big-pool allocations, an unknown one and an unconfirmed one."""
+    mixed = counters(2, 0x100 + 0x3000, 1, 0x40, 0, 0)
+    mixed.update(small_allocs=2, small_bytes=0x140, big_allocs=1, big_bytes=0x3000)
+    mixed.update(high_confidence=3)
+    shaky = counters(1, 0x50, 0, 0, 0, 0)
+    shaky.update(small_allocs=1, small_bytes=0x50, low_confidence=1)
+    odd = counters(0, 0, 1, 0x30, 0, 0)
+    odd.update(small_allocs=1, small_bytes=0x30, medium_confidence=1)
+    rows = [
+        ReportRow("Mixd", mixed, UNKNOWN),
+        ReportRow("Oddt", odd, UNKNOWN),
+        ReportRow("Shak", shaky, UNCONFIRMED),
+    ]
+    return Report({"dump": "b.raw", "sha256": SHA}, rows, {}, [])
+
+
+def test_big_pool_bytes_and_the_unconfirmed_group():
+    root = parse(report_html.render_html(big_and_unconfirmed_report()))
+    cards = {
+        div.attrs["data-count"]: div.find_all("b")[0].text()
+        for div in root.find_all("div")
+        if "card" in div.classes()
+    }
+    assert cards["unknown"] == "2"
+    assert cards["unconfirmed (low confidence only)"] == "1"
+    assert cards["in live allocations"] == "12.4 KiB"  # 0x3140 + 0x50 + 0x30
+    assert cards["of them in big-pool allocations"] == "12.0 KiB"
+    rows = table_rows(root)
+    assert [r.attrs["data-tag"] for r in rows] == ["Mixd", "Oddt", "Shak"]
+    cells = [[c for c in r.children if isinstance(c, Node)] for r in rows]
+    assert [c[1].text() for c in cells] == ["unknown", "unknown", "unconfirmed"]
+    assert [c[1].attrs["data-sort"] for c in cells] == ["1", "1", "3"]
+    assert [c[7].text() for c in cells] == ["12,288", "0", "0"]  # Big bytes
+    badge = cells[2][1].find_all("span")[0]
+    assert badge.classes() == {"badge", "unconfirmed"}
+    sections = [s.attrs["data-tag"] for s in root.find_all("section") if "tagpage" in s.classes()]
+    assert sections == ["Mixd", "Oddt", "Shak"]
+    mixed_page = by_id(root, "tag-4d697864")
+    assert mixed_page.find_all("p")[0].text() == (
+        "3 live allocations, 12.3 KiB (2 nonpaged, 1 paged), 0 free; "
+        "2 small (320 B) and 1 big-pool (12.0 KiB) live allocations"
+    )
+    assert by_id(root, "tag-4f646474").find_all("p")[0].text() == (
+        "1 live allocations, 48 B (0 nonpaged, 1 paged), 0 free"
+    )
+    by_bytes = root.find_all("svg")[0]
+    titles = [g.find_all("title")[0].text() for g in by_bytes.find_all("g")]
+    assert titles[0] == "Mixd: 12.3 KiB (nonpaged 12.2 KiB, paged 64 B); big pool 12.0 KiB"
+    assert titles[1] == "Shak: 80 B (nonpaged 80 B)"
 
 
 # --- the real report in Chromium ------------------------------------------------------
@@ -600,6 +657,7 @@ def test_browser_page_loads_with_summary(loaded):
     assert cards["attributed to a driver"] == str(statuses.count("attributed"))
     assert cards["unknown"] == str(statuses.count("unknown"))
     assert cards["in the tag database"] == str(statuses.count("known"))
+    assert cards["unconfirmed (low confidence only)"] == str(statuses.count("unconfirmed"))
     assert cards["drivers analysed"] == str(len(data["drivers"]))
     assert [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#problems li")] == data[
         "problems"

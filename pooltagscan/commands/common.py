@@ -23,6 +23,24 @@ def note(args: argparse.Namespace, text: str) -> None:
         print(f"{PROG}: {one_line(text)}", file=sys.stderr)
 
 
+def warn_forced_layout(
+    args: argparse.Namespace, path: str, layout: str, evidence: dict[str, int]
+) -> None:
+    """A note (not an error: the scan ran as asked) when the user's --layout goes against
+    the dump's own evidence, whose records are then likely header-shaped noise."""
+    from pooltagscan.layouts import Family
+    from pooltagscan.scan import contrary_family
+
+    favoured = contrary_family(Family(layout), evidence)
+    if favoured is not None:
+        counts = ", ".join(f"{k} {v}" for k, v in evidence.items())
+        note(
+            args,
+            f"{path}: warning: --layout {layout} goes against the evidence, which favours "
+            f"{favoured.value} ({counts}); records are likely bogus",
+        )
+
+
 def error(text: str) -> None:
     print(f"{PROG}: error: {one_line(text)}", file=sys.stderr, flush=True)
 

@@ -15,6 +15,7 @@ from pooltagscan.commands.common import (
     named,
     note,
     tag_list_inputs,
+    warn_forced_layout,
 )
 from pooltagscan.diff import DIFF_SORTS, VIEW_STATS, VIEW_TRACKER, diff, load_snapshot
 from pooltagscan.progress import ProgressBar
@@ -66,6 +67,9 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         view = VIEW_TRACKER if args.tracker else VIEW_STATS
         snaps.append(load_snapshot(path, args.layout, db, args.jobs, bar, view))
         bar.close()
+        if args.layout != "auto" and isinstance(snaps[-1].meta.get("evidence"), dict):
+            # a scanned dump (a saved document's evidence is not kept, nor forced here)
+            warn_forced_layout(args, path, args.layout, snaps[-1].meta["evidence"])
         note(args, f"{path}: {len(snaps[-1].allocs)} tags")
     rows = diff(*snaps, describe=db.describe, sort=args.sort)
     out = outputs.stream("-o")

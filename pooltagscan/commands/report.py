@@ -16,6 +16,7 @@ from pooltagscan.commands.common import (
     named,
     note,
     tag_list_inputs,
+    warn_forced_layout,
 )
 from pooltagscan.progress import ProgressBar
 from pooltagscan.tags.database import TagDatabase
@@ -31,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Scan a dump and a set of drivers, and list every pool tag found in "
         "the dump with its usage, the tag database's owner and description, and the "
         "scanned drivers that allocate with it. Tags no database knows but a driver uses "
-        "come first, then tags nobody can explain, then known tags.",
+        "come first, then tags nobody can explain, then known tags, then unexplained tags "
+        "seen only in low-confidence records (unconfirmed).",
     )
     parser.add_argument("dump", metavar="DUMP")
     parser.add_argument(
@@ -94,6 +96,8 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         )
     finally:
         bar.close()
+    if args.layout != "auto":
+        warn_forced_layout(args, args.dump, args.layout, report.meta.get("evidence") or {})
     for problem in report.problems:
         error(problem)
     write_report(args.format, outputs.stream("-o"), report)

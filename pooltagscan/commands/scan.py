@@ -17,6 +17,7 @@ from pooltagscan.commands.common import (
     named,
     note,
     tag_list_inputs,
+    warn_forced_layout,
 )
 from pooltagscan.errors import InputError
 from pooltagscan.filters import RecordFilter
@@ -24,11 +25,12 @@ from pooltagscan.inputs import open_image
 from pooltagscan.progress import ProgressBar
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
 from pooltagscan.render.records import FORMATS, make_writer
-from pooltagscan.render.stats import write_stats
+from pooltagscan.render.stats import summary_line, write_stats
 from pooltagscan.render.tracker import write_tracker
 from pooltagscan.render.yarahits import write_hits
 from pooltagscan.scan import prepare, run
-from pooltagscan.stats import SORT_KEYS, TagStats
+from pooltagscan.stats import SORT_KEYS
+from pooltagscan.summary import ScanSummary, collect_stats
 from pooltagscan.tags.database import TagDatabase
 from pooltagscan.tracking import TrackerTotals
 from pooltagscan.workers import WorkerError
@@ -162,6 +164,7 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
         outputs.check_opened()  # the dump may have brought a companion (a .vmss)
         for remark in image.notes:
             note(args, f"{path}: {remark}")
+        summary = ScanSummary(image.scanned_bytes)  # the clock includes detection
         prepared = prepare(image, args.layout, db, tables=not args.no_tables)
         how = "chosen by --layout" if args.layout != "auto" else "detected"
         note(
@@ -174,6 +177,10 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 args,
                 f"{path}: warning: no pool structure proven in the sampled pages; "
                 "results are unlikely",
+            )
+        if prepared.forced:
+            warn_forced_layout(
+                args, path, prepared.config.family.value, prepared.detection.evidence
             )
         meta = prepared.metadata()
         bar = ProgressBar(
@@ -201,12 +208,16 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 if not totals.found:
                     note(args, f"{path}: no pool tracker table found")
             elif args.stats:
-                stats = TagStats()
-                for records in run(prepared, record_filter, args.jobs, bar):
-                    stats.add(records)
+                stats = collect_stats(prepared, summary, record_filter, args.jobs, bar)
                 bar.close()
+                note(args, f"{path}: {summary_line(summary)}")
                 write_stats(
-                    args.format, out, stats.rows(db.describe, args.sort), stats.totals(), meta
+                    args.format,
+                    out,
+                    stats.rows(db.describe, args.sort),
+                    stats.totals(),
+                    meta,
+                    summary,
                 )
             else:
                 assert writer is not None

@@ -23,6 +23,7 @@ from pooltagscan.report.model import (
     ATTRIBUTED,
     KNOWN,
     STATUS_ORDER,
+    UNCONFIRMED,
     UNKNOWN,
     Candidate,
     Report,
@@ -45,6 +46,7 @@ _CSS = """
   --accent: #1f5f99; --np: #1f5f99; --pg: #7fb3e0; --other: #b8bec8;
   --attributed: #0f6b3a; --attributed-bg: #e2f4ea; --unknown: #8a4b00; --unknown-bg: #fdf0dc;
   --known: #4a5260; --known-bg: #eceef2; --bad: #9b1c1c; --bad-bg: #fdecec;
+  --unconfirmed: #6b6f76; --unconfirmed-bg: #f3f3f1;
   --mono: ui-monospace, "SFMono-Regular", "DejaVu Sans Mono", Menlo, Consolas, monospace;
 }
 * { box-sizing: border-box; }
@@ -78,6 +80,7 @@ a { color: var(--accent); }
 .card span { color: var(--muted); font-size: 12px; }
 .card.attributed b { color: var(--attributed); }
 .card.unknown b { color: var(--unknown); }
+.card.unconfirmed b { color: var(--unconfirmed); }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; margin: 0; }
 dl.facts dt { color: var(--muted); }
 dl.facts dd { margin: 0; overflow-wrap: anywhere; }
@@ -123,6 +126,8 @@ tbody tr:hover { background: #eef5fc; }
 .badge.attributed { color: var(--attributed); background: var(--attributed-bg); }
 .badge.unknown { color: var(--unknown); background: var(--unknown-bg); }
 .badge.known { color: var(--known); background: var(--known-bg); }
+.badge.unconfirmed { color: var(--unconfirmed); background: var(--unconfirmed-bg);
+  font-style: italic; }
 .up { color: var(--bad); } .down { color: var(--attributed); }
 ul.cands { list-style: none; margin: 0; padding: 0; }
 ul.cands li + li { margin-top: 6px; }
@@ -230,8 +235,10 @@ def tag_anchor(tag: str) -> str:
 
 
 def has_page(row: ReportRow) -> bool:
-    """Tags the analyst has to look into get a section; database-known tags do not."""
-    return row.status in (ATTRIBUTED, UNKNOWN)
+    """Tags the analyst has to look into get a section; database-known tags do not.
+    Unconfirmed tags get one too (they come last): their hex preview is how an analyst
+    tells a real allocation from bytes that happened to look like a header."""
+    return row.status in (ATTRIBUTED, UNKNOWN, UNCONFIRMED)
 
 
 def human_bytes(n: float) -> str:
@@ -350,7 +357,11 @@ def bar_chart(rows: Sequence[ReportRow], metric: str, title: str) -> str:
         tip = f"{row.tag}: {fmt(total(row))} (" + ", ".join(
             f"{name} {fmt(v)}" for _, v, name in parts if v
         )
-        out.append(f"<g><title>{_esc(tip)})</title>")
+        tip += ")"
+        big = c.get(f"big_{key}", 0)
+        if big:  # big-pool allocations are in the pool parts; say how much of the bar
+            tip += f"; big pool {fmt(big)}"
+        out.append(f"<g><title>{_esc(tip)}</title>")
         label = (
             f'<text class="lbl" x="{label_w - 8}" y="{y + 14}" text-anchor="end">'
             f"{_esc(row.tag)}</text>"
@@ -374,16 +385,22 @@ def bar_chart(rows: Sequence[ReportRow], metric: str, title: str) -> str:
 
 def _summary(report: Report) -> str:
     m = report.meta
-    counts = {s: sum(r.status == s for r in report.rows) for s in (ATTRIBUTED, UNKNOWN, KNOWN)}
+    counts = {
+        s: sum(r.status == s for r in report.rows)
+        for s in (ATTRIBUTED, UNKNOWN, KNOWN, UNCONFIRMED)
+    }
     live_allocs = sum(r.allocs for r in report.rows)
     live_bytes = sum(r.bytes for r in report.rows)
+    big_bytes = sum(r.counters.get("big_bytes", 0) for r in report.rows)
     cards = [
         ("", _int(len(report.rows)), "tags"),
         (ATTRIBUTED, _int(counts[ATTRIBUTED]), "attributed to a driver"),
         (UNKNOWN, _int(counts[UNKNOWN]), "unknown"),
         (KNOWN, _int(counts[KNOWN]), "in the tag database"),
+        (UNCONFIRMED, _int(counts[UNCONFIRMED]), "unconfirmed (low confidence only)"),
         ("", _int(live_allocs), "live allocations"),
         ("", human_bytes(live_bytes), "in live allocations"),
+        ("", human_bytes(big_bytes), "of them in big-pool allocations"),
         ("", _int(len(report.drivers)), "drivers analysed"),
     ]
     out = ['<section id="summary"><h2>Summary</h2><div class="cards">']
@@ -490,6 +507,7 @@ def _table(report: Report) -> str:
         ("Nonpaged", "num", "num", ""),
         ("Paged", "num", "num", ""),
         ("Free", "num", "num", ""),
+        ("Big bytes", "num", "num", ""),
     ]
     if growth:
         heads += [("Growth allocs", "num", "num", ""), ("Growth bytes", "num", "num", "")]
@@ -515,6 +533,7 @@ def _table(report: Report) -> str:
     out.append("</tr></thead><tbody>")
     for r in report.rows:
         c = r.counters
+        big = c.get("big_bytes", 0)
         tag = f'<span class="tag">{_esc(r.tag)}</span>'
         if has_page(r):
             tag = f'<a href="#{tag_anchor(r.tag)}">{tag}</a>'
@@ -529,6 +548,7 @@ def _table(report: Report) -> str:
             f'<td class="num" data-sort="{c["nonpaged_allocs"]}">{_int(c["nonpaged_allocs"])}</td>',
             f'<td class="num" data-sort="{c["paged_allocs"]}">{_int(c["paged_allocs"])}</td>',
             f'<td class="num" data-sort="{c["free_allocs"]}">{_int(c["free_allocs"])}</td>',
+            f'<td class="num" data-sort="{big}">{_int(big)}</td>',
         ]
         if growth:
             for v in (r.growth_allocs, r.growth_bytes):
@@ -615,6 +635,12 @@ def _tag_pages(report: Report) -> str:
             f"({_int(c['nonpaged_allocs'])} nonpaged, {_int(c['paged_allocs'])} paged), "
             f"{_int(c['free_allocs'])} free"
         )
+        if c.get("big_allocs", 0):
+            out.append(
+                f"; {_int(c.get('small_allocs', 0))} small "
+                f"({_esc(human_bytes(c.get('small_bytes', 0)))}) and {_int(c['big_allocs'])} "
+                f"big-pool ({_esc(human_bytes(c.get('big_bytes', 0)))}) live allocations"
+            )
         if r.growth_allocs is not None:
             out.append(
                 f"; growth {_signed(r.growth_allocs)} allocations, "
@@ -672,7 +698,10 @@ def render_html(report: Report) -> str:
         _tag_pages(report),
         (
             "<footer>Generated by pooltagscan. Sizes include the pool header; live = allocated "
-            "or state unknown. Every value from the dump and the drivers is shown as found.</footer>"
+            "or state unknown; big bytes = live bytes of big-pool allocations (from the "
+            "big-page table), a part of the live bytes; unconfirmed = no database or driver "
+            "explains the tag and all its records are of low confidence. Every value from "
+            "the dump and the drivers is shown as found.</footer>"
         ),
         f"</main><script>{_JS}</script></body></html>",
     ]

@@ -5,7 +5,10 @@ per-tag statistics (what is there), the tag database (what Microsoft or the user
 tag is) and the driver scan (which binary passes the tag to a pool API). Tags that no
 database knows but a scanned driver uses come first, because that is the answer an
 analyst cannot get anywhere else; tags nobody can explain follow, as the suspicious
-remainder; tags the database explains close the list.
+remainder; tags the database explains come next. Unexplained tags seen only in
+low-confidence records (an isolated header, a broken chain's prefix) close the list as
+`unconfirmed`: on a real dump random bytes pass those checks often enough that ranking
+them with the proven unknown tags would bury the interesting ones.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, STATE_NAMES, TagNa
 from pooltagscan.stats import TagStats
 from pooltagscan.tags.database import TagDatabase
 
-ATTRIBUTED, UNKNOWN, KNOWN = "attributed", "unknown", "known"
-STATUS_ORDER = {ATTRIBUTED: 0, UNKNOWN: 1, KNOWN: 2}
+ATTRIBUTED, UNKNOWN, KNOWN, UNCONFIRMED = "attributed", "unknown", "known", "unconfirmed"
+STATUS_ORDER = {ATTRIBUTED: 0, UNKNOWN: 1, KNOWN: 2, UNCONFIRMED: 3}
 _CONFIDENCE_RANK = {"high": 0, "medium": 1, "low": 2}
 SAMPLES_PER_TAG = 64  # allocation addresses kept per unexplained tag
 PREVIEWS_PER_TAG = 4  # of which this many get a hex preview
@@ -205,6 +208,22 @@ def candidates_by_tag(reports: Iterable[DriverReport]) -> dict[str, list[Candida
     return out
 
 
+def low_confidence_only(counters: dict[str, int]) -> bool:
+    """Every record of the tag is of low confidence (none medium or high)."""
+    total = counters.get("total_allocs", 0)
+    return total > 0 and counters.get("low_confidence", 0) == total
+
+
+def tag_status(known: bool, candidates: list[Candidate], counters: dict[str, int]) -> str:
+    """The group of a tag: a database or a scanned driver explains it, or the evidence
+    for its records decides between `unknown` and `unconfirmed`."""
+    if known:
+        return KNOWN
+    if candidates:
+        return ATTRIBUTED  # a driver passing the tag to a pool API is evidence enough
+    return UNCONFIRMED if low_confidence_only(counters) else UNKNOWN
+
+
 def build_rows(
     stats: TagStats,
     db: TagDatabase,
@@ -218,7 +237,7 @@ def build_rows(
     for tag_row in stats.rows(db.describe, sort="tag"):
         known = db.is_known(tag_row.tag)
         cands = by_tag.get(tag_row.tag, [])
-        status = KNOWN if known else ATTRIBUTED if cands else UNKNOWN
+        status = tag_status(known, cands, tag_row.counters)
         row = ReportRow(
             tag_row.tag, tag_row.counters, status, tag_row.owner, tag_row.description, cands
         )

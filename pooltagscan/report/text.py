@@ -6,7 +6,14 @@ import csv
 import json
 from typing import TextIO
 
-from pooltagscan.report.model import ATTRIBUTED, KNOWN, UNKNOWN, Report, ReportRow
+from pooltagscan.report.model import (
+    ATTRIBUTED,
+    KNOWN,
+    UNCONFIRMED,
+    UNKNOWN,
+    Report,
+    ReportRow,
+)
 
 WIDTH = 100
 
@@ -35,7 +42,10 @@ def _human(n: int) -> str:
 
 def text_report(report: Report, width: int = WIDTH) -> str:
     m = report.meta
-    counts = {s: sum(r.status == s for r in report.rows) for s in (ATTRIBUTED, UNKNOWN, KNOWN)}
+    counts = {
+        s: sum(r.status == s for r in report.rows)
+        for s in (ATTRIBUTED, UNKNOWN, KNOWN, UNCONFIRMED)
+    }
     head = [
         f"Dump     {m['dump']}",
         (
@@ -45,8 +55,9 @@ def text_report(report: Report, width: int = WIDTH) -> str:
         f"sha256   {m['sha256']}",
         (
             f"Tags     {len(report.rows)}: {counts[ATTRIBUTED]} attributed to a scanned driver, "
-            f"{counts[UNKNOWN]} unknown, {counts[KNOWN]} in the tag database"
+            f"{counts[UNKNOWN]} unknown, {counts[KNOWN]} in the tag database,"
         ),
+        f"         {counts[UNCONFIRMED]} unconfirmed (unknown, seen only in low-confidence records)",
         f"Drivers  {len(report.drivers)} analysed"
         + (f", {len(report.problems)} problem(s)" if report.problems else ""),
         "",
@@ -54,7 +65,7 @@ def text_report(report: Report, width: int = WIDTH) -> str:
     growth = any(r.growth_allocs is not None for r in report.rows)
     cols = [
         ("Tag", 10, "<"),
-        ("Status", 10, "<"),
+        ("Status", 11, "<"),
         ("Allocs", 7, ">"),
         ("Bytes", 8, ">"),
         ("Pool", 4, "<"),
@@ -102,6 +113,10 @@ def write_report(fmt: str, out: TextIO, report: Report) -> None:
                 "owner",
                 "description",
                 "candidate_drivers",
+                "undecided",
+                "low_confidence",
+                "small_bytes",
+                "big_bytes",
             ]
         )
         for r in report.rows:
@@ -120,6 +135,10 @@ def write_report(fmt: str, out: TextIO, report: Report) -> None:
                     r.owner,
                     r.description,
                     ";".join(f"{x.driver}:{x.api}:{x.confidence}" for x in r.candidates),
+                    c.get("undecided", 0),
+                    c.get("low_confidence", 0),
+                    c.get("small_bytes", 0),
+                    c.get("big_bytes", 0),
                 ]
             )
     else:

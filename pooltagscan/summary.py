@@ -1,0 +1,114 @@
+"""The one-line summary of a `scan --stats` run: how much was found, how fast, and how
+much of the dump held pool pages.
+
+The pool-page share tells an analyst whether a scan found the pool at all: a kernel
+dump whose pages hold almost no headers was probably scanned with the wrong layout, or
+is not the memory they think it is. It is counted from every record the scan yields,
+before `--tag`/`--pool`/`--state`/`--min-confidence` filters, because it describes the
+dump, not the view; the record and byte counts describe the view. Only header-carrying
+blocks (source page) count: a big-pool record's offset is a virtual address, not a page
+of the dump.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pooltagscan.filters import RecordFilter
+from pooltagscan.layouts import PAGE_SIZE
+from pooltagscan.records import SOURCE_PAGE
+from pooltagscan.scan import PreparedScan, run
+from pooltagscan.scanner.engine import ProgressCallback
+from pooltagscan.stats import TagStats
+
+
+@dataclass
+class ScanSummary:
+    """Counters of one scan, fed batch by batch like TagStats (memory stays flat).
+
+    The clock starts when the summary is made, so a shell that makes it before `prepare`
+    includes layout detection in the elapsed time, as a user timing the run would.
+    """
+
+    scanned_bytes: int
+    records: int = 0
+    bytes: int = 0
+    pool_pages: int = 0
+    seconds: float = 0.0
+    clock: Callable[[], float] = field(default=time.perf_counter, repr=False, compare=False)
+    _start: float = field(default=0.0, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._start = self.clock()
+
+    def add(self, records: np.ndarray, kept: np.ndarray | None = None) -> None:
+        """Count one batch: `records` as scanned, `kept` what the filters let through.
+
+        Windows come in address order and never share a page, so the distinct pages of
+        each batch can simply be summed.
+        """
+        on_pages = records["offset"][records["source"] == SOURCE_PAGE]
+        self.pool_pages += distinct_pages(on_pages)
+        kept = records if kept is None else kept
+        self.records += int(kept.size)
+        self.bytes += int(kept["size"].sum(dtype=np.int64))
+
+    def finish(self) -> ScanSummary:
+        """Stop the clock; returns self for chaining."""
+        self.seconds = self.clock() - self._start
+        return self
+
+    @property
+    def scanned_pages(self) -> int:
+        # Minidumps rebuild every page a fragment touches: scanned_bytes counts them whole.
+        return self.scanned_bytes // PAGE_SIZE
+
+    @property
+    def pool_page_share(self) -> float:
+        return self.pool_pages / self.scanned_pages if self.scanned_pages else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `summary` object of `scan --stats --format json`."""
+        return {
+            "records": self.records,
+            "bytes": self.bytes,
+            "elapsed_seconds": round(self.seconds, 3),
+            "pool_pages": self.pool_pages,
+            "scanned_pages": self.scanned_pages,
+            "pool_page_share": round(self.pool_page_share, 6),
+        }
+
+
+def distinct_pages(offsets: np.ndarray) -> int:
+    """Distinct 4 KiB pages of `offsets`. Scans yield them in address order, where
+    counting page changes is several times cheaper than sorting; any order stays exact."""
+    if not offsets.size:
+        return 0
+    pages = offsets // np.uint64(PAGE_SIZE)
+    steps = pages[1:] != pages[:-1]
+    if not (pages[1:] >= pages[:-1]).all():
+        return int(np.unique(pages).size)
+    return 1 + int(np.count_nonzero(steps))
+
+
+def collect_stats(
+    prepared: PreparedScan,
+    summary: ScanSummary,
+    record_filter: RecordFilter | None = None,
+    jobs: int = 1,
+    progress: ProgressCallback | None = None,
+) -> TagStats:
+    """Per-tag statistics of the filtered records, feeding `summary` on the way (it sees
+    the unfiltered batches too, for the pool-page share); `summary` is finished here."""
+    stats = TagStats()
+    for records in run(prepared, None, jobs, progress):
+        kept = record_filter.apply(records) if record_filter else records
+        stats.add(kept)
+        summary.add(records, kept)
+    summary.finish()
+    return stats

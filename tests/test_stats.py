@@ -1,0 +1,385 @@
+"""Per-tag counters (`scan --stats`), the scan summary and the forced-layout check.
+
+Synthetic record arrays give hand-computed counters for every column, big-pool records
+included; the sample dumps' manifests give the per-tag state counts of real scans.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import DUMPS, carved_truth, load_manifest
+from test_cli import pooltagscan
+
+from pooltagscan.inputs import open_image
+from pooltagscan.layouts import Family
+from pooltagscan.records import RECORD_DTYPE, SOURCE_BIGPOOL, SOURCE_PAGE
+from pooltagscan.render.stats import TABLE_LEGEND, stats_document, stats_table, summary_line
+from pooltagscan.scan import contrary_family, prepare
+from pooltagscan.stats import COLUMNS, LEGACY_COLUMNS, TagStats
+from pooltagscan.summary import ScanSummary, collect_stats
+from pooltagscan.tags.database import TagDatabase
+
+NP, P, UNK_POOL = 0, 1, 2
+ALLOC, FREE, UNDEC = 0, 1, 2
+LOW, MED, HIGH = 0, 1, 2
+PAGE, BIG = SOURCE_PAGE, SOURCE_BIGPOOL
+
+
+def tag_value(text: str) -> int:
+    return int.from_bytes(text.encode("latin-1"), "little")
+
+
+def records(*rows: tuple) -> np.ndarray:
+    """(offset, tag, size, pool, state, confidence, source) rows as a record array."""
+    out = np.zeros(len(rows), RECORD_DTYPE)
+    for i, (offset, tag, size, pool, state, conf, source) in enumerate(rows):
+        out[i]["offset"] = offset
+        out[i]["tag"] = tag_value(tag)
+        out[i]["size"] = size
+        out[i]["pool"] = pool
+        out[i]["state"] = state
+        out[i]["confidence"] = conf
+        out[i]["source"] = source
+        out[i]["entry"] = 0xFEED0000 + i if source == BIG else 0
+    return out
+
+
+# Two pages of header blocks, one undecided block, and big-pool allocations: a live
+# nonpaged one, a live paged one, a free one and one of unknown pool.
+SYNTH = records(
+    (0x1000, "Proc", 0x100, NP, ALLOC, HIGH, PAGE),
+    (0x1100, "Proc", 0x80, NP, FREE, HIGH, PAGE),
+    (0x1180, "Proc", 0x40, P, UNDEC, MED, PAGE),
+    (0x3010, "Thre", 0x60, P, ALLOC, LOW, PAGE),
+    (0x3070, "Thre", 0x30, UNK_POOL, FREE, LOW, PAGE),
+    (0xFFFF_A000_0000_0000, "Proc", 0x3000, NP, ALLOC, HIGH, BIG),
+    (0xFFFF_A000_0001_0000, "Thre", 0x2000, P, ALLOC, HIGH, BIG),
+    (0xFFFF_A000_0002_0000, "Thre", 0x1000, NP, FREE, HIGH, BIG),
+    (0xFFFF_A000_0003_0000, "Bigx", 0x5000, UNK_POOL, ALLOC, MED, BIG),
+)
+
+EXPECTED = {
+    "Proc": {
+        "nonpaged_allocs": 2, "nonpaged_bytes": 0x100 + 0x3000,
+        "paged_allocs": 1, "paged_bytes": 0x40,
+        "free_allocs": 1, "free_bytes": 0x80,
+        "undecided": 1, "undecided_bytes": 0x40,
+        "total_allocs": 4, "total_bytes": 0x100 + 0x80 + 0x40 + 0x3000,
+        "allocated_allocs": 2, "allocated_bytes": 0x100 + 0x3000,
+        "live_allocs": 3, "live_bytes": 0x100 + 0x40 + 0x3000,
+        "high_confidence": 3, "medium_confidence": 1, "low_confidence": 0,
+        "small_allocs": 2, "small_bytes": 0x100 + 0x40,
+        "big_allocs": 1, "big_bytes": 0x3000,
+    },
+    "Thre": {
+        "nonpaged_allocs": 0, "nonpaged_bytes": 0,
+        "paged_allocs": 2, "paged_bytes": 0x60 + 0x2000,
+        "free_allocs": 2, "free_bytes": 0x30 + 0x1000,
+        "undecided": 0, "undecided_bytes": 0,
+        "total_allocs": 4, "total_bytes": 0x60 + 0x30 + 0x2000 + 0x1000,
+        "allocated_allocs": 2, "allocated_bytes": 0x60 + 0x2000,
+        "live_allocs": 2, "live_bytes": 0x60 + 0x2000,
+        "high_confidence": 2, "medium_confidence": 0, "low_confidence": 2,
+        "small_allocs": 1, "small_bytes": 0x60,
+        "big_allocs": 1, "big_bytes": 0x2000,
+    },
+    "Bigx": {
+        "nonpaged_allocs": 0, "nonpaged_bytes": 0,
+        "paged_allocs": 0, "paged_bytes": 0,
+        "free_allocs": 0, "free_bytes": 0,
+        "undecided": 0, "undecided_bytes": 0,
+        "total_allocs": 1, "total_bytes": 0x5000,
+        "allocated_allocs": 1, "allocated_bytes": 0x5000,
+        "live_allocs": 1, "live_bytes": 0x5000,
+        "high_confidence": 0, "medium_confidence": 1, "low_confidence": 0,
+        "small_allocs": 0, "small_bytes": 0,
+        "big_allocs": 1, "big_bytes": 0x5000,
+    },
+}  # fmt: skip
+
+
+def stats_of(*batches: np.ndarray) -> TagStats:
+    stats = TagStats()
+    for batch in batches:
+        stats.add(batch)
+    return stats
+
+
+def test_columns_keep_the_original_nine_first():
+    """Saved documents and csv readers rely on the first nine names and their order."""
+    assert LEGACY_COLUMNS == (
+        "nonpaged_allocs", "nonpaged_bytes", "paged_allocs", "paged_bytes",
+        "free_allocs", "free_bytes", "undecided", "total_allocs", "total_bytes",
+    )  # fmt: skip
+    assert COLUMNS[:9] == LEGACY_COLUMNS and len(set(COLUMNS)) == len(COLUMNS) == 21
+    assert set(EXPECTED["Proc"]) == set(COLUMNS)
+
+
+def test_hand_computed_counters_on_synthetic_records():
+    rows = {r.tag: r.counters for r in stats_of(SYNTH).rows(sort="tag")}
+    assert rows == EXPECTED
+
+
+def test_batches_add_up_whatever_the_split():
+    whole = stats_of(SYNTH)
+    split = stats_of(SYNTH[:2], SYNTH[2:2], SYNTH[2:6], SYNTH[6:])
+    assert [r.as_dict() for r in split.rows()] == [r.as_dict() for r in whole.rows()]
+    assert split.totals() == {c: sum(e[c] for e in EXPECTED.values()) for c in COLUMNS}
+
+
+def test_big_pool_bytes_rank_the_rows():
+    """Default order is by total bytes, big-pool allocations included."""
+    assert [r.tag for r in stats_of(SYNTH).rows()] == ["Bigx", "Proc", "Thre"]
+    assert [r.tag for r in stats_of(SYNTH).rows(sort="nonpaged")] == [
+        "Proc",
+        "Bigx",
+        "Thre",
+    ]  # ties by tag
+
+
+def scan_stats(family: str, layout: str = "auto") -> tuple[TagStats, ScanSummary]:
+    image = open_image(DUMPS / f"{family}.raw")
+    summary = ScanSummary(image.scanned_bytes)
+    prepared = prepare(image, layout, TagDatabase.builtin())
+    return collect_stats(prepared, summary), summary
+
+
+LEGACY_FAMILIES = ("xp-x86", "win7-x86", "win7-x64", "win10-1809-x64")
+
+
+@pytest.mark.parametrize("family", LEGACY_FAMILIES)
+def test_state_and_source_counts_equal_the_manifest(family):
+    """Legacy headers always say allocated or free: the manifest's state counts per tag."""
+    want: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for a in carved_truth(load_manifest(family)):
+        c = want[a["tag"]]
+        name = {"allocated": "allocated_allocs", "free": "free_allocs", "unknown": "undecided"}
+        c[name[a["state"]]] += 1
+        c["high_confidence"] += 1  # whole validated chains, big-page table pages of 8+ entries
+        source = "big" if "entry" in a else "small"
+        if a["state"] != "free":
+            c[f"{source}_allocs"] += 1
+            c[f"{source}_bytes"] += a["size"]
+    stats, _ = scan_stats(family)
+    keys = ("allocated_allocs", "free_allocs", "undecided", "high_confidence", "small_allocs",
+            "small_bytes", "big_allocs", "big_bytes", "low_confidence")  # fmt: skip
+    got = {r.tag: {k: r.counters[k] for k in keys} for r in stats.rows()}
+    assert got == {tag: {k: want[tag][k] for k in keys} for tag in want}
+
+
+def test_segment_heap_live_blocks_equal_the_manifest():
+    """The segment heap keeps no free flag: every planted block is live, and the LFH blocks
+    (and stale VS headers) the manifest marks `unknown` are all undecided."""
+    live: collections.Counter = collections.Counter()
+    unknown: collections.Counter = collections.Counter()
+    for a in load_manifest("win11-segheap-x64")["allocations"]:
+        live[a["tag"]] += 1
+        unknown[a["tag"]] += a["state"] == "unknown"
+    big = [e for e in load_manifest("win11-segheap-x64")["bigpool"] if not e["crosses"]]
+    freed = collections.Counter(e["tag"] for e in big if e["state"] == "free")
+    live.update(e["tag"] for e in big if e["state"] == "allocated")
+    stats, _ = scan_stats("win11-segheap-x64")
+    rows = {r.tag: r.counters for r in stats.rows()}
+    assert {t: c["live_allocs"] for t, c in rows.items()} == dict(live)
+    # Only big-page table entries say freed; page headers of the segment heap never do.
+    assert {t: c["free_allocs"] for t, c in rows.items() if c["free_allocs"]} == dict(freed)
+    assert all(rows[t]["undecided"] >= unknown[t] for t in live)
+    totals = stats.totals()
+    assert totals["allocated_allocs"] + totals["undecided"] == sum(live.values())
+    assert totals["high_confidence"] + totals["medium_confidence"] + totals["low_confidence"] == (
+        sum(live.values()) + sum(freed.values())
+    )
+
+
+@pytest.mark.parametrize("family", [*LEGACY_FAMILIES, "win11-segheap-x64"])
+def test_summary_counts_pool_pages_of_the_manifest(family):
+    manifest = load_manifest(family)
+    stats, summary = scan_stats(family)
+    pages = {a["offset"] // 4096 for a in manifest["allocations"]}
+    assert summary.pool_pages == len(pages)
+    assert summary.scanned_pages == manifest["size"] // 4096 == 512
+    carved = carved_truth(manifest)  # headers and whole big-page table entries
+    assert summary.records == len(carved) == stats.totals()["total_allocs"]
+    assert summary.bytes == sum(a["size"] for a in carved)
+    assert summary.as_dict()["pool_page_share"] == round(len(pages) / 512, 6)
+
+
+def test_summary_skips_big_pool_and_counts_what_the_filter_kept():
+    ticks = iter([10.0, 12.5])
+    summary = ScanSummary(16 * 4096, clock=lambda: next(ticks))
+    summary.add(SYNTH[:4], SYNTH[:1])  # pages 1 and 3; one record kept
+    summary.add(SYNTH[4:], SYNTH[4:6])  # page 3 again in another window; big pool skipped
+    summary.finish()
+    assert summary.as_dict() == {
+        "records": 3,
+        "bytes": 0x100 + 0x30 + 0x3000,
+        "elapsed_seconds": 2.5,
+        "pool_pages": 3,
+        "scanned_pages": 16,
+        "pool_page_share": 0.1875,
+    }
+    assert summary_line(summary) == (
+        "3 records, 12,592 bytes in 2.50 s; pool pages 3 of 16 scanned (18.8%)"
+    )
+
+
+def test_table_defines_live_above_the_header_and_fits():
+    stats, _ = scan_stats("win11-segheap-x64")
+    lines = stats_table(stats.rows(), stats.totals()).splitlines()
+    assert lines[: len(TABLE_LEGEND) + 1] == [*TABLE_LEGEND, ""]
+    assert lines[0].startswith("Live = allocated + undecided.")
+    header = lines[len(TABLE_LEGEND) + 1].split()
+    assert header == ["Tag", "NP", "Allocs", "NP", "Bytes", "P", "Allocs", "P", "Bytes",
+                      "Free", "Undecided", "Big", "Bytes", "Owner", "Description"]  # fmt: skip
+    assert max(len(line) for line in lines) <= 120
+    total = lines[-1].split()
+    t = stats.totals()
+    assert total[:8] == ["TOTAL", *map(str, (t["nonpaged_allocs"], t["nonpaged_bytes"],
+                         t["paged_allocs"], t["paged_bytes"], t["free_allocs"], t["undecided"],
+                         t["big_bytes"]))]  # fmt: skip
+
+
+def test_document_carries_every_counter_and_the_summary():
+    stats = stats_of(SYNTH)
+    summary = ScanSummary(8192, clock=lambda: 1.0)
+    doc = stats_document(stats.rows(), stats.totals(), {"layout": "x64"}, summary.finish())
+    assert list(doc)[:3] == ["kind", "version", "layout"]
+    assert doc["version"] == 1 and doc["summary"]["scanned_pages"] == 2
+    assert list(doc["tags"][0]) == ["tag", *COLUMNS, "owner", "description"]
+    assert {r["tag"]: {c: r[c] for c in COLUMNS} for r in doc["tags"]} == EXPECTED
+
+
+def test_contrary_family():
+    ev = {"x86 chains": 0, "x64 chains": 205, "segment-heap pages": 3, "vista votes": 900}
+    assert contrary_family(Family.SEGMENT_HEAP, ev) is Family.X64
+    assert contrary_family(Family.X86, ev) is Family.X64
+    assert contrary_family(Family.X64, ev) is None
+    tie = {"x86 chains": 7, "x64 chains": 7, "segment-heap pages": 0}
+    assert contrary_family(Family.X86, tie) is None and contrary_family(Family.X64, tie) is None
+    assert contrary_family(Family.X86, {}) is None  # no evidence is no contradiction
+
+
+# ---------------------------------------------------------------- through the CLI
+
+SUMMARY_RE = re.compile(
+    r"^pooltagscan: (\S+): ([\d,]+) records, ([\d,]+) bytes in (\d+\.\d\d) s; "
+    r"pool pages (\d+) of (\d+) scanned \((\d+\.\d)%\)$"
+)
+
+
+def test_cli_summary_line_and_json_summary():
+    dump = DUMPS / "win7-x64.raw"
+    manifest = load_manifest("win7-x64")
+    proc = pooltagscan("scan", str(dump), "--stats", "--format", "json")
+    lines = [m for line in proc.stderr.splitlines() if (m := SUMMARY_RE.match(line))]
+    assert len(lines) == 1
+    path, records, size, _, pages, scanned, share = lines[0].groups()
+    total = sum(a["size"] for a in carved_truth(manifest))
+    assert (path, records, size, pages, scanned, share) == (
+        str(dump),
+        f"{len(carved_truth(manifest)):,}",
+        f"{total:,}",
+        "205",
+        "512",
+        "40.0",
+    )
+    doc = json.loads(proc.stdout)
+    summary = doc["summary"]
+    assert set(summary) == {"records", "bytes", "elapsed_seconds", "pool_pages",
+                            "scanned_pages", "pool_page_share"}  # fmt: skip
+    carved = len(carved_truth(manifest))
+    assert (summary["records"], summary["bytes"], summary["pool_pages"]) == (carved, total, 205)
+    assert summary["pool_page_share"] == round(205 / 512, 6)
+    assert summary["records"] == doc["totals"]["total_allocs"]
+    quiet = pooltagscan("scan", str(dump), "--stats", "-q")
+    assert quiet.stderr == ""
+
+
+def test_cli_summary_with_a_filter_counts_kept_records_and_all_pool_pages():
+    manifest = load_manifest("win7-x64")
+    kept = [a for a in carved_truth(manifest) if a["tag"] == "Proc"]
+    proc = pooltagscan("scan", str(DUMPS / "win7-x64.raw"), "--stats", "--format", "json",
+                       "--tag", "Proc")  # fmt: skip
+    summary = json.loads(proc.stdout)["summary"]
+    assert (summary["records"], summary["bytes"], summary["pool_pages"]) == (
+        len(kept),
+        sum(a["size"] for a in kept),
+        205,
+    )
+
+
+def test_cli_csv_carries_every_column():
+    out = pooltagscan("scan", str(DUMPS / "win10-1809-x64.raw"), "--stats", "--format", "csv")
+    rows = list(csv.reader(io.StringIO(out.stdout)))
+    assert rows[0] == ["tag", *COLUMNS, "owner", "description"]
+    manifest = load_manifest("win10-1809-x64")
+    free = collections.Counter(a["tag"] for a in carved_truth(manifest) if a["state"] == "free")
+    by_tag = {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
+    assert {t: int(r["free_allocs"]) for t, r in by_tag.items() if int(r["free_allocs"])} == dict(
+        free
+    )
+
+
+WIN7_X86_EVIDENCE = (
+    "x86 chains 205, x64 chains 0, segment-heap pages 0"  # segment heap: no encoding votes
+)
+
+
+@pytest.mark.parametrize(
+    ("layout", "warning"),
+    [
+        (
+            "x64-segment-heap",
+            (
+                "pooltagscan: {dump}: warning: --layout x64-segment-heap goes against the evidence, "
+                f"which favours x86 ({WIN7_X86_EVIDENCE}); records are likely bogus"
+            ),
+        ),
+        (
+            "x64",
+            (
+                "pooltagscan: {dump}: warning: --layout x64 goes against the evidence, which favours "
+                "x86 (x86 chains 205, x64 chains 0, segment-heap pages 0, xp votes 0, vista votes 0); "
+                "records are likely bogus"
+            ),
+        ),
+        ("x86", None),
+        ("auto", None),
+    ],
+)
+def test_forced_layout_against_the_evidence_warns(layout, warning):
+    dump = DUMPS / "win7-x86.raw"
+    proc = pooltagscan("scan", str(dump), "--stats", "--layout", layout, "-o", "/dev/null")
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert warnings == ([warning.format(dump=dump)] if warning else [])
+    assert proc.returncode == 0
+
+
+def test_forced_layout_warning_in_report_and_diff():
+    dump = str(DUMPS / "win10-1809-x64.raw")
+    want = (
+        f"pooltagscan: {dump}: warning: --layout x86 goes against the evidence, which favours "
+        "x64 (x86 chains 0, x64 chains 205, segment-heap pages 0, xp votes 0, vista votes 0); "
+        "records are likely bogus"
+    )
+    report = pooltagscan("report", dump, "--layout", "x86", "-o", "/dev/null")
+    assert [line for line in report.stderr.splitlines() if "warning" in line] == [want]
+    diff = pooltagscan("diff", dump, dump, "--layout", "x86", "-o", "/dev/null")
+    assert [line for line in diff.stderr.splitlines() if "warning" in line] == [want, want]
+
+
+def test_distinct_pages_in_and_out_of_address_order():
+    from pooltagscan.summary import distinct_pages
+
+    ordered = np.array([0x10, 0xFF0, 0x1000, 0x1008, 0x5000, 0x5FFF], np.uint64)
+    assert distinct_pages(ordered) == 3
+    assert distinct_pages(ordered[::-1].copy()) == 3
+    assert distinct_pages(np.array([0x5000, 0x10, 0x5008, 0x20], np.uint64)) == 2
+    assert distinct_pages(np.empty(0, np.uint64)) == 0
