@@ -42,6 +42,7 @@ LAYOUT_CHOICES = ("auto", "x86", "x64", "x64-segment-heap")
 CONFIDENCE_NAMES = ("low", "medium", "high")
 POOL_NAMES = ("nonpaged", "paged", "unknown")
 STATE_NAMES = ("allocated", "free", "unknown")
+SOURCE_NAMES = ("page", "bigpool")
 SORT_KEYS = ("bytes", "count", "tag", "nonpaged", "paged")
 
 
@@ -62,6 +63,7 @@ def _pooltagscan() -> Any:
         import pooltagscan.scanner.engine
         import pooltagscan.stats
         import pooltagscan.tags.database
+        import pooltagscan.tracking
         import pooltagscan.workers
     except ImportError as exc:
         raise exceptions.MissingModuleException(
@@ -103,6 +105,16 @@ STATS_HEADINGS = {
     "small_bytes": "SmallBytes",
     "big_allocs": "BigAllocs",
     "big_bytes": "BigBytes",
+}
+
+
+TRACKER_HEADINGS = {
+    "nonpaged_allocs": "NonPagedAllocs",
+    "nonpaged_frees": "NonPagedFrees",
+    "nonpaged_bytes": "NonPagedBytes",
+    "paged_allocs": "PagedAllocs",
+    "paged_frees": "PagedFrees",
+    "paged_bytes": "PagedBytes",
 }
 
 
@@ -174,6 +186,21 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
                 optional=True,
                 default=[],
                 description=f"Only these states ({', '.join(STATE_NAMES)})",
+            ),
+            requirements.ListRequirement(
+                name="source",
+                element_type=str,
+                optional=True,
+                default=[],
+                description=f"Only blocks of these sources ({', '.join(SOURCE_NAMES)}): pool "
+                "pages, or the kernel's big-page table",
+            ),
+            requirements.BooleanRequirement(
+                name="tracker",
+                default=False,
+                optional=True,
+                description="The kernel's own per-tag counters (PoolTrackTable found in the "
+                "dump), like PoolMon",
             ),
             requirements.ChoiceRequirement(
                 name="sort",
@@ -247,15 +274,22 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
     def run(self) -> renderers.TreeGrid:
         pts = _pooltagscan()
         stats = bool(self._option("stats", False))
-        columns = self._stats_columns() if stats else self._record_columns()
+        tracker = bool(self._option("tracker", False))
+        if tracker:
+            columns, make = self._tracker_columns(), self._tracker_rows
+        elif stats:
+            columns, make = self._stats_columns(), self._stats_rows
+        else:
+            columns, make = self._record_columns(), self._record_rows
         try:
+            if tracker and stats:
+                raise ValueError("--tracker is a view of its own: not with --stats")
             work = self._prepare(pts)
         except (pts.errors.InputError, ValueError) as exc:
             # Volatility's way with bad input: one error line, no rows, no traceback.
             vollog.error(f"pooltagscan: {exc}")
             return renderers.TreeGrid(columns, iter(()))
-        rows = self._stats_rows(pts, *work) if stats else self._record_rows(pts, *work)
-        return renderers.TreeGrid(columns, self._guarded(pts, rows))
+        return renderers.TreeGrid(columns, self._guarded(pts, make(pts, *work)))
 
     @staticmethod
     def _guarded(pts: Any, rows: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, tuple]]:
@@ -272,6 +306,7 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
             self._option("min_confidence", "low"),
             self._option("pool", []),
             self._option("state", []),
+            self._option("source", []),
         )
         db = pts.tags.database.TagDatabase.load(self._option("pooltag", []))
         image = self._image(pts)
@@ -327,6 +362,7 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
         return (
             [("Tag", str)]
             + [(heading, int) for heading in STATS_HEADINGS.values()]
+            + [("KernelLive", int), ("Seen", float), ("KernelFlag", str)]
             + [("Owner", str), ("Description", str)]
         )
 
@@ -334,11 +370,34 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
         self, pts: Any, prepared: Any, record_filter: Any, db: Any, jobs: int
     ) -> Iterator[tuple[int, tuple]]:
         stats = pts.stats.TagStats()
-        for records in pts.scan.run(prepared, record_filter, jobs, self._progress):
+        totals = pts.tracking.TrackerTotals()
+        for records in pts.scan.run(prepared, record_filter, jobs, self._progress, totals.add):
             stats.add(records)
-        for row in stats.rows(db.describe, self._option("sort", "bytes")):
+        rows = stats.rows(db.describe, self._option("sort", "bytes"))
+        pts.tracking.attach(rows, totals)
+        absent = renderers.NotApplicableValue
+        for row in rows:
             counters = tuple(row.counters[c] for c in STATS_HEADINGS)
-            yield 0, (row.tag, *counters, row.owner, row.description)
+            kernel = tuple(
+                absent() if (row.tracker or {}).get(c) is None else row.tracker[c]
+                for c in pts.stats.TRACKER_COLUMNS
+            )
+            yield 0, (row.tag, *counters, *kernel, row.owner, row.description)
+
+    @staticmethod
+    def _tracker_columns() -> list[tuple[str, type]]:
+        return [("Tag", str)] + [(h, int) for h in TRACKER_HEADINGS.values()] + [("Owner", str)]
+
+    def _tracker_rows(
+        self, pts: Any, prepared: Any, _filter: Any, db: Any, jobs: int
+    ) -> Iterator[tuple[int, tuple]]:
+        totals = pts.tracking.TrackerTotals()
+        for _ in pts.scan.run(prepared, None, jobs, self._progress, totals.add):
+            pass
+        if not totals.found:
+            vollog.warning(f"pooltagscan: {prepared.image.path}: no pool tracker table found")
+        for row in totals.rows(db.describe, self._option("sort", "bytes")):
+            yield 0, (row.tag, *(row.counters[c] for c in TRACKER_HEADINGS), row.owner)
 
 
 class PoolTagScanStacking(interfaces.automagic.AutomagicInterface):

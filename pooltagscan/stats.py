@@ -67,17 +67,24 @@ SORT_KEYS = ("bytes", "count", "tag", "nonpaged", "paged")
 _INDEX = {name: i for i, name in enumerate(COLUMNS)}
 
 
+# Beside each tag, the kernel's own count of it (tracking.Reconciliation); null without a
+# tracker table in the dump.
+TRACKER_COLUMNS = ("tracker_live", "tracked_share", "tracker_flag")
+
+
 @dataclass
 class TagRow:
     tag: str
     counters: dict[str, int]
     owner: str = ""
     description: str = ""
+    tracker: dict[str, Any] | None = None  # TRACKER_COLUMNS, when a tracker table was found
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "tag": self.tag,
             **self.counters,
+            **(self.tracker or dict.fromkeys(TRACKER_COLUMNS)),
             "owner": self.owner,
             "description": self.description,
         }

@@ -23,7 +23,7 @@ from pooltagscan.filters import RecordFilter
 from pooltagscan.layouts import PAGE_SIZE
 from pooltagscan.records import SOURCE_PAGE
 from pooltagscan.scan import PreparedScan, run
-from pooltagscan.scanner.engine import ProgressCallback
+from pooltagscan.scanner.engine import ProgressCallback, TrackerSink
 from pooltagscan.stats import TagStats
 
 
@@ -102,11 +102,13 @@ def collect_stats(
     record_filter: RecordFilter | None = None,
     jobs: int = 1,
     progress: ProgressCallback | None = None,
+    tracker: TrackerSink | None = None,
 ) -> TagStats:
     """Per-tag statistics of the filtered records, feeding `summary` on the way (it sees
-    the unfiltered batches too, for the pool-page share); `summary` is finished here."""
+    the unfiltered batches too, for the pool-page share); `summary` is finished here.
+    `tracker` receives the tracker-table rows met on the way."""
     stats = TagStats()
-    for records in run(prepared, None, jobs, progress):
+    for records in run(prepared, None, jobs, progress, tracker):
         kept = record_filter.apply(records) if record_filter else records
         stats.add(kept)
         summary.add(records, kept)

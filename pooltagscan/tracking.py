@@ -170,3 +170,13 @@ def reconcile(
             flag = FLAG_EXCEEDS
         out[tag] = Reconciliation(count, allocated, maybe, flag)
     return out
+
+
+def attach(rows: list, totals: TrackerTotals) -> None:
+    """Set `tracker` on stats rows (stats.TagRow) from the reconciliation; rows of tags
+    the tracker holds but no block carries are not invented here."""
+    carved = {r.tag: (r.counters["allocated_allocs"], r.counters["live_allocs"]) for r in rows}
+    result = reconcile(carved, totals)
+    for row in rows:
+        found = result.get(row.tag)
+        row.tracker = found.as_dict() if found is not None else None

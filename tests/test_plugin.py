@@ -24,15 +24,16 @@ pytest.importorskip("volatility3")
 
 import volatility3.plugins
 from volatility3 import framework
-from volatility3.framework import automagic, constants, contexts, exceptions, plugins
+from volatility3.framework import automagic, constants, contexts, exceptions, plugins, renderers
 from volatility3.framework.layers import intel, physical
 
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs import open_image
 from pooltagscan.records import to_dicts
 from pooltagscan.scan import prepare, run
-from pooltagscan.stats import COLUMNS, TagStats
+from pooltagscan.stats import COLUMNS, TRACKER_COLUMNS, TagStats
 from pooltagscan.tags.database import TagDatabase
+from pooltagscan.tracking import TrackerTotals, attach
 
 PLUGIN_DIR = REPO / "plugins"
 FORMATS = SAMPLES / "formats"
@@ -133,13 +134,23 @@ def standalone(dump: Path, layout="auto", record_filter=None, db=None) -> list[d
 
 def standalone_stats(dump: Path, db: TagDatabase) -> list[dict]:
     stats = TagStats()
-    for records in run(prepare(open_image(dump), "auto", db)):
+    totals = TrackerTotals()
+    for records in run(prepare(open_image(dump), "auto", db), tracker=totals.add):
         stats.add(records)
+    rows = stats.rows(db.describe, "bytes")
+    attach(rows, totals)
+    kernel = dict(zip(("KernelLive", "Seen", "KernelFlag"), TRACKER_COLUMNS))
     return [
         {"Tag": r.tag, **{k: r.counters[c] for k, c in zip(STATS_KEYS, COLUMNS)},
+         **{k: (r.tracker or {}).get(c) for k, c in kernel.items()},
          "Owner": r.owner, "Description": r.description}
-        for r in stats.rows(db.describe, "bytes")
+        for r in rows
     ]  # fmt: skip
+
+
+def plugin_value(value):
+    """Volatility's absent value (a row with no tracker count) as None."""
+    return None if isinstance(value, renderers.NotApplicableValue) else value
 
 
 # ---------------------------------------------------------------- in-process
@@ -179,6 +190,24 @@ def test_options_mirror_the_cli(plugin_class):
     assert {r["tag"] for r in got} == {"Proc", "Thre", "File"}
 
 
+def test_tracker_view_and_source_filter(plugin_class):
+    dump = DUMPS / "win11-segheap-x64.raw"
+    _, plugin = construct(plugin_class, dump, tracker=True, sort="tag")
+    names, rows = grid_rows(plugin)
+    assert names == ["Tag", "NonPagedAllocs", "NonPagedFrees", "NonPagedBytes", "PagedAllocs",
+                     "PagedFrees", "PagedBytes", "Owner"]  # fmt: skip
+    totals = TrackerTotals()
+    for _ in run(prepare(open_image(dump), "auto", TagDatabase.builtin()), tracker=totals.add):
+        pass
+    want = [(r.tag, *r.counters.values(), r.owner) for r in totals.rows(
+        TagDatabase.builtin().describe, "tag")]  # fmt: skip
+    assert [tuple(r) for r in rows] == want and len(want) > 40
+    big = plugin_records(plugin_class, dump, source=["bigpool"])
+    assert big == standalone(dump, record_filter=RecordFilter.from_names(sources=["bigpool"]))
+    assert len(big) > 200 and {r["source"] for r in big} == {"bigpool"}
+    assert all(r["entry"] // 4096 != r["offset"] // 4096 for r in big)
+
+
 def test_stats_equal_standalone(plugin_class, tmp_path):
     tag_file = tmp_path / "localtag.txt"
     tag_file.write_text("Qx9p - qx9p.sys - a third-party driver's buffers\n")
@@ -186,8 +215,10 @@ def test_stats_equal_standalone(plugin_class, tmp_path):
     for dump in (DUMPS / "win10-1809-x64.raw", FORMATS / "minidump-x64.dmp"):
         _, plugin = construct(plugin_class, dump, stats=True, pooltag=[str(tag_file)])
         names, rows = grid_rows(plugin)
-        got = [dict(zip(names, row)) for row in rows]
+        got = [{k: plugin_value(v) for k, v in zip(names, row)} for row in rows]
         assert got == standalone_stats(dump, db)
+        if dump.suffix == ".raw":  # the sample holds a tracker table: the kernel's counts
+            assert sum(r["KernelLive"] is not None for r in got) > 40
     assert any(r["Owner"] == "qx9p.sys" for r in standalone_stats(DUMPS / "win10-1809-x64.raw", db))
 
 
@@ -275,6 +306,7 @@ def test_option_choices_are_pooltagscan_s(plugin_class):
     assert module.CONFIDENCE_NAMES == records.CONFIDENCE_NAMES
     assert module.POOL_NAMES == records.POOL_NAMES
     assert module.STATE_NAMES == records.STATE_NAMES
+    assert module.SOURCE_NAMES == records.SOURCE_NAMES
     assert module.SORT_KEYS == stats.SORT_KEYS
     assert tuple(module.STATS_HEADINGS) == stats.COLUMNS
 

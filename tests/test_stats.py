@@ -22,7 +22,7 @@ from pooltagscan.layouts import Family
 from pooltagscan.records import RECORD_DTYPE, SOURCE_BIGPOOL, SOURCE_PAGE
 from pooltagscan.render.stats import TABLE_LEGEND, stats_document, stats_table, summary_line
 from pooltagscan.scan import contrary_family, prepare
-from pooltagscan.stats import COLUMNS, LEGACY_COLUMNS, TagStats
+from pooltagscan.stats import COLUMNS, LEGACY_COLUMNS, TRACKER_COLUMNS, TagStats
 from pooltagscan.summary import ScanSummary, collect_stats
 from pooltagscan.tags.database import TagDatabase
 
@@ -252,7 +252,7 @@ def test_document_carries_every_counter_and_the_summary():
     doc = stats_document(stats.rows(), stats.totals(), {"layout": "x64"}, summary.finish())
     assert list(doc)[:3] == ["kind", "version", "layout"]
     assert doc["version"] == 1 and doc["summary"]["scanned_pages"] == 2
-    assert list(doc["tags"][0]) == ["tag", *COLUMNS, "owner", "description"]
+    assert list(doc["tags"][0]) == ["tag", *COLUMNS, *TRACKER_COLUMNS, "owner", "description"]
     assert {r["tag"]: {c: r[c] for c in COLUMNS} for r in doc["tags"]} == EXPECTED
 
 
@@ -318,7 +318,7 @@ def test_cli_summary_with_a_filter_counts_kept_records_and_all_pool_pages():
 def test_cli_csv_carries_every_column():
     out = pooltagscan("scan", str(DUMPS / "win10-1809-x64.raw"), "--stats", "--format", "csv")
     rows = list(csv.reader(io.StringIO(out.stdout)))
-    assert rows[0] == ["tag", *COLUMNS, "owner", "description"]
+    assert rows[0] == ["tag", *COLUMNS, *TRACKER_COLUMNS, "owner", "description"]
     manifest = load_manifest("win10-1809-x64")
     free = collections.Counter(a["tag"] for a in carved_truth(manifest) if a["state"] == "free")
     by_tag = {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}

@@ -89,3 +89,47 @@ def test_tracker_refuses_other_views():
     one_line_error(
         pooltagscan("scan", dump, "--tracker", "--no-tables", check_exit=None), "--no-tables"
     )
+
+
+def test_stats_show_the_kernel_count_and_flag_the_planted_anomalies():
+    for family in ("win7-x86", "win11-segheap-x64"):
+        manifest = load_manifest(family)
+        doc = json.loads(pooltagscan("scan", str(DUMPS / f"{family}.raw"), "--stats", "-q",
+                                     "--format", "json").stdout)  # fmt: skip
+        assert doc["tracker_pages"] >= 3
+        rows = {r["tag"]: r for r in doc["tags"]}
+        anomalies = manifest["tracker_anomalies"]
+        cut = {r["tag"] for r in manifest["tracker"] if r["crosses"]}
+        flags = {t: r["tracker_flag"] for t, r in rows.items() if r["tracker_flag"]}
+        assert flags == {
+            anomalies["untracked"]: "untracked",
+            anomalies["exceeds"]: "exceeds-tracker",
+            **{t: "tracker-entry-cut" for t in cut if t in rows},
+        }
+        kernel = planted(family)
+        for tag, row in rows.items():
+            if tag in kernel:
+                assert row["tracker_live"] == live(kernel[tag]), tag
+                share = row["live_allocs"] / row["tracker_live"] if row["tracker_live"] else None
+                assert row["tracked_share"] == (None if share is None else round(share, 4))
+            else:
+                assert row["tracker_live"] is None and row["tracked_share"] is None
+
+
+def test_stats_without_a_tracker_table_say_nothing_of_it(tmp_path):
+    data = (DUMPS / f"{OLD}.raw").read_bytes()
+    pages = load_manifest(OLD)["pages"]
+    wiped = bytearray(data)
+    for i, kind in enumerate(pages):
+        if kind == "tracker-table":
+            wiped[i * 4096 : (i + 1) * 4096] = bytes(4096)
+    dump = tmp_path / "no-tracker.raw"
+    dump.write_bytes(bytes(wiped))
+    doc = json.loads(pooltagscan("scan", str(dump), "--stats", "-q", "--format", "json").stdout)
+    assert "tracker_pages" not in doc
+    assert all(r["tracker_live"] is None and r["tracker_flag"] is None for r in doc["tags"])
+    table = pooltagscan("scan", str(dump), "--stats", "-q").stdout
+    assert "Kernel" not in table and "Description" in table
+    proc = pooltagscan("scan", str(dump), "--tracker")
+    assert proc.stdout == "no pool tracker table found in this dump\n"
+    assert "no pool tracker table found" in proc.stderr

@@ -33,6 +33,7 @@ from pooltagscan.stats import SORT_KEYS
 from pooltagscan.summary import ScanSummary, collect_stats
 from pooltagscan.tags.database import TagDatabase
 from pooltagscan.tracking import TrackerTotals
+from pooltagscan.tracking import attach as attach_tracker
 from pooltagscan.workers import WorkerError
 from pooltagscan.yarascan import compile_rules, scan_yara
 
@@ -208,17 +209,21 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 if not totals.found:
                     note(args, f"{path}: no pool tracker table found")
             elif args.stats:
-                stats = collect_stats(prepared, summary, record_filter, args.jobs, bar)
+                totals = TrackerTotals()
+                stats = collect_stats(prepared, summary, record_filter, args.jobs, bar, totals.add)
                 bar.close()
                 note(args, f"{path}: {summary_line(summary)}")
-                write_stats(
-                    args.format,
-                    out,
-                    stats.rows(db.describe, args.sort),
-                    stats.totals(),
-                    meta,
-                    summary,
-                )
+                rows = stats.rows(db.describe, args.sort)
+                attach_tracker(rows, totals)
+                if totals.found:
+                    meta["tracker_pages"] = totals.pages
+                    flagged = sum(1 for r in rows if r.tracker and r.tracker["tracker_flag"])
+                    note(
+                        args,
+                        f"{path}: kernel tracker table found ({totals.pages} pages); "
+                        f"{flagged} tag(s) disagree with it",
+                    )
+                write_stats(args.format, out, rows, stats.totals(), meta, summary)
             else:
                 assert writer is not None
                 if several:

@@ -7,7 +7,7 @@ import json
 from typing import Any, TextIO
 
 from pooltagscan.render.table import format_table
-from pooltagscan.stats import COLUMNS, TagRow
+from pooltagscan.stats import COLUMNS, TRACKER_COLUMNS, TagRow
 from pooltagscan.summary import ScanSummary
 
 STATS_KIND = "pooltagscan-stats"
@@ -66,9 +66,16 @@ def write_stats(
         out.writelines(json.dumps(r.as_dict()) + "\n" for r in rows)
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["tag", *COLUMNS, "owner", "description"])
+        writer.writerow(["tag", *COLUMNS, *TRACKER_COLUMNS, "owner", "description"])
         writer.writerows(
-            [r.tag, *(r.counters[c] for c in COLUMNS), r.owner, r.description] for r in rows
+            [
+                r.tag,
+                *(r.counters[c] for c in COLUMNS),
+                *_csv_tracker(r),
+                r.owner,
+                r.description,
+            ]
+            for r in rows
         )
     else:
         out.write(stats_table(rows, totals) + "\n")
@@ -86,18 +93,64 @@ TABLE_COLUMNS = (
 )
 
 
+def _csv_tracker(row: TagRow) -> list[Any]:
+    t = row.tracker or {}
+    return ["" if t.get(c) is None else t[c] for c in TRACKER_COLUMNS]
+
+
+TRACKER_LEGEND = (
+    (
+        "Kernel: allocations outstanding by the kernel's own count (PoolTrackTable); "
+        "Seen: live blocks / Kernel;"
+    ),
+    (
+        "Flag: exceeds = more blocks proven allocated than the kernel counts, untracked = "
+        "blocks of a tag it lacks."
+    ),
+)
+
+
 def stats_table(rows: list[TagRow], totals: dict[str, int]) -> str:
     """The `!poolused`-like table, under the legend that defines its words; fits about
-    120 columns (owner and description are cut), so some counters are left to csv/json."""
-    headers = ("Tag", *(h for h, _ in TABLE_COLUMNS), "Owner", "Description")
+    120 columns (owner and description are cut), so some counters are left to csv/json.
+    With a tracker table in the dump, the kernel's count of each tag stands beside it."""
+    tracked = any(r.tracker for r in rows)
+    headers = ("Tag", *(h for h, _ in TABLE_COLUMNS))
     body: list[tuple[Any, ...]] = [
-        (r.tag, *(r.counters[k] for _, k in TABLE_COLUMNS), r.owner, r.description) for r in rows
+        (r.tag, *(r.counters[k] for _, k in TABLE_COLUMNS)) for r in rows
     ]
-    body.append(("TOTAL", *(totals[k] for _, k in TABLE_COLUMNS), "", f"{len(rows)} tags"))
-    n = len(TABLE_COLUMNS)
-    right = [False] + [True] * n + [False, False]
-    table = format_table(headers, body, right, max_width={n + 1: 12, n + 2: 28})
-    return "\n".join(TABLE_LEGEND) + "\n\n" + table
+    total: tuple[Any, ...] = ("TOTAL", *(totals[k] for _, k in TABLE_COLUMNS))
+    if tracked:
+        headers += ("Kernel", "Seen", "Flag")
+        body = [row + _tracker_cells(r) for row, r in zip(body, rows)]
+        total += ("", "", "")
+        # The kernel's columns take the description's room (csv and json keep it).
+        headers += ("Owner",)
+        body = [row + (r.owner,) for row, r in zip(body, rows)]
+        body.append(total + (f"{len(rows)} tags",))
+        right = [False] + [True] * (len(headers) - 4) + [False, False, False]
+        widths = {len(headers) - 1: 16}
+    else:
+        headers += ("Owner", "Description")
+        body = [row + (r.owner, r.description) for row, r in zip(body, rows)]
+        body.append(total + ("", f"{len(rows)} tags"))
+        right = [False] + [True] * (len(headers) - 3) + [False, False]
+        widths = {len(headers) - 2: 12, len(headers) - 1: 28}
+    table = format_table(headers, body, right, max_width=widths)
+    legend = TABLE_LEGEND + (TRACKER_LEGEND if tracked else ())
+    return "\n".join(legend) + "\n\n" + table
+
+
+def _tracker_cells(row: TagRow) -> tuple[str, str, str]:
+    t = row.tracker
+    if not t:
+        return ("", "", "")
+    live = "" if t["tracker_live"] is None else str(t["tracker_live"])
+    share = "" if t["tracked_share"] is None else f"{100 * t['tracked_share']:.0f}%"
+    flag = {"exceeds-tracker": "exceeds", "tracker-entry-cut": "cut"}.get(
+        t["tracker_flag"], t["tracker_flag"]
+    )
+    return (live, share, flag)
 
 
 def summary_line(summary: ScanSummary) -> str:
