@@ -1,8 +1,9 @@
-"""Pool header layouts and PoolType encodings, the only place that knows bit positions.
+"""Pool header layouts, PoolType encodings and the kernel's pool tables: the only place
+that knows bit positions and field offsets.
 
-Both header sizes keep the fields we need in the first two little-endian 32-bit words
-(`w0`: PreviousSize/PoolIndex/BlockSize/PoolType, `w1`: PoolTag), so the scanner works on
-uint32 arrays and asks this module to split `w0` into fields for a given family.
+Each header family is one `Layout` (unit, header size, bit fields, PoolType encoding,
+how its pages are proven, its big-page and tracker table formats); the scanner, the
+detection and the record codes derive from LAYOUTS.
 """
 
 from __future__ import annotations
@@ -32,39 +33,83 @@ class Encoding(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class Field:
+    """A bit field of header word 0 (PreviousSize/PoolIndex/BlockSize/PoolType)."""
+
+    shift: int
+    mask: int
+
+    def of(self, w0: np.ndarray) -> np.ndarray:
+        return (w0 >> self.shift) & self.mask
+
+    @property
+    def in_place(self) -> int:
+        return self.mask << self.shift
+
+
+@dataclass(frozen=True)
 class Layout:
-    """Geometry of one header family."""
+    """Everything one header family means to the scanner, detection and records.
+
+    `scanner` names how pages are proven: "legacy" (whole-page PreviousSize/BlockSize
+    chains) or "segment" (strict headers linked at LFH and VS strides). Both header
+    sizes keep PreviousSize/PoolIndex/BlockSize/PoolType in the first little-endian
+    32-bit word (`w0`) and the tag in the second, so the scanners work on uint32 arrays
+    and ask the layout to split `w0`. Adding a family is adding one Layout to LAYOUTS.
+    """
 
     family: Family
     header_size: int
     unit: int  # bytes per BlockSize/PreviousSize unit
-    size_bits: int  # width of the BlockSize and PreviousSize fields
+    previous: Field
+    index: Field
+    block: Field
+    pooltype: Field
+    scanner: str
+    evidence: str  # the detection's name for the pages this family proves
+    architecture: str
+    encoding: Encoding | None = None  # fixed for the segment heap; voted for legacy pools
+    big_pages: tuple[tuple[Encoding, tuple[BigPageFormat, ...]], ...] = ()
+    trackers: tuple[TrackerFormat, ...] = ()
 
     @property
     def units_per_page(self) -> int:
         return PAGE_SIZE // self.unit
 
+    @property
+    def words_per_unit(self) -> int:
+        """uint32 words per unit: the stride of header slots in a window's word array."""
+        return self.unit // 4
+
+    @property
+    def size_bits(self) -> int:
+        """Width of the BlockSize and PreviousSize fields."""
+        return self.block.mask.bit_length()
+
     def fields(self, w0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Split header word 0 into (PreviousSize, PoolIndex, BlockSize, PoolType)."""
         w0 = w0.astype(np.uint32, copy=False)
-        if self.family is Family.X86:
-            prev = w0 & 0x1FF
-            index = (w0 >> 9) & 0x7F
-            block = (w0 >> 16) & 0x1FF
-            pooltype = (w0 >> 25) & 0x7F
-        else:
-            prev = w0 & 0xFF
-            index = (w0 >> 8) & 0xFF
-            block = (w0 >> 16) & 0xFF
-            pooltype = w0 >> 24
-        return prev, index, block, pooltype
+        return self.previous.of(w0), self.index.of(w0), self.block.of(w0), self.pooltype.of(w0)
 
+    @property
+    def segment_w0(self) -> tuple[np.uint32, np.uint32]:
+        """(mask, value) of word 0 for a strict segment-heap header: PreviousSize and
+        PoolIndex zero, and the PoolType bits the 19H1+ encoding fixes."""
+        mask = self.previous.in_place | self.index.in_place
+        mask |= SEGMENT_POOLTYPE_MASK << self.pooltype.shift
+        return np.uint32(mask), np.uint32(SEGMENT_POOLTYPE_VALUE << self.pooltype.shift)
 
-X86 = Layout(Family.X86, header_size=8, unit=8, size_bits=9)
-X64 = Layout(Family.X64, header_size=16, unit=16, size_bits=8)
-SEGMENT_HEAP = Layout(Family.SEGMENT_HEAP, header_size=16, unit=16, size_bits=8)
+    @property
+    def segment_max_block(self) -> int:
+        """Largest BlockSize with a header: a block spans at most 0xFE0 bytes, header
+        included; larger requests go to big pool."""
+        return 0xFE0 // self.unit
 
-LAYOUTS: dict[Family, Layout] = {lay.family: lay for lay in (X86, X64, SEGMENT_HEAP)}
+    def big_page_formats(self, encoding: Encoding) -> tuple[BigPageFormat, ...]:
+        """Entry layouts a dump of this family may hold; each page picks the one it proves."""
+        found = dict(self.big_pages)
+        return found.get(encoding) or next(iter(found.values()), ())
+
 
 # Legacy PoolType values stay below 0x40: pool class bits, must-succeed/cache-aligned,
 # quota (8) and session (0x20), plus one for the XP "+1" encoding.
@@ -122,6 +167,7 @@ class BigPageFormat:
     pooltype_at: int | None
     size_at: int
     size_in_pages: bool = False
+    size_width: int = 0  # bytes of the size field; 0: a pointer's
     # Windows 10+: the dword after Key is {Pattern:8, PoolType:12, SlushSize:12};
     # None = decided per page (legacy x64 covers Windows 7 to 10 1809).
     bitfield: bool | None = False
@@ -137,6 +183,7 @@ class BigPageFormat:
 
 
 BIG_XP_X86 = BigPageFormat("xp-x86", 12, 4, 4, None, 8, size_in_pages=True)
+BIG_2003_X64 = BigPageFormat("2003-x64", 24, 8, 8, None, 12, size_in_pages=True, size_width=4)
 BIG_2003_X86 = BigPageFormat("2003-x86", 16, 4, 4, None, 8, size_in_pages=True)
 BIG_VISTA_X86 = BigPageFormat("vista-x86", 16, 4, 4, 8, 12)
 BIG_X64 = BigPageFormat("x64", 24, 8, 8, 12, 16, bitfield=None)
@@ -148,17 +195,6 @@ BIG_20348_X64 = BigPageFormat("20348-x64", 32, 8, 8, 12, 16, bitfield=True)
 BIG_POOLTYPE_BITS = 0x225
 # Larger than this is no big-pool allocation we believe in (a 4 GiB single block).
 BIG_MAX_BYTES = 1 << 32
-
-
-def big_page_formats(family: Family, encoding: Encoding) -> tuple[BigPageFormat, ...]:
-    """Entry layouts a dump of this family may hold; each page picks the one it proves."""
-    if family is Family.X86:
-        if encoding is Encoding.XP:
-            return (BIG_XP_X86, BIG_2003_X86)
-        return (BIG_VISTA_X86,)
-    if family is Family.X64:
-        return (BIG_X64,)
-    return (BIG_WIN10_X64, BIG_20348_X64)
 
 
 def big_pooltype(value: np.ndarray, bitfield: bool) -> np.ndarray:
@@ -191,7 +227,29 @@ TRACK_X64 = TrackerFormat("x64", 40, 4, 8, (4, 8, 16), (24, 28, 32), zero_at=(12
 TRACK_X64_WIDE = TrackerFormat("x64-wide", 56, 8, 8, (16, 24, 8), (40, 48, 32), zero_at=(4,))
 
 
-def tracker_formats(family: Family) -> tuple[TrackerFormat, ...]:
-    if family is Family.X86:
-        return (TRACK_X86,)
-    return (TRACK_X64, TRACK_X64_WIDE)
+# ---------------------------------------------------------------- the families
+
+_X86_FIELDS = (Field(0, 0x1FF), Field(9, 0x7F), Field(16, 0x1FF), Field(25, 0x7F))
+_X64_FIELDS = (Field(0, 0xFF), Field(8, 0xFF), Field(16, 0xFF), Field(24, 0xFF))
+
+X86 = Layout(
+    Family.X86, 8, 8, *_X86_FIELDS, scanner="legacy", evidence="x86 chains",
+    architecture="x86",
+    big_pages=((Encoding.XP, (BIG_XP_X86, BIG_2003_X86)), (Encoding.VISTA, (BIG_VISTA_X86,))),
+    trackers=(TRACK_X86,),
+)  # fmt: skip
+X64 = Layout(
+    Family.X64, 16, 16, *_X64_FIELDS, scanner="legacy", evidence="x64 chains",
+    architecture="x64",
+    big_pages=((Encoding.VISTA, (BIG_X64,)), (Encoding.XP, (BIG_2003_X64,))),
+    trackers=(TRACK_X64, TRACK_X64_WIDE),
+)  # fmt: skip
+SEGMENT_HEAP = Layout(
+    Family.SEGMENT_HEAP, 16, 16, *_X64_FIELDS, scanner="segment",
+    evidence="segment-heap pages", architecture="x64", encoding=Encoding.SEGMENT_HEAP,
+    big_pages=((Encoding.SEGMENT_HEAP, (BIG_WIN10_X64, BIG_20348_X64)),),
+    trackers=(TRACK_X64, TRACK_X64_WIDE),
+)  # fmt: skip
+
+# In the detection's order of preference when the evidence ties.
+LAYOUTS: dict[Family, Layout] = {lay.family: lay for lay in (X64, SEGMENT_HEAP, X86)}

@@ -37,7 +37,7 @@ POOL_NAMES = ("nonpaged", "paged", "unknown")
 STATE_NAMES = ("allocated", "free", "unknown")
 SOURCE_PAGE, SOURCE_BIGPOOL = 0, 1
 SOURCE_NAMES = ("page", "bigpool")
-FAMILY_CODES: tuple[Family, ...] = (Family.X86, Family.X64, Family.SEGMENT_HEAP)
+FAMILY_CODES: tuple[Family, ...] = tuple(Family)
 FAMILY_INDEX = {fam: i for i, fam in enumerate(FAMILY_CODES)}
 
 FIELDS = (

@@ -13,7 +13,7 @@ import numpy as np
 
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs.base import MemoryImage
-from pooltagscan.layouts import Family
+from pooltagscan.layouts import LAYOUTS, Family
 from pooltagscan.scanner.detect import Detection, detect
 from pooltagscan.scanner.engine import ProgressCallback, TrackerSink, scan_image
 from pooltagscan.scanner.pages import ScanConfig
@@ -22,11 +22,7 @@ from pooltagscan.tags.patterns import tag_to_bytes
 
 LAYOUT_CHOICES = ("auto", *(f.value for f in Family))
 # Detection.evidence keys that count proving pages per family, in detect's tie order.
-EVIDENCE_KEYS = {
-    Family.X64: "x64 chains",
-    Family.SEGMENT_HEAP: "segment-heap pages",
-    Family.X86: "x86 chains",
-}
+EVIDENCE_KEYS = {fam: layout.evidence for fam, layout in LAYOUTS.items()}
 
 
 def contrary_family(family: Family, evidence: dict[str, int]) -> Family | None:
@@ -61,8 +57,7 @@ class PreparedScan:
             "dump": self.image.path,
             "format": self.image.format,
             # A flat image does not say; the header family does (x86 or x64).
-            "architecture": self.image.architecture
-            or ("x86" if self.config.family is Family.X86 else "x64"),
+            "architecture": self.image.architecture or LAYOUTS[self.config.family].architecture,
             "format_details": dict(self.image.details),
             "layout": self.config.family.value,
             "pooltype_encoding": self.config.encoding.value,

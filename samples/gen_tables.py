@@ -116,6 +116,14 @@ def tracker_table(
     names = sorted(live)
     extra = [t.decode() for t in pick_tags(rng, 12)]
     names += sorted(set(extra) - set(names) - absent)
+    # A real table is mostly full: the kernel tracks every tag ever allocated since boot,
+    # most of them with nothing left in a given dump. Invented tags fill it to ~45%.
+    alphabet = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+                             np.uint8)  # fmt: skip
+    while len(names) < count * 45 // 100:
+        tag = bytes(alphabet[rng.integers(0, alphabet.size, 4)].tolist()).decode()
+        if tag not in names and tag not in absent:
+            names.append(tag)
     slots = rng.choice(count, size=len(names), replace=False)
     # One entry straddles a page boundary, as some do in every real table.
     crossing = next(i for i in range(count) if i * size % PAGE + size > PAGE)

@@ -103,9 +103,11 @@ def _segment_heap(rng: np.random.Generator, spec: Spec, n_pages: int
     return vpages, vkinds, vrecs
 
 
-def _build(spec: Spec, pages: int, seed: int) -> tuple[bytearray, list[str], list[Record], dict]:
+def _build(spec: Spec, pages: int, seed: int, tables: bool = True
+           ) -> tuple[bytearray, list[str], list[Record], dict]:  # fmt: skip
     """Image, page kinds, allocation records (absolute offsets, sorted) and the kernel
-    tables planted (big-page table entries, tracker rows)."""
+    tables planted (big-page table entries, tracker rows; none with `tables` off: their
+    pages stay decoys)."""
     if pages < 64:
         raise ValueError("an image needs at least 64 pages to hold every page kind")
     rng = np.random.default_rng(seed)
@@ -127,11 +129,11 @@ def _build(spec: Spec, pages: int, seed: int) -> tuple[bytearray, list[str], lis
             plan[p] = "pool-legacy"
             recs.extend((p * PAGE + r[0],) + r[1:] for r in page_recs)
     recs.sort()
-    tables = _plant_tables(rng, spec, image, plan, recs)
+    planted = _plant_tables(rng, spec, image, plan, recs) if tables else {}
     for p, kind in enumerate(plan):
         if kind not in POOL_KINDS and kind not in TABLE_KINDS:
             image[p * PAGE : (p + 1) * PAGE] = _clean_page(rng, spec, kind)
-    return image, plan, recs, tables
+    return image, plan, recs, planted
 
 
 def _scatter(rng: np.random.Generator, plan: list[str], data: bytes, kind: str) -> list[int]:
@@ -249,23 +251,27 @@ def write_bench_dump(path: str | Path, family: str, size_bytes: int) -> dict[str
     """Write a large dump by repeating one 16 MiB unit (bounded memory, seconds per GiB).
 
     Offsets of the planted headers repeat with the unit; "allocations" counts every planted
-    header whose bytes lie inside the file (the last unit may be cut short).
+    header whose bytes lie inside the file (the last unit may be cut short). Like a real
+    machine's memory, the dump holds one big-page table and one tracker table: in the
+    first unit only (the others have decoys on those pages; same pool pages).
     """
     if size_bytes <= 0:
         raise ValueError("size_bytes must be positive")
     spec = SPECS[family]
     unit_pages = min(BENCH_UNIT_PAGES, max(64, -(-size_bytes // PAGE)))
-    image, _plan, recs, _tables = _build(spec, unit_pages, spec.seed)
+    first, _plan, recs, planted = _build(spec, unit_pages, spec.seed)
+    image = _build(spec, unit_pages, spec.seed, tables=False)[0]
     offsets = np.fromiter((r[0] for r in recs), dtype=np.int64, count=len(recs))
-    del recs, _plan, _tables
+    del recs, _plan
     full, rest = divmod(size_bytes, len(image))
     with open(path, "wb") as out:
-        out.writelines(image for _ in range(full))
+        out.writelines(first if i == 0 else image for i in range(full))
         if rest:
-            out.write(memoryview(image)[:rest])
+            out.write(memoryview(first if full == 0 else image)[:rest])
     count = full * len(offsets) + int(np.count_nonzero(offsets + spec.unit <= rest))
+    big = sum(1 for e in planted["bigpool"] if not e["crosses"]) if full else 0
     return {"family": family, "size": size_bytes, "allocations": count,
-            "unit_size": len(image)}  # fmt: skip
+            "unit_size": len(image), "bigpool": big}  # fmt: skip
 
 
 # ---------------------------------------------------------------- self-check

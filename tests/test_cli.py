@@ -122,11 +122,12 @@ def test_stats_json_counts_match_manifest():
 
 
 def test_stats_table_sorted_by_tag():
-    from pooltagscan.render.stats import TABLE_LEGEND
+    from pooltagscan.render.stats import TABLE_LEGEND, TRACKER_LEGEND
 
     out = pooltagscan("scan", str(SAMPLE), "--stats", "--sort", "tag").stdout.splitlines()
-    assert out[: len(TABLE_LEGEND) + 1] == [*TABLE_LEGEND, ""]  # live defined above the table
-    out = out[len(TABLE_LEGEND) + 1 :]
+    legend = [*TABLE_LEGEND, *TRACKER_LEGEND]  # the sample holds a tracker table
+    assert out[: len(legend) + 1] == [*legend, ""]  # live defined above the table
+    out = out[len(legend) + 1 :]
     assert out[0].split()[:3] == ["Tag", "NP", "Allocs"]
     tags = [line[:10].rstrip() for line in out[2:-1]]
     assert tags == sorted(tags)

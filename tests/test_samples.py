@@ -94,8 +94,18 @@ def test_write_bench_dump_repeats_a_unit(tmp_path: Path, monkeypatch: pytest.Mon
     unit, manifest = ms.build_family("win7-x86", pages=64)
     size = 2 * len(unit) + 5000
     summary = ms.write_bench_dump(tmp_path / "bench.raw", "win7-x86", size)
-    assert (tmp_path / "bench.raw").read_bytes() == unit + unit + unit[:5000]
+    data = (tmp_path / "bench.raw").read_bytes()
+    assert data[: len(unit)] == unit  # the first unit holds the kernel's tables
+    later = data[len(unit) : 2 * len(unit)]
+    assert data[2 * len(unit) :] == later[:5000]
+    for page, kind in enumerate(manifest["pages"]):
+        same = later[page * 4096 : (page + 1) * 4096] == unit[page * 4096 : (page + 1) * 4096]
+        if kind in ms.POOL_KINDS:
+            assert same, page  # the same pool pages in every unit
+        elif kind in ms.TABLE_KINDS:
+            assert not same, page  # one big-page table and one tracker table per dump
     offsets = [a["offset"] for a in manifest["allocations"]]
     expected = 2 * len(offsets) + sum(o + 8 <= 5000 for o in offsets)
+    whole = sum(not e["crosses"] for e in manifest["bigpool"])
     assert summary == {"family": "win7-x86", "size": size, "allocations": expected,
-                       "unit_size": len(unit)}  # fmt: skip
+                       "unit_size": len(unit), "bigpool": whole}  # fmt: skip

@@ -36,19 +36,13 @@ from pooltagscan.records import (
     RECORD_DTYPE,
     SOURCE_BIGPOOL,
 )
+from pooltagscan.scanner.tableprobe import PageProbe, probe, va_ok
 from pooltagscan.scanner.tables import PageFields, best_phase, entries_in_page, printable_tag
 from pooltagscan.scanner.tagbytes import split_protected
 
-PROBE_ENTRIES = 4  # entries tested on every page before a page is read whole
 MIN_ENTRIES = 2  # used or freed entries a page needs to count as a table page
 HIGH_ENTRIES = 8  # ... and to make its records high confidence
 MAX_PAGES = 1 << 20  # NumberOfPages on XP/2003: 4 GiB
-
-
-def _va_ok(va: np.ndarray, fmt: BigPageFormat) -> np.ndarray:
-    """A never-used marker (1) or a page-aligned kernel address, bit 0 = freed."""
-    top = 0xFFFFFFFFFFFFF001 if fmt.ptr_size == 8 else 0xFFFFF001
-    return (va == 1) | (((va & 0xFFE) == 0) & (va >= fmt.kernel_min) & (va <= top))
 
 
 def _plausible_pooltype(pt: np.ndarray) -> np.ndarray:
@@ -64,7 +58,7 @@ class _Group:
         ptr = fmt.ptr_size
         self.va = fields.gather(pages, phase, fmt.entry_size, n, 0, ptr)
         self.key = fields.gather(pages, phase, fmt.entry_size, n, fmt.key_at, 4)
-        size_width = 4 if ptr == 4 else 8
+        size_width = fmt.size_width or ptr
         self.size = fields.gather(pages, phase, fmt.entry_size, n, fmt.size_at, size_width)
         self.ptfield = (
             fields.gather(pages, phase, fmt.entry_size, n, fmt.pooltype_at, 4)
@@ -76,7 +70,7 @@ class _Group:
         else:
             size_ok = (self.size > 0) & (self.size < BIG_MAX_BYTES)
         self.never = (self.va == 1) & (self.key == 0) & (self.size == 0) & (self.ptfield == 0)
-        self.real = _va_ok(self.va, fmt) & (self.va != 1) & (self.key != 0) & size_ok
+        self.real = va_ok(self.va, fmt) & (self.va != 1) & (self.key != 0) & size_ok
         # Which reading of the dword after Key each page takes.
         if fmt.pooltype_at is None:
             self.bitfield = np.zeros(pages.size, bool)
@@ -100,20 +94,18 @@ class _Group:
 
 
 def find_big_pages(
-    words: np.ndarray, formats: tuple[BigPageFormat, ...]
+    words: np.ndarray, formats: tuple[BigPageFormat, ...], pages: PageProbe | None = None
 ) -> tuple[list[_Group], list[np.ndarray]]:
-    """Groups of candidate pages per (format, phase), and which of their pages won."""
+    """Groups of candidate pages per (format, phase), and which of their pages won;
+    `pages` is the window's probe when the caller already made it."""
     fields = PageFields(words)
-    every = np.arange(words.shape[0], dtype=np.int64)
+    if pages is None:
+        pages = probe(words, formats, wide=False)
     groups: list[_Group] = []
-    for fmt in formats:
-        if fmt.ptr_size == 8 and fields.u64 is None:
-            continue
-        for phase in fmt.phases():
-            probe = fields.gather(every, phase, fmt.entry_size, PROBE_ENTRIES, 0, fmt.ptr_size)
-            pages = np.flatnonzero(np.all(_va_ok(probe, fmt), axis=1))
-            if pages.size:
-                groups.append(_Group(fields, pages, fmt, phase))
+    for k, (fmt, phase) in enumerate(pages.combos):
+        found = pages.big_pages(k)
+        if found.size:
+            groups.append(_Group(fields, found, fmt, phase))
     if not groups:
         return [], []
     # A page may pass under several (format, phase) readings: keep its best one.
@@ -133,13 +125,16 @@ def find_big_pages(
 
 
 def big_page_records(
-    words: np.ndarray, formats: tuple[BigPageFormat, ...], family_code: int
+    words: np.ndarray,
+    formats: tuple[BigPageFormat, ...],
+    family_code: int,
+    pages: PageProbe | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(records at buffer offsets of their entries, those offsets) for one window.
 
     `offset` is the allocation's virtual address; the caller turns the entry offsets
     into addresses of the scanned space (`entry`)."""
-    groups, won = find_big_pages(words, formats)
+    groups, won = find_big_pages(words, formats, pages)
     parts, offsets = [], []
     for g, keep in zip(groups, won):
         if not keep.any():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pooltagscan.inputs.base import MemoryImage, Window
-from pooltagscan.layouts import LAYOUTS, PAGE_SIZE, Encoding, Family
+from pooltagscan.layouts import LAYOUTS, PAGE_SIZE, Encoding, Family, Layout
 from pooltagscan.scanner import legacy, segment
 
 SAMPLE_BYTES = 64 << 20
@@ -56,36 +56,45 @@ def detect(
 ) -> Detection:
     """Measure the evidence for every family; `family` forces the choice (the user's
     `--layout`) while the encoding is still chosen from the votes."""
-    x86_pages = x64_pages = seg_pages = 0
-    votes = {Family.X86: [0, 0], Family.X64: [0, 0]}
+    proven = dict.fromkeys(LAYOUTS, 0)
+    votes = {fam: [0, 0] for fam, lay in LAYOUTS.items() if lay.encoding is None}
     sampled = 0
     for window in sample_windows(image, sample_bytes):
         sampled += window.length
         with image.words(window) as words:
-            for legacy_family in (Family.X86, Family.X64):
-                chunks = legacy.walk_chains(words, LAYOUTS[legacy_family])
-                count = legacy.complete_pages(chunks)
-                xp, vista = legacy.chain_votes(chunks, LAYOUTS[legacy_family])
-                votes[legacy_family][0] += xp
-                votes[legacy_family][1] += vista
-                if legacy_family is Family.X86:
-                    x86_pages += count
-                else:
-                    x64_pages += count
-            found = segment.find_headers(words)
-            seg_pages += int(np.unique(found.slot[found.linked] // segment.SLOTS_PER_PAGE).size)
-    evidence = {"x86 chains": x86_pages, "x64 chains": x64_pages, "segment-heap pages": seg_pages}
-    best = max(
-        ((x64_pages, Family.X64), (seg_pages, Family.SEGMENT_HEAP), (x86_pages, Family.X86)),
-        key=lambda item: item[0],
-    )
-    family = family or best[1]
-    if family is Family.SEGMENT_HEAP:
-        encoding = Encoding.SEGMENT_HEAP
-    else:
+            for fam, layout in LAYOUTS.items():
+                count, xp, vista = _evidence(words, layout)
+                proven[fam] += count
+                if fam in votes:
+                    votes[fam][0] += xp
+                    votes[fam][1] += vista
+    evidence = {LAYOUTS[fam].evidence: count for fam, count in _report_order(proven)}
+    # Ties go to the first family of LAYOUTS (its order is the order of preference).
+    best = max(LAYOUTS, key=lambda fam: proven[fam])
+    family = family or best
+    encoding = LAYOUTS[family].encoding
+    if encoding is None:
         encoding = choose_encoding(*votes[family])
         evidence["xp votes"], evidence["vista votes"] = votes[family]
     return Detection(family, encoding, evidence, sampled)
+
+
+def _evidence(words, layout: Layout) -> tuple[int, int, int]:
+    """(pages this family proves, XP votes, Vista votes) in one window."""
+    if layout.scanner == "segment":
+        found = segment.find_headers(words, layout)
+        pages = np.unique(found.slot[found.linked] // layout.units_per_page).size
+        return int(pages), 0, 0
+    chunks = legacy.walk_chains(words, layout)
+    return legacy.complete_pages(chunks), *legacy.chain_votes(chunks, layout)
+
+
+def _report_order(proven: dict[Family, int]) -> list[tuple[Family, int]]:
+    """Evidence counts in the words users have always seen them: by header size, legacy
+    before segment heap."""
+    return sorted(
+        proven.items(), key=lambda kv: (LAYOUTS[kv[0]].unit, LAYOUTS[kv[0]].scanner != "legacy")
+    )
 
 
 def choose_encoding(xp_votes: int, vista_votes: int) -> Encoding:

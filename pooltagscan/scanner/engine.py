@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from pooltagscan.inputs.base import MemoryImage, Window
-from pooltagscan.layouts import big_page_formats, tracker_formats
-from pooltagscan.records import FAMILY_INDEX
+from pooltagscan.layouts import LAYOUTS, PAGE_SIZE
+from pooltagscan.records import CONFIDENCE_HIGH, FAMILY_INDEX
 from pooltagscan.scanner.bigpages import big_page_records
 from pooltagscan.scanner.pages import ScanConfig, scan_words
-from pooltagscan.scanner.tracker import TRACKER_DTYPE, tracker_entries
+from pooltagscan.scanner.tableprobe import probe
+from pooltagscan.scanner.tracker import TRACKER_DTYPE, tracker_entries, wide
 from pooltagscan.workers import WorkerError, ordered_map
 
 WINDOW_BYTES = 32 << 20
@@ -73,45 +74,54 @@ def scan_image(
 def window_records(
     image: MemoryImage, config: ScanConfig, window: Window, words: np.ndarray
 ) -> np.ndarray:
-    """Records of one window, at their addresses, keeping only headers (and big-page
-    entries) the dump really holds (a minidump pads its fragments with zeros that must
-    not invent or complete one)."""
-    if window.pages is None:
-        records = scan_words(words, window.address, config)
-    else:  # scattered pages: scan at buffer offsets, then move each page to its address
-        records = scan_words(words, 0, config)
+    """Records of one window (see window_results), without its tracker rows."""
+    return window_results(image, config, window, words)[0]
+
+
+def window_results(
+    image: MemoryImage, config: ScanConfig, window: Window, words: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(records, tracker rows) of one window, at their addresses, keeping only headers
+    and table entries the dump really holds (a minidump pads its fragments with zeros
+    that must not invent or complete one). Records: the header-carrying blocks in
+    address order, then the big-pool entries of the window's big-page table pages."""
+    base = window.address if window.pages is None else 0
+    records = scan_words(words, base, config)
+    proven = _pool_pages(records, base, words.shape[0])
+    if window.pages is not None:  # scattered pages: scanned at buffer offsets
         records["offset"] = window.addresses(records["offset"])
     records = image.captured_only(records)
     if not config.tables:
-        return records
-    formats = big_page_formats(config.family, config.encoding)
-    big, at = big_page_records(words, formats, FAMILY_INDEX[config.family])
+        return records, np.zeros(0, TRACKER_DTYPE)
+    layout = LAYOUTS[config.family]
+    formats = layout.big_page_formats(config.encoding)
+    pages = probe(words, formats, wide(layout.trackers), skip=proven)
+    big, at = big_page_records(words, formats, FAMILY_INDEX[config.family], pages)
     if big.size:
         big["entry"] = window.addresses(at)
         big = big[image.captured(big["entry"], max(f.entry_size for f in formats))]
         records = np.concatenate([records, big])
-    return records
-
-
-def window_tracker(image: MemoryImage, config: ScanConfig, window: Window, words) -> np.ndarray:
-    """Tracker-table rows of one window, `entry` at its address in the scanned space."""
-    if not config.tables:
-        return np.zeros(0, TRACKER_DTYPE)
-    rows = tracker_entries(words, tracker_formats(config.family))
+    rows = tracker_entries(words, layout.trackers, pages)
     if rows.size:
         rows["entry"] = window.addresses(rows["entry"])
         rows = rows[image.captured(rows["entry"], 4)]
-    return rows
+    return records, rows
+
+
+def _pool_pages(records: np.ndarray, base: int, pages: int) -> np.ndarray:
+    """Pages the page scan proved to be pool pages (high confidence: a whole chain or
+    linked headers): no kernel table lies there, so the table search skips them."""
+    sure = records["offset"][records["confidence"] == CONFIDENCE_HIGH]
+    proven = np.zeros(pages, bool)
+    proven[((sure - np.uint64(base)) // np.uint64(PAGE_SIZE)).astype(np.int64)] = True
+    return proven
 
 
 def _scan_window(
     image: MemoryImage, config: ScanConfig, window: Window
 ) -> tuple[np.ndarray, np.ndarray]:
     with image.words(window) as words:
-        return (
-            window_records(image, config, window, words),
-            window_tracker(image, config, window, words),
-        )
+        return window_results(image, config, window, words)
 
 
 _worker_state: tuple[MemoryImage, ScanConfig] | None = None

@@ -13,6 +13,7 @@ from pooltagscan.layouts import (
     STATE_UNKNOWN,
     Encoding,
     Family,
+    Layout,
     decode_pooltype,
 )
 from pooltagscan.records import (
@@ -43,13 +44,15 @@ class ScanConfig:
 
 def scan_words(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
     """Records for a window whose first page is at `address` (page aligned)."""
-    if config.family is Family.SEGMENT_HEAP:
-        return _segment_records(words, address, config)
-    return _legacy_records(words, address, config)
-
-
-def _legacy_records(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
     layout = LAYOUTS[config.family]
+    if layout.scanner == "segment":
+        return _segment_records(words, address, config, layout)
+    return _legacy_records(words, address, config, layout)
+
+
+def _legacy_records(
+    words: np.ndarray, address: int, config: ScanConfig, layout: Layout
+) -> np.ndarray:
     chunks = legacy.walk_chains(words, layout)
     partial = legacy.partial_mask(chunks)
     keep = chunks.complete | partial
@@ -80,24 +83,25 @@ def _legacy_records(words: np.ndarray, address: int, config: ScanConfig) -> np.n
     return records[np.argsort(key, kind="stable")]
 
 
-def _segment_records(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
-    found = segment.find_headers(words)
+def _segment_records(
+    words: np.ndarray, address: int, config: ScanConfig, layout: Layout
+) -> np.ndarray:
+    found = segment.find_headers(words, layout)
     linked = found.linked
     known = np.isin(found.tag, config.known_tags)
     confidence = np.where(
         linked, CONFIDENCE_HIGH, np.where(known, CONFIDENCE_MEDIUM, CONFIDENCE_LOW)
     )
-    pooltype = found.w0 >> 24
-    pool, _ = decode_pooltype(pooltype, Encoding.SEGMENT_HEAP)
+    _, _, block, pooltype = layout.fields(found.w0)
+    pool, _ = decode_pooltype(pooltype, config.encoding)
     # An LFH block's header survives its free, so its state stays unknown; see
     # SegmentHeaders.vs_in_use for when a VS chunk counts as allocated.
     state = np.where(found.vs_in_use, STATE_ALLOCATED, STATE_UNKNOWN)
-    offset = address + found.slot.astype(np.uint64) * 16
-    block = (found.w0 >> 16) & 0xFF
+    offset = address + found.slot.astype(np.uint64) * layout.unit
     return _pack(
         offset,
         found.tag,
-        block * 16,
+        block * layout.unit,
         pooltype,
         pool,
         state,

@@ -12,26 +12,20 @@ usually somewhere else in physical memory.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from pooltagscan.layouts import PAGE_SIZE, SEGMENT_POOLTYPE_MASK, SEGMENT_POOLTYPE_VALUE
+from pooltagscan.layouts import Layout
 from pooltagscan.scanner.tagbytes import printable
-
-SLOTS_PER_PAGE = PAGE_SIZE // 16
-# w0 = PreviousSize | PoolIndex << 8 | BlockSize << 16 | PoolType << 24: both low bytes
-# zero and the PoolType bits fixed by the encoding, in one compare.
-_W0_MASK = np.uint32(0x0000FFFF | (SEGMENT_POOLTYPE_MASK << 24))
-_W0_VALUE = np.uint32(SEGMENT_POOLTYPE_VALUE << 24)
-MAX_BLOCK = 0xFE  # 0xFE0 bytes and more go to big pool, without a header
 
 
 @dataclass
 class SegmentHeaders:
     """Strict header candidates of a window and their link evidence."""
 
-    slot: np.ndarray  # 16-byte slot index within the window
+    slot: np.ndarray  # header-sized slot index within the window
     w0: np.ndarray
     tag: np.ndarray
     lfh: np.ndarray  # linked to an equal-size neighbour at the LFH stride
@@ -55,27 +49,35 @@ class SegmentHeaders:
         return self.vs_prev & ~self.lfh
 
 
-def find_headers(words: np.ndarray) -> SegmentHeaders:
-    """Candidates and links for `words` (uint32, shape (pages, 1024))."""
+def find_headers(words: np.ndarray, layout: Layout) -> SegmentHeaders:
+    """Candidates and links for `words` (uint32, shape (pages, 1024)).
+
+    Every header-sized slot is tested with one masked compare of word 0: PreviousSize
+    and PoolIndex zero and the PoolType bits the encoding fixes."""
     flat = words.reshape(-1)
-    w0_all = flat[0::4]
-    slot = np.flatnonzero((w0_all & _W0_MASK) == _W0_VALUE)
+    step = layout.words_per_unit
+    w0_all = flat[0::step]
+    mask, value = layout.segment_w0
+    slot = np.flatnonzero((w0_all & mask) == value)
     w0 = w0_all[slot]
-    block = (w0 >> 16) & 0xFF
-    keep = (block > 0) & (block <= MAX_BLOCK)
+    block = layout.block.of(w0)
+    keep = (block > 0) & (block <= layout.segment_max_block)
     slot, w0, block = slot[keep], w0[keep], block[keep]
-    tag = flat[slot * 4 + 1]
+    tag = flat[slot * step + 1]
     keep = printable(tag)
     slot, w0, block, tag = slot[keep], w0[keep], block[keep], tag[keep]
 
-    in_page = (slot % SLOTS_PER_PAGE).astype(np.int64)
-    paged = (w0 >> 24) & 1
-    lfh_next, lfh_target = _links(slot, in_page, block.astype(np.int64))
+    slots_per_page = layout.units_per_page
+    in_page = (slot % slots_per_page).astype(np.int64)
+    paged = layout.pooltype.of(w0) & 1
+    links = functools.partial(_links, slot, in_page, slots_per_page=slots_per_page)
+    lfh_next, lfh_target = links(block.astype(np.int64))
     same = lfh_next.copy()
     same[lfh_next] = (block[lfh_target[lfh_next]] == block[lfh_next]) & (
         paged[lfh_target[lfh_next]] == paged[lfh_next]
     )
-    vs_next, vs_target = _links(slot, in_page, block.astype(np.int64) + 1)
+    # The VS chunk header is one unit long, so the next POOL_HEADER is one unit further.
+    vs_next, vs_target = links(block.astype(np.int64) + 1)
 
     lfh = same.copy()
     lfh[lfh_target[same]] = True
@@ -85,11 +87,11 @@ def find_headers(words: np.ndarray) -> SegmentHeaders:
 
 
 def _links(
-    slot: np.ndarray, in_page: np.ndarray, step: np.ndarray
+    slot: np.ndarray, in_page: np.ndarray, step: np.ndarray, slots_per_page: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each candidate, whether a candidate sits `step` slots later in the same page."""
     target_slot = slot + step
-    inside = in_page + step < SLOTS_PER_PAGE
+    inside = in_page + step < slots_per_page
     where = np.searchsorted(slot, target_slot)
     where = np.minimum(where, max(slot.size - 1, 0))
     found = inside & (slot.size > 0)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from pooltagscan.layouts import PAGE_SIZE, TrackerFormat
+from pooltagscan.scanner.native import native as _native
+from pooltagscan.scanner.tableprobe import PageProbe, probe
 from pooltagscan.scanner.tables import (
     PageFields,
     best_phase,
@@ -82,39 +84,59 @@ class _Group:
             self.tail = fields.gather(pages, phase + n * size, size, 1, 0, 4)[:, 0]
 
 
-def _probe(fields: PageFields, every: np.ndarray, fmt: TrackerFormat, phase: int) -> np.ndarray:
-    """Pages whose first entries at this phase are empty or a tag with sane allocations."""
-    size = fmt.entry_size
-    key = fields.gather(every, phase, size, PROBE_ENTRIES, 0, 4)
-    allocs = fields.gather(every, phase, size, PROBE_ENTRIES, fmt.nonpaged[0], fmt.count_width)
-    frees = fields.gather(every, phase, size, PROBE_ENTRIES, fmt.nonpaged[1], fmt.count_width)
-    empty = (key == 0) & (allocs == 0) & (frees == 0)
-    tagged = printable_tag(key, allow_protected=False) & (allocs < MAX_COUNT) & (frees <= allocs)
-    return np.all(empty | tagged, axis=1)
+def _keys_hold(fields: PageFields, pages: np.ndarray, fmt: TrackerFormat, phase: int):
+    """Pages whose key column at this phase holds MIN_ENTRIES printable tags and whose
+    padding is zero: a cheap first look before _Group reads every field."""
+    n = entries_in_page(phase, fmt.entry_size)
+    key = fields.gather(pages, phase, fmt.entry_size, n, 0, 4)
+    ok = np.count_nonzero(printable_tag(key, allow_protected=False), axis=1) >= MIN_ENTRIES
+    for at in fmt.zero_at:
+        ok &= np.all(fields.gather(pages, phase, fmt.entry_size, n, at, 4) == 0, axis=1)
+    return pages[ok]
 
 
-def tracker_entries(words: np.ndarray, formats: tuple[TrackerFormat, ...]) -> np.ndarray:
-    """Tracker rows of one window (TRACKER_DTYPE, `entry` = buffer offset)."""
-    fields = PageFields(words)
-    every = np.arange(words.shape[0], dtype=np.int64)
-    probes = []
-    for fmt in formats:
-        if fields.u64 is None and 8 in (fmt.count_width, fmt.bytes_width):
-            continue
+def _table_pages(words: np.ndarray, fields: PageFields, candidates: np.ndarray, fmt):
+    """(phase, pages) pairs worth reading whole for one entry format."""
+    if _native is None:
         for phase in fmt.phases():
-            probes.append((fmt, phase, _probe(fields, every, fmt, phase)))
-    if not probes:
+            yield phase, _keys_hold(fields, candidates, fmt, phase)
+        return
+    flags = np.zeros(words.shape[0], np.uint8)
+    flags[candidates] = 1
+    step = fmt.phases().step
+    zero_at = fmt.zero_at[0] if fmt.zero_at else -1
+    masks = np.frombuffer(
+        _native.tracker_phases(
+            words, flags, fmt.entry_size, step, fmt.count_width, fmt.bytes_width,
+            *fmt.nonpaged, *fmt.paged, zero_at, MIN_ENTRIES,
+        ),
+        "<u2",
+    )  # fmt: skip
+    for bit, phase in enumerate(fmt.phases()):
+        yield phase, np.flatnonzero(masks & (1 << bit))
+
+
+def wide(formats: tuple[TrackerFormat, ...]) -> bool:
+    """x64 layouts: 64-bit words whose high halves are small (see tableprobe)."""
+    return any(8 in (f.count_width, f.bytes_width) for f in formats)
+
+
+def tracker_entries(
+    words: np.ndarray, formats: tuple[TrackerFormat, ...], pages: PageProbe | None = None
+) -> np.ndarray:
+    """Tracker rows of one window (TRACKER_DTYPE, `entry` = buffer offset); `pages` is
+    the window's probe when the caller already made it."""
+    fields = PageFields(words)
+    if wide(formats) and fields.u64 is None:
         return np.zeros(0, TRACKER_DTYPE)
-    candidates = np.flatnonzero(np.any([p[2] for p in probes], axis=0))
-    # Zero pages pass every probe; only pages with something in them are read whole.
-    candidates = candidates[np.any(words[candidates] != 0, axis=1)]
-    if not candidates.size:
-        return np.zeros(0, TRACKER_DTYPE)
+    if pages is None:
+        pages = probe(words, (), wide(formats))
+    candidates = np.flatnonzero(pages.tracker)
     groups = []
-    for fmt, phase, passed in probes:
-        pages = candidates[passed[candidates]]
-        if pages.size:
-            groups.append(_Group(fields, pages, fmt, phase))
+    for fmt in formats if candidates.size else ():
+        for phase, pages in _table_pages(words, fields, candidates, fmt):
+            if pages.size:
+                groups.append(_Group(fields, pages, fmt, phase))
     if not groups:
         return np.zeros(0, TRACKER_DTYPE)
     valid = np.zeros((len(groups), candidates.size), bool)

@@ -160,3 +160,34 @@ def test_tables_off_gives_page_records_only():
     records = np.concatenate(list(run(prepared, tracker=rows.append)))
     assert not (records["source"] == SOURCE_BIGPOOL).any() and rows == []
     assert prepared.config.family is Family.X64
+
+
+def test_c_filters_and_numpy_twins_agree(monkeypatch):
+    """The C page filters (when built) and their numpy twins find the same tables."""
+    from pooltagscan.scanner import native, tableprobe, tracker
+
+    if native.native is None:
+        pytest.skip("the C filters are not built here")
+    results = {}
+    for twin in (False, True):
+        if twin:
+            monkeypatch.setattr(tableprobe, "native", None)
+            monkeypatch.setattr(tracker, "_native", None)
+        for family in FAMILIES:
+            prepared = prepare(open_image(DUMPS / f"{family}.raw"), "auto", None)
+            rows: list[np.ndarray] = []
+            records = np.concatenate(list(run(prepared, tracker=rows.append)))
+            results.setdefault(family, []).append((records.tobytes(), np.concatenate(rows)))
+    for family, ((c_records, c_rows), (np_records, np_rows)) in results.items():
+        assert c_records == np_records, family
+        assert c_rows.tobytes() == np_rows.tobytes() and c_rows.size > 200, family
+
+
+def test_zero_pages_and_sampled_zero_pages():
+    """A page that starts with zeros is read whole only when its sample is not zero."""
+    from pooltagscan.scanner.tableprobe import ZERO_STRIDE, probe
+
+    pages = np.zeros((3, 1024), np.uint32)
+    pages[1, (ZERO_STRIDE * 5) // 4] = 7  # a small value on a sampled word
+    pages[2, (ZERO_STRIDE * 5 + 16) // 4] = 7  # between the samples: taken for zero
+    assert probe(pages, (), wide=True).tracker.tolist() == [False, True, False]

@@ -1,0 +1,329 @@
+/*
+ * Page filters of the kernel-table search (scanner/bigpages.py, scanner/tracker.py).
+ *
+ * Every page of a dump is asked whether it may be a page of PoolBigPageTable or of
+ * PoolTrackTable. Nearly every page says no within its first few words, and numpy
+ * cannot stop early per page: its calls cost more than the scan itself. These loops do
+ * only the cheap rejections; the pages they let through are checked whole, entry by
+ * entry, by the numpy code, which is also the fallback when this module is not built.
+ * Both must give the same answers (tests/scanner/test_tables.py checks it).
+ *
+ * Buffers hold whole 4096-byte pages, little-endian (this module is only built where
+ * the host is little-endian, like every Windows target it reads).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define PAGE 4096
+#define QUICK_COUNT (1u << 29)
+#define ZERO_STRIDE 256
+#define CHUNK 256
+
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+static inline int printable_tag(uint32_t v, int allow_protected)
+{
+    for (int i = 0; i < 4; i++) {
+        uint32_t b = (v >> (8 * i)) & 0xFF;
+        if (i == 3 && allow_protected)
+            b &= 0x7F;
+        if (b < 0x20 || b > 0x7E)
+            return 0;
+    }
+    return 1;
+}
+
+static int get_pages(PyObject *obj, Py_buffer *view, Py_ssize_t *pages)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (view->len % PAGE) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "buffer is not a whole number of pages");
+        return -1;
+    }
+    *pages = view->len / PAGE;
+    return 0;
+}
+
+/* The first `probe` whole entries at a phase start with a valid big-page table Va: the
+ * never-used marker 1, or a page-aligned kernel address (bit 0 = freed). */
+static int big_page(const uint8_t *page, int ptr, int size, int phase, int probe, uint64_t kmin)
+{
+    uint64_t top = ptr == 8 ? 0xFFFFFFFFFFFFF001ull : 0xFFFFF001ull;
+    const uint8_t *at = page + phase;
+    for (int i = 0; i < probe; i++, at += size) {
+        uint64_t va = ptr == 8 ? rd64(at) : rd32(at);
+        if (!(va == 1 || ((va & 0xFFE) == 0 && va >= kmin && va <= top)))
+            return 0;
+    }
+    return 1;
+}
+
+/* Zero pages are common and pass every test of a tracker page but the last: whether
+ * anything is in them. A page whose first 64 bytes are zero is sampled (one 8-byte word
+ * every ZERO_STRIDE bytes) before it is read whole; an all-zero sample is taken for a
+ * zero page. A tracker page escapes only when every one of its tags misses the sample:
+ * each 40-byte entry holds a sampled word one time in five, so a page with a few dozen
+ * tags (a real table is mostly full) is found all but surely. */
+static int zero_sample(const uint8_t *page)
+{
+    for (int at = 0; at < PAGE; at += ZERO_STRIDE)
+        if (rd64(page + at))
+            return 0;
+    return 1;
+}
+
+/* A page may be a tracker page: every 64-bit word's high half is small (x64), or every
+ * 32-bit word is small or tag-like with enough small ones (x86); and it is not all zero. */
+static int tracker_page(const uint8_t *page, int wide)
+{
+    uint64_t head = 0;
+    for (int i = 0; i < 64; i += 8)
+        head |= rd64(page + i);
+    if (!head && zero_sample(page))
+        return 0;
+    if (wide) {
+        int small = 0;
+        for (int i = 0; i < 8; i++) {  /* the first 64 bytes reject most pages */
+            uint32_t hi = rd32(page + 8 * i + 4);
+            if (hi >= QUICK_COUNT)
+                return 0;
+            small += hi < 1024;
+        }
+        if (small < 3)
+            return 0;
+        /* OR-reductions over CHUNK-byte pieces: loops the compiler vectorizes, with an
+         * exit between chunks. The high half of a word is below QUICK_COUNT (2^29)
+         * exactly when its top three bits are clear. */
+        uint64_t any = 0;
+        for (int c = 0; c < PAGE; c += CHUNK) {
+            uint64_t acc = 0;
+            for (int i = 0; i < CHUNK; i += 8)
+                acc |= rd64(page + c + i);
+            if (acc >> 61)
+                return 0;
+            any |= acc;
+        }
+        return any != 0;
+    }
+    int small = 0;
+    for (int i = 0; i < 16; i++) {
+        uint32_t w = rd32(page + 4 * i);
+        if (w >= QUICK_COUNT && w < 0x20202020u)
+            return 0;
+        small += w < (1u << 24);
+    }
+    if (small < 6)
+        return 0;
+    uint32_t any = 0;
+    small = 0;
+    for (int c = 0; c < PAGE; c += CHUNK) {
+        uint32_t bad = 0;
+        for (int i = 0; i < CHUNK; i += 4) {
+            uint32_t w = rd32(page + c + i);
+            bad |= (uint32_t)(w - QUICK_COUNT) < 0x20202020u - QUICK_COUNT;
+            small += w < (1u << 24);
+            any |= w;
+        }
+        if (bad)
+            return 0;
+    }
+    return any != 0 && 5 * small >= 2 * (PAGE / 4);
+}
+
+#define MAX_COMBOS 8
+#define PREFETCH 16
+
+/* probe_pages(buffer, wide, combos, probe, skip) -> bytes, two per page (zero for the
+ * pages flagged in `skip`, one byte per page, which are not read):
+ * [0] bit k set when big-page combo k = (ptr_size, entry_size, phase, kernel_min) holds
+ *     for the page's first `probe` entries (big_page), [1] 1 when the page may hold
+ *     tracker entries (tracker_page; `wide`: x64 layouts). One pass over the pages, so
+ *     each page is visited (a TLB miss, a cache miss) once for both tables. */
+static PyObject *probe_pages(PyObject *self, PyObject *args)
+{
+    PyObject *obj, *combos, *skip_obj;
+    int wide, probe;
+    if (!PyArg_ParseTuple(args, "OpOiO", &obj, &wide, &combos, &probe, &skip_obj))
+        return NULL;
+    int ptr[MAX_COMBOS], size[MAX_COMBOS], phase[MAX_COMBOS];
+    unsigned long long kmin[MAX_COMBOS];
+    PyObject *seq = PySequence_Fast(combos, "combos must be a sequence");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_COMBOS || probe <= 0) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many entry layouts");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
+        if (!PyArg_ParseTuple(item, "iiiK", &ptr[k], &size[k], &phase[k], &kmin[k]) ||
+            (ptr[k] != 4 && ptr[k] != 8) || size[k] <= 0 || phase[k] < 0 ||
+            phase[k] + (Py_ssize_t)probe * size[k] > PAGE) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "bad entry geometry");
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    Py_buffer view, skip;
+    Py_ssize_t pages;
+    if (get_pages(obj, &view, &pages) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(skip_obj, &skip, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (skip.len != pages) {
+        PyBuffer_Release(&skip);
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "one skip flag per page expected");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, pages * 2);
+    if (out) {
+        uint8_t *flag = (uint8_t *)PyBytes_AS_STRING(out);
+        const uint8_t *buf = view.buf, *skipped = skip.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t p = 0; p < pages; p++) {
+            const uint8_t *page = buf + p * PAGE;
+            unsigned bits = 0;
+            if (skipped[p]) {
+                flag[2 * p] = flag[2 * p + 1] = 0;
+                continue;
+            }
+            /* A page's first line is rarely cached (the scan before streamed past it)
+             * and the next page's is not predicted: ask for it a few pages ahead. */
+            if (p + PREFETCH < pages) {
+                __builtin_prefetch(page + PREFETCH * PAGE);
+                __builtin_prefetch(page + PREFETCH * PAGE + 64);
+            }
+            for (Py_ssize_t k = 0; k < n; k++)
+                bits |= (unsigned)big_page(page, ptr[k], size[k], phase[k], probe, kmin[k]) << k;
+            flag[2 * p] = (uint8_t)bits;
+            flag[2 * p + 1] = (uint8_t)tracker_page(page, wide);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&skip);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static inline uint64_t field(const uint8_t *p, int width) { return width == 8 ? rd64(p) : rd32(p); }
+
+/* One tracker entry: 0 invalid, 1 empty, 2 a tag with consistent counters, 3 the same
+ * with a printable tag (only those count as evidence). The rules of tracker.py's _Group. */
+static int tracker_entry(const uint8_t *e, const int *f)
+{
+    int cw = f[0], bw = f[1], zero_at = f[8];
+    uint32_t key = rd32(e);
+    int zero = key == 0, ok = key != 0;
+    for (int pool = 0; pool < 2; pool++) {
+        uint64_t allocs = field(e + f[2 + 3 * pool], cw);
+        uint64_t frees = field(e + f[3 + 3 * pool], cw);
+        uint64_t bytes = field(e + f[4 + 3 * pool], bw);
+        uint64_t live = allocs - (frees < allocs ? frees : allocs);
+        ok = ok && allocs < (1ull << 32) && frees <= allocs && bytes < (1ull << 42) &&
+             (live == 0 ? bytes == 0 : bytes >= live);
+        zero = zero && allocs == 0 && frees == 0 && bytes == 0;
+    }
+    if (zero_at >= 0) {
+        uint32_t pad = rd32(e + zero_at);
+        ok = ok && pad == 0;
+        zero = zero && pad == 0;
+    }
+    if (ok)
+        return printable_tag(key, 0) ? 3 : 2;
+    return zero ? 1 : 0;
+}
+
+/* tracker_phases(buffer, pages, size, step, cw, bw, np_a, np_f, np_b, p_a, p_f, p_b,
+ *                zero_at, min_named) -> bytes
+ * For each page flagged in `pages` (probe_pages' tracker flags): a little-endian 16-bit mask
+ * of the phases (phase = bit * step) at which every whole entry is empty or a tag with
+ * consistent counters and at least `min_named` tags are printable. The numpy side reads
+ * and counts the entries of the few pages that pass. zero_at < 0: no padding. */
+static PyObject *tracker_phases(PyObject *self, PyObject *args)
+{
+    PyObject *obj, *flags_obj;
+    int size, step, min_named, f[9];
+    if (!PyArg_ParseTuple(args, "OOiiiiiiiiiiii", &obj, &flags_obj, &size, &step, &f[0],
+                          &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &min_named))
+        return NULL;
+    if (size <= 0 || size > 256 || step <= 0 || (f[0] != 4 && f[0] != 8) ||
+        (f[1] != 4 && f[1] != 8)) {
+        PyErr_SetString(PyExc_ValueError, "bad entry geometry");
+        return NULL;
+    }
+    for (int i = 2; i < 9; i++) {
+        if (f[i] >= size || (i < 8 && f[i] < 0)) {
+            PyErr_SetString(PyExc_ValueError, "bad field offset");
+            return NULL;
+        }
+    }
+    Py_buffer view, flags;
+    Py_ssize_t pages;
+    if (get_pages(obj, &view, &pages) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(flags_obj, &flags, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (flags.len != pages) {
+        PyBuffer_Release(&flags);
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "one flag per page expected");
+        return NULL;
+    }
+    int phases = (PAGE % size) ? size / step : 1;
+    if (phases > 16)
+        phases = 16;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, pages * 2);
+    if (out) {
+        uint8_t *mask = (uint8_t *)PyBytes_AS_STRING(out);
+        const uint8_t *buf = view.buf, *want = flags.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t p = 0; p < pages; p++) {
+            unsigned bits = 0;
+            for (int k = 0; k < phases && want[p]; k++) {
+                int phase = k * step, named = 0, good = 1;
+                for (int at = phase; at + size <= PAGE && good; at += size) {
+                    int kind = tracker_entry(buf + p * PAGE + at, f);
+                    good = kind != 0;
+                    named += kind == 3;
+                }
+                if (good && named >= min_named)
+                    bits |= 1u << k;
+            }
+            mask[2 * p] = (uint8_t)(bits & 0xFF);
+            mask[2 * p + 1] = (uint8_t)(bits >> 8);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&flags);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"probe_pages", probe_pages, METH_VARARGS,
+     "Per page: which big-page table layouts its first entries fit, and whether it may "
+     "hold pool tracker table entries."},
+    {"tracker_phases", tracker_phases, METH_VARARGS,
+     "Per candidate page, the phases at which it is a whole tracker table page."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_tables", "Page filters of the kernel-table search.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__tables(void) { return PyModule_Create(&module); }
