@@ -201,3 +201,30 @@ def test_unconfirmed_rows_sort_below_known_ones_whatever_their_bytes():
         ("Qq3c", "unconfirmed"),
     ]
     assert (rows[2].bytes, rows[2].counters["big_bytes"]) == (0x8000, 0x4000)
+
+
+def test_big_pool_samples_are_not_read_at_their_virtual_address_in_a_physical_dump():
+    import numpy as np
+
+    from pooltagscan.records import RECORD_DTYPE, SOURCE_BIGPOOL
+    from pooltagscan.report.model import SampleCollector
+    from pooltagscan.tags.database import TagDatabase
+
+    records = np.zeros(2, RECORD_DTYPE)
+    records["tag"] = int.from_bytes(b"Zq9x", "little")  # a tag no database knows
+    records["offset"] = [0x1000, 0xFFFFA08F12340000]
+    records["size"] = [0x40, 0x3000]
+    records["source"] = [0, SOURCE_BIGPOOL]
+    records["entry"] = [0, 0x5018]
+    for virtual, want in (
+        (False, [(0x1000, 0x40)]),
+        (True, [(0x1000, 0x40), (0xFFFFA08F12340000, 64)]),
+    ):
+        collector = SampleCollector(TagDatabase.builtin())
+        collector.add(records)
+        reads = []
+        collector.fill_previews(lambda a, n: reads.append((a, n)) or b"\x01" * n, virtual)
+        assert reads == want
+        page, big = (s.as_dict() for s in collector.samples["Zq9x"])
+        assert "entry" not in page and (big["source"], big["entry"]) == ("bigpool", 0x5018)
+        assert big["preview"] == ("01" * 64 if virtual else "")

@@ -69,7 +69,7 @@ def _report(image, driver_paths, db, baseline, layout, jobs, rule_files, progres
         stats.add(records)
         samples.add(records)
     seconds = time.perf_counter() - start
-    samples.fill_previews(image.read)
+    samples.fill_previews(image.read, virtual=image.format == "minidump")
 
     meta = prepared.metadata()
     meta.update(

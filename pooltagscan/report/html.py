@@ -600,8 +600,11 @@ def _samples(row: ReportRow) -> str:
         )
     ]
     for s in samples:
+        where = f"0x{s.offset:x}"
+        if s.entry is not None:  # virtual address, from the big-page table entry at...
+            where += f' <span class="muted">(big pool, entry 0x{s.entry:x})</span>'
         out.append(
-            f'<tr><td class="num mono">0x{s.offset:x}</td><td class="num">{s.size}</td>'
+            f'<tr><td class="num mono">{where}</td><td class="num">{s.size}</td>'
             f"<td>{_esc(s.pool)}</td><td>{_esc(s.state)}</td><td>{_esc(s.confidence)}</td></tr>"
         )
     out.append("</tbody></table></div>")

@@ -23,7 +23,7 @@ import numpy as np
 from pooltagscan.diff import Snapshot
 from pooltagscan.drivers.attribution import DriverReport
 from pooltagscan.files import InputFile
-from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, STATE_NAMES, TagNames
+from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_BIGPOOL, STATE_NAMES, TagNames
 from pooltagscan.stats import TagStats
 from pooltagscan.tags.database import TagDatabase
 
@@ -69,9 +69,12 @@ class Sample:
     state: str
     confidence: str
     preview: bytes = b""
+    # A big-pool allocation: the address of its big-page table entry; its `offset` is
+    # then a kernel virtual address.
+    entry: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "offset": self.offset,
             "size": self.size,
             "pool": self.pool,
@@ -79,6 +82,9 @@ class Sample:
             "confidence": self.confidence,
             "preview": self.preview.hex(),
         }
+        if self.entry is not None:
+            out.update(source="bigpool", entry=self.entry)
+        return out
 
 
 @dataclass
@@ -172,14 +178,21 @@ class SampleCollector:
                         POOL_NAMES[rec["pool"]],
                         STATE_NAMES[rec["state"]],
                         CONFIDENCE_NAMES[rec["confidence"]],
+                        entry=int(rec["entry"]) if rec["source"] == SOURCE_BIGPOOL else None,
                     )
                 )
 
-    def fill_previews(self, read) -> None:
-        """Read the first bytes of the first samples (`read(address, length) -> bytes`)."""
+    def fill_previews(self, read, virtual: bool = False) -> None:
+        """Read the first bytes of the first samples (`read(address, length) -> bytes`).
+
+        A big-pool allocation's address is virtual: its bytes are read only when the
+        dump's address space is virtual too (`virtual`, kernel minidumps); in a physical
+        dump that address means another page altogether (no translation yet).
+        """
         for bucket in self.samples.values():
             for sample in bucket[:PREVIEWS_PER_TAG]:
-                sample.preview = read(sample.offset, min(sample.size, PREVIEW_BYTES))
+                if sample.entry is None or virtual:
+                    sample.preview = read(sample.offset, min(sample.size, PREVIEW_BYTES))
 
 
 def candidates_by_tag(reports: Iterable[DriverReport]) -> dict[str, list[Candidate]]:
