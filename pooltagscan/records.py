@@ -106,8 +106,6 @@ def to_tuples(records: np.ndarray, names: TagNames | None = None) -> Iterator[tu
 def to_dicts(records: np.ndarray, names: TagNames | None = None) -> Iterator[dict[str, Any]]:
     """Contract objects, field order as in DESIGN.md section 6; `entry` only on big-pool
     records (a page record has no table entry, and millions of nulls cost output time)."""
+    page_fields = FIELDS[:-1]  # zip stops there: no `entry` key
     for values in to_tuples(records, names):
-        item = dict(zip(FIELDS, values))
-        if item["entry"] is None:
-            del item["entry"]
-        yield item
+        yield dict(zip(FIELDS if values[-1] is not None else page_fields, values))

@@ -222,8 +222,13 @@ def test_big_pool_samples_are_not_read_at_their_virtual_address_in_a_physical_du
     ):
         collector = SampleCollector(TagDatabase.builtin())
         collector.add(records)
-        reads = []
-        collector.fill_previews(lambda a, n: reads.append((a, n)) or b"\x01" * n, virtual)
+        reads: list[tuple[int, int]] = []
+
+        def read(address: int, length: int, reads=reads) -> bytes:
+            reads.append((address, length))
+            return b"\x01" * length
+
+        collector.fill_previews(read, virtual)
         assert reads == want
         page, big = (s.as_dict() for s in collector.samples["Zq9x"])
         assert "entry" not in page and (big["source"], big["entry"]) == ("bigpool", 0x5018)

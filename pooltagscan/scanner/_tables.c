@@ -264,7 +264,8 @@ static PyObject *tracker_phases(PyObject *self, PyObject *args)
         return NULL;
     }
     for (int i = 2; i < 9; i++) {
-        if (f[i] >= size || (i < 8 && f[i] < 0)) {
+        int width = i == 8 ? 4 : ((i - 2) % 3 == 2 ? f[1] : f[0]);
+        if ((i < 8 || f[i] >= 0) && (f[i] < 0 || f[i] + width > size)) {
             PyErr_SetString(PyExc_ValueError, "bad field offset");
             return NULL;
         }

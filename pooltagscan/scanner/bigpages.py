@@ -37,7 +37,7 @@ from pooltagscan.records import (
     SOURCE_BIGPOOL,
 )
 from pooltagscan.scanner.tableprobe import PageProbe, probe, va_ok
-from pooltagscan.scanner.tables import PageFields, best_phase, entries_in_page, printable_tag
+from pooltagscan.scanner.tables import PageFields, entries_in_page, pick_readings, printable_tag
 from pooltagscan.scanner.tagbytes import split_protected
 
 MIN_ENTRIES = 2  # used or freed entries a page needs to count as a table page
@@ -86,7 +86,7 @@ class _Group:
         self.real &= pt_ok
         self.valid = np.all(self.never | self.real, axis=1)
         # A tag with odd bytes is reported, but only printable tags count as evidence.
-        self.used = (self.real & printable_tag(self.key, allow_protected=True)).sum(axis=1)
+        self.evidence = (self.real & printable_tag(self.key, allow_protected=True)).sum(axis=1)
 
     def _all_real(self, ok: np.ndarray) -> np.ndarray:
         """Per page: `ok` holds on every entry that looks real."""
@@ -108,20 +108,7 @@ def find_big_pages(
             groups.append(_Group(fields, found, fmt, phase))
     if not groups:
         return [], []
-    # A page may pass under several (format, phase) readings: keep its best one.
-    pages = np.unique(np.concatenate([g.pages for g in groups]))
-    valid = np.zeros((len(groups), pages.size), bool)
-    used = np.zeros((len(groups), pages.size), np.int64)
-    for i, g in enumerate(groups):
-        at = np.searchsorted(pages, g.pages)
-        valid[i, at] = g.valid
-        used[i, at] = g.used
-    pick, count = best_phase(valid, used)
-    won = []
-    for i, g in enumerate(groups):
-        at = np.searchsorted(pages, g.pages)
-        won.append((pick[at] == i) & (count[at] >= MIN_ENTRIES))
-    return groups, won
+    return groups, pick_readings(groups, MIN_ENTRIES)
 
 
 def big_page_records(
@@ -161,7 +148,7 @@ def big_page_records(
             out["pooltype"] = pt & 0xFF
             out["pool"] = np.where(pt & 1, POOL_PAGED, POOL_NONPAGED)
         out["state"] = np.where(va & 1, STATE_FREE, STATE_ALLOCATED)
-        high = g.used[row] >= HIGH_ENTRIES
+        high = g.evidence[row] >= HIGH_ENTRIES
         out["confidence"] = np.where(high, CONFIDENCE_HIGH, CONFIDENCE_MEDIUM)
         out["family"] = family_code
         out["source"] = SOURCE_BIGPOOL

@@ -62,12 +62,18 @@ def printable_tag(values: np.ndarray, allow_protected: bool) -> np.ndarray:
     return printable(values.astype(np.uint32), allow_protected=allow_protected)
 
 
-def best_phase(valid: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per page, the phase whose entries are all valid with the most used entries.
-
-    `valid` and `used` have shape (phases, pages): all-valid flags and used counts.
-    Returns (phase index, used count) per page; the count is 0 where no phase holds.
-    """
-    score = np.where(valid, used, -1)
+def pick_readings(groups: list, minimum: int) -> list[np.ndarray]:
+    """Per group of pages read one way (a format at a phase: `.pages`, `.valid` all
+    entries plausible, `.evidence` how many prove it), which of its pages are taken: a
+    page read several ways keeps the valid reading with the most evidence, and needs at
+    least `minimum`."""
+    pages = np.unique(np.concatenate([g.pages for g in groups]))
+    valid = np.zeros((len(groups), pages.size), bool)
+    score = np.full((len(groups), pages.size), -1, np.int64)
+    where = [np.searchsorted(pages, g.pages) for g in groups]
+    for i, (g, at) in enumerate(zip(groups, where)):
+        valid[i, at] = g.valid
+        score[i, at] = np.where(g.valid, g.evidence, -1)
     pick = np.argmax(score, axis=0)
-    return pick, np.maximum(score[pick, np.arange(score.shape[1])], 0)
+    best = score[pick, np.arange(pages.size)]
+    return [(pick[at] == i) & (best[at] >= minimum) for i, at in enumerate(where)]

@@ -22,8 +22,8 @@ from pooltagscan.scanner.native import native as _native
 from pooltagscan.scanner.tableprobe import PageProbe, probe
 from pooltagscan.scanner.tables import (
     PageFields,
-    best_phase,
     entries_in_page,
+    pick_readings,
     printable_tag,
     tail_bytes,
 )
@@ -78,7 +78,7 @@ class _Group:
             zero &= pad == 0
         self.used = ok
         self.valid = np.all(ok | zero, axis=1)
-        self.count = (ok & printable_tag(self.key, allow_protected=False)).sum(axis=1)
+        self.evidence = (ok & printable_tag(self.key, allow_protected=False)).sum(axis=1)
         self.tail = None
         if tail_bytes(phase, size) >= 4:
             self.tail = fields.gather(pages, phase + n * size, size, 1, 0, 4)[:, 0]
@@ -139,17 +139,8 @@ def tracker_entries(
                 groups.append(_Group(fields, pages, fmt, phase))
     if not groups:
         return np.zeros(0, TRACKER_DTYPE)
-    valid = np.zeros((len(groups), candidates.size), bool)
-    used = np.zeros((len(groups), candidates.size), np.int64)
-    for i, g in enumerate(groups):
-        at = np.searchsorted(candidates, g.pages)
-        valid[i, at] = g.valid
-        used[i, at] = g.count
-    pick, count = best_phase(valid, used)
     parts = []
-    for i, g in enumerate(groups):
-        at = np.searchsorted(candidates, g.pages)
-        keep = (pick[at] == i) & (count[at] >= MIN_ENTRIES)
+    for g, keep in zip(groups, pick_readings(groups, MIN_ENTRIES)):
         if not keep.any():
             continue
         row, col = np.nonzero(g.used & keep[:, None])
