@@ -71,6 +71,7 @@ class Layout:
     encoding: Encoding | None = None  # fixed for the segment heap; voted for legacy pools
     big_pages: tuple[tuple[Encoding, tuple[BigPageFormat, ...]], ...] = ()
     trackers: tuple[TrackerFormat, ...] = ()
+    vs_header_units: int = 1  # segment heap: the VS chunk header before each POOL_HEADER
 
     @property
     def units_per_page(self) -> int:
@@ -96,7 +97,7 @@ class Layout:
         """(mask, value) of word 0 for a strict segment-heap header: PreviousSize and
         PoolIndex zero, and the PoolType bits the 19H1+ encoding fixes."""
         mask = self.previous.in_place | self.index.in_place
-        mask |= SEGMENT_POOLTYPE_MASK << self.pooltype.shift
+        mask |= (SEGMENT_POOLTYPE_MASK & self.pooltype.mask) << self.pooltype.shift
         return np.uint32(mask), np.uint32(SEGMENT_POOLTYPE_VALUE << self.pooltype.shift)
 
     @property

@@ -76,8 +76,8 @@ def find_headers(words: np.ndarray, layout: Layout) -> SegmentHeaders:
     same[lfh_next] = (block[lfh_target[lfh_next]] == block[lfh_next]) & (
         paged[lfh_target[lfh_next]] == paged[lfh_next]
     )
-    # The VS chunk header is one unit long, so the next POOL_HEADER is one unit further.
-    vs_next, vs_target = links(block.astype(np.int64) + 1)
+    # A VS chunk header precedes every POOL_HEADER: the next one is that much further.
+    vs_next, vs_target = links(block.astype(np.int64) + layout.vs_header_units)
 
     lfh = same.copy()
     lfh[lfh_target[same]] = True
