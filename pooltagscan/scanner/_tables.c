@@ -138,6 +138,34 @@ static int tracker_page(const uint8_t *page, int wide)
 #define MAX_COMBOS 8
 #define PREFETCH 16
 
+/* The (ptr_size, entry_size, phase, kernel_min) big-page readings to try; -1 on error. */
+static Py_ssize_t parse_combos(PyObject *combos, int probe, int *ptr, int *size, int *phase,
+                               unsigned long long *kmin)
+{
+    PyObject *seq = PySequence_Fast(combos, "combos must be a sequence");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_COMBOS || probe <= 0) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many entry layouts");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
+        if (!PyArg_ParseTuple(item, "iiiK", &ptr[k], &size[k], &phase[k], &kmin[k]) ||
+            (ptr[k] != 4 && ptr[k] != 8) || size[k] <= 0 || phase[k] < 0 ||
+            phase[k] + (Py_ssize_t)probe * size[k] > PAGE) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "bad entry geometry");
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return n;
+}
+
 /* probe_pages(buffer, wide, combos, probe, skip) -> bytes, two per page (zero for the
  * pages flagged in `skip`, one byte per page, which are not read):
  * [0] bit k set when big-page combo k = (ptr_size, entry_size, phase, kernel_min) holds
@@ -152,27 +180,9 @@ static PyObject *probe_pages(PyObject *self, PyObject *args)
         return NULL;
     int ptr[MAX_COMBOS], size[MAX_COMBOS], phase[MAX_COMBOS];
     unsigned long long kmin[MAX_COMBOS];
-    PyObject *seq = PySequence_Fast(combos, "combos must be a sequence");
-    if (!seq)
+    Py_ssize_t n = parse_combos(combos, probe, ptr, size, phase, kmin);
+    if (n < 0)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > MAX_COMBOS || probe <= 0) {
-        Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "too many entry layouts");
-        return NULL;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
-        if (!PyArg_ParseTuple(item, "iiiK", &ptr[k], &size[k], &phase[k], &kmin[k]) ||
-            (ptr[k] != 4 && ptr[k] != 8) || size[k] <= 0 || phase[k] < 0 ||
-            phase[k] + (Py_ssize_t)probe * size[k] > PAGE) {
-            Py_DECREF(seq);
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "bad entry geometry");
-            return NULL;
-        }
-    }
-    Py_DECREF(seq);
     Py_buffer view, skip;
     Py_ssize_t pages;
     if (get_pages(obj, &view, &pages) < 0)
@@ -214,6 +224,85 @@ static PyObject *probe_pages(PyObject *self, PyObject *args)
     }
     PyBuffer_Release(&skip);
     PyBuffer_Release(&view);
+    return out;
+}
+
+/* segment_slots(buffer, mask, value, unit_words, tables, wide, combos, probe)
+ *     -> (slots, flags)
+ * The segment-heap scanner's first step and the table search's first look in one pass:
+ * `slots` (int32, little-endian) are the header-sized slots whose first word w0 has
+ * (w0 & mask) == value, in window order; `flags` are probe_pages' (empty when `tables`
+ * is false). Done page by page, so each page is looked at for the tables while it is in
+ * the cache, instead of in a second pass that pays a cache and TLB miss per page. */
+static PyObject *segment_slots(PyObject *self, PyObject *args)
+{
+    PyObject *obj, *combos;
+    unsigned int mask, value;
+    int unit_words, tables, wide, probe;
+    if (!PyArg_ParseTuple(args, "OIIippOi", &obj, &mask, &value, &unit_words, &tables, &wide,
+                          &combos, &probe))
+        return NULL;
+    int ptr[MAX_COMBOS], size[MAX_COMBOS], phase[MAX_COMBOS];
+    unsigned long long kmin[MAX_COMBOS];
+    Py_ssize_t n = parse_combos(combos, probe, ptr, size, phase, kmin);
+    if (n < 0)
+        return NULL;
+    if (unit_words != 2 && unit_words != 4) {
+        PyErr_SetString(PyExc_ValueError, "unit_words must be 2 or 4");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t pages;
+    if (get_pages(obj, &view, &pages) < 0)
+        return NULL;
+    Py_ssize_t per_page = PAGE / 4 / unit_words, cap = 4096, count = 0;
+    int32_t *slots = PyMem_RawMalloc(cap * sizeof(int32_t));
+    PyObject *flags = PyBytes_FromStringAndSize(NULL, tables ? pages * 2 : 0);
+    if (!slots || !flags) {
+        PyMem_RawFree(slots);
+        Py_XDECREF(flags);
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    uint8_t *flag = (uint8_t *)PyBytes_AS_STRING(flags);
+    const uint8_t *buf = view.buf;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < pages && !failed; p++) {
+        const uint8_t *page = buf + p * PAGE;
+        if (count + per_page > cap) {
+            Py_ssize_t grow = cap * 2 + per_page;
+            int32_t *more = PyMem_RawRealloc(slots, grow * sizeof(int32_t));
+            if (!more) {
+                failed = 1;
+                break;
+            }
+            slots = more, cap = grow;
+        }
+        for (Py_ssize_t i = 0; i < per_page; i++) {
+            uint32_t w0 = rd32(page + i * unit_words * 4);
+            slots[count] = (int32_t)(p * per_page + i);
+            count += (w0 & mask) == value;
+        }
+        if (tables) {
+            unsigned bits = 0;
+            for (Py_ssize_t k = 0; k < n; k++)
+                bits |= (unsigned)big_page(page, ptr[k], size[k], phase[k], probe, kmin[k]) << k;
+            flag[2 * p] = (uint8_t)bits;
+            flag[2 * p + 1] = (uint8_t)tracker_page(page, wide);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *found = failed ? NULL : PyBytes_FromStringAndSize((char *)slots, count * 4);
+    PyMem_RawFree(slots);
+    if (!found) {
+        Py_DECREF(flags);
+        return failed ? PyErr_NoMemory() : NULL;
+    }
+    PyObject *out = PyTuple_Pack(2, found, flags);
+    Py_DECREF(found);
+    Py_DECREF(flags);
     return out;
 }
 
@@ -318,6 +407,8 @@ static PyMethodDef methods[] = {
     {"probe_pages", probe_pages, METH_VARARGS,
      "Per page: which big-page table layouts its first entries fit, and whether it may "
      "hold pool tracker table entries."},
+    {"segment_slots", segment_slots, METH_VARARGS,
+     "Segment-heap header slots of a window, and the table search's first look."},
     {"tracker_phases", tracker_phases, METH_VARARGS,
      "Per candidate page, the phases at which it is a whole tracker table page."},
     {NULL, NULL, 0, NULL},

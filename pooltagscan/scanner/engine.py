@@ -17,7 +17,7 @@ from pooltagscan.layouts import LAYOUTS, PAGE_SIZE
 from pooltagscan.records import CONFIDENCE_HIGH, FAMILY_INDEX
 from pooltagscan.scanner.bigpages import big_page_records
 from pooltagscan.scanner.pages import ScanConfig, scan_words
-from pooltagscan.scanner.tableprobe import probe
+from pooltagscan.scanner.tableprobe import probe, segment_pass
 from pooltagscan.scanner.tracker import TRACKER_DTYPE, tracker_entries, wide
 from pooltagscan.workers import WorkerError, ordered_map
 
@@ -86,16 +86,22 @@ def window_results(
     that must not invent or complete one). Records: the header-carrying blocks in
     address order, then the big-pool entries of the window's big-page table pages."""
     base = window.address if window.pages is None else 0
-    records = scan_words(words, base, config)
-    proven = _pool_pages(records, base, words.shape[0])
+    layout = LAYOUTS[config.family]
+    formats = layout.big_page_formats(config.encoding)
+    slots = pages = None
+    if layout.scanner == "segment":  # one pass for the slot test and the table probe
+        fused = segment_pass(words, layout, formats, wide(layout.trackers), config.tables)
+        if fused is not None:
+            slots, pages = fused
+    records = scan_words(words, base, config, slots)
+    proven = _pool_pages(records, base, words.shape[0]) if pages is None else None
     if window.pages is not None:  # scattered pages: scanned at buffer offsets
         records["offset"] = window.addresses(records["offset"])
     records = image.captured_only(records)
     if not config.tables:
         return records, np.zeros(0, TRACKER_DTYPE)
-    layout = LAYOUTS[config.family]
-    formats = layout.big_page_formats(config.encoding)
-    pages = probe(words, formats, wide(layout.trackers), skip=proven)
+    if pages is None:
+        pages = probe(words, formats, wide(layout.trackers), skip=proven)
     big, at = big_page_records(words, formats, FAMILY_INDEX[config.family], pages)
     if big.size:
         big["entry"] = window.addresses(at)

@@ -42,11 +42,14 @@ class ScanConfig:
     tables: bool = True
 
 
-def scan_words(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
-    """Records for a window whose first page is at `address` (page aligned)."""
+def scan_words(
+    words: np.ndarray, address: int, config: ScanConfig, slots: np.ndarray | None = None
+) -> np.ndarray:
+    """Records for a window whose first page is at `address` (page aligned); `slots`:
+    the segment-heap candidate slots when a C pass already found them."""
     layout = LAYOUTS[config.family]
     if layout.scanner == "segment":
-        return _segment_records(words, address, config, layout)
+        return _segment_records(words, address, config, layout, slots)
     return _legacy_records(words, address, config, layout)
 
 
@@ -84,9 +87,13 @@ def _legacy_records(
 
 
 def _segment_records(
-    words: np.ndarray, address: int, config: ScanConfig, layout: Layout
+    words: np.ndarray,
+    address: int,
+    config: ScanConfig,
+    layout: Layout,
+    slots: np.ndarray | None = None,
 ) -> np.ndarray:
-    found = segment.find_headers(words, layout)
+    found = segment.find_headers(words, layout, slots)
     linked = found.linked
     known = np.isin(found.tag, config.known_tags)
     confidence = np.where(

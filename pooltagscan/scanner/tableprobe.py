@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pooltagscan.layouts import BigPageFormat
+from pooltagscan.layouts import BigPageFormat, Layout
 from pooltagscan.scanner.native import native
 from pooltagscan.scanner.tables import PageFields
 
@@ -48,8 +48,7 @@ def probe(
 ) -> PageProbe:
     """`wide`: the tracker layouts of x64 (64-bit words with small high halves); `skip`:
     pages known to be something else (pool pages), never looked at."""
-    combos = [(f, phase) for f in formats if f.ptr_size == 4 or words.size % 2 == 0
-              for phase in f.phases()]  # fmt: skip
+    combos = _combos(words, formats)
     if skip is None:
         skip = np.zeros(words.shape[0], bool)
     if native is not None:
@@ -64,6 +63,36 @@ def probe(
         va = fields.gather(every, phase, fmt.entry_size, PROBE_ENTRIES, 0, fmt.ptr_size)
         big[every] |= np.all(va_ok(va, fmt), axis=1).astype(np.uint8) << np.uint8(k)
     return PageProbe(combos, big, _tracker_pages(words, wide) & ~skip)
+
+
+def segment_pass(
+    words: np.ndarray,
+    layout: Layout,
+    formats: tuple[BigPageFormat, ...],
+    wide: bool,
+    tables: bool,
+) -> tuple[np.ndarray, PageProbe | None] | None:
+    """The segment-heap scanner's candidate slots and, with `tables`, the table probe,
+    in one pass of the C module (a page is probed while the slot test has it in the
+    cache); None where the C module is not built (then each runs on its own)."""
+    if native is None:
+        return None
+    combos = _combos(words, formats)
+    args = [(f.ptr_size, f.entry_size, phase, f.kernel_min) for f, phase in combos]
+    mask, value = layout.segment_w0
+    slots, flags = native.segment_slots(
+        words, int(mask), int(value), layout.words_per_unit, tables, wide, args, PROBE_ENTRIES
+    )
+    slots = np.frombuffer(slots, "<i4")
+    if not tables:
+        return slots, None
+    flags = np.frombuffer(flags, np.uint8)
+    return slots, PageProbe(combos, flags[0::2], flags[1::2].astype(bool))
+
+
+def _combos(words: np.ndarray, formats: tuple[BigPageFormat, ...]):
+    return [(f, phase) for f in formats if f.ptr_size == 4 or words.size % 2 == 0
+            for phase in f.phases()]  # fmt: skip
 
 
 def va_ok(va: np.ndarray, fmt: BigPageFormat) -> np.ndarray:
