@@ -403,12 +403,235 @@ static PyObject *tracker_phases(PyObject *self, PyObject *args)
     return out;
 }
 
+/* legacy_walk(buffer, unit, prev_shift, prev_mask, block_shift, block_mask, type_shift,
+ *             type_mask, type_limit) -> (starts, chain, at, w0, tag, complete)
+ * The legacy scanner's chain walk (scanner/legacy.py, whose numpy walk is the twin): a
+ * page is walked when its first header has PreviousSize 0, a BlockSize and a PoolType
+ * below type_limit; each next header must repeat the previous BlockSize, fit the page
+ * and have a plausible PoolType; a chain that ends exactly at the page end is complete.
+ * starts: int32 page numbers walked; chain/at/w0/tag: per chunk, in address order (at
+ * in units); complete: one byte per walked page. */
+static PyObject *legacy_walk(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    int unit;
+    unsigned int ps, pm, bs, bm, ts, tm, tlimit;
+    if (!PyArg_ParseTuple(args, "OiIIIIIII", &obj, &unit, &ps, &pm, &bs, &bm, &ts, &tm,
+                          &tlimit))
+        return NULL;
+    if ((unit != 8 && unit != 16) || ps > 31 || bs > 31 || ts > 31) {
+        PyErr_SetString(PyExc_ValueError, "bad header layout");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t pages;
+    if (get_pages(obj, &view, &pages) < 0)
+        return NULL;
+    int units = PAGE / unit;
+    Py_ssize_t cap = 1 << 16, n = 0, walked = 0;
+    int32_t *starts = PyMem_RawMalloc(pages * sizeof(int32_t) + 1);
+    uint8_t *complete = PyMem_RawMalloc(pages + 1);
+    int32_t *chain = PyMem_RawMalloc(cap * sizeof(int32_t));
+    int32_t *at = PyMem_RawMalloc(cap * sizeof(int32_t));
+    uint32_t *w0s = PyMem_RawMalloc(cap * sizeof(uint32_t));
+    uint32_t *tags = PyMem_RawMalloc(cap * sizeof(uint32_t));
+    int failed = !starts || !complete || !chain || !at || !w0s || !tags;
+    const uint8_t *buf = view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < pages && !failed; p++) {
+        const uint8_t *page = buf + p * PAGE;
+        uint32_t first = rd32(page);
+        if (((first >> ps) & pm) != 0 || ((first >> bs) & bm) == 0 ||
+            ((first >> ts) & tm) >= tlimit)
+            continue;
+        if (n + units > cap) {  /* room for a whole page's chain */
+            Py_ssize_t grow = cap * 2;
+            int32_t *c2 = PyMem_RawRealloc(chain, grow * sizeof(int32_t));
+            if (c2) chain = c2;
+            int32_t *a2 = PyMem_RawRealloc(at, grow * sizeof(int32_t));
+            if (a2) at = a2;
+            uint32_t *w2 = PyMem_RawRealloc(w0s, grow * sizeof(uint32_t));
+            if (w2) w0s = w2;
+            uint32_t *t2 = PyMem_RawRealloc(tags, grow * sizeof(uint32_t));
+            if (t2) tags = t2;
+            if (!c2 || !a2 || !w2 || !t2) {
+                failed = 1;
+                break;
+            }
+            cap = grow;
+        }
+        uint32_t last = 0;
+        int pos = 0, done = 0;
+        for (;;) {
+            uint32_t w0 = rd32(page + pos * unit);
+            uint32_t prev = (w0 >> ps) & pm, block = (w0 >> bs) & bm, type = (w0 >> ts) & tm;
+            if (prev != last || block == 0 || type >= tlimit || pos + (int)block > units)
+                break;
+            chain[n] = (int32_t)walked;
+            at[n] = pos;
+            w0s[n] = w0;
+            tags[n] = rd32(page + pos * unit + 4);
+            n++;
+            pos += (int)block;
+            if (pos == units) {
+                done = 1;
+                break;
+            }
+            last = block;
+        }
+        starts[walked] = (int32_t)p;
+        complete[walked] = (uint8_t)done;
+        walked++;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *out = NULL;
+    if (!failed)
+        out = Py_BuildValue("(y#y#y#y#y#y#)", (char *)starts, walked * 4, (char *)chain, n * 4,
+                            (char *)at, n * 4, (char *)w0s, n * 4, (char *)tags, n * 4,
+                            (char *)complete, walked);
+    else
+        PyErr_NoMemory();
+    PyMem_RawFree(starts);
+    PyMem_RawFree(complete);
+    PyMem_RawFree(chain);
+    PyMem_RawFree(at);
+    PyMem_RawFree(w0s);
+    PyMem_RawFree(tags);
+    return out;
+}
+
+/* One record of pooltagscan.records.RECORD_DTYPE (packed, little-endian). */
+#pragma pack(push, 1)
+typedef struct {
+    uint64_t offset;
+    uint32_t tag, size;
+    uint8_t pooltype, pool, state, confidence, protected_, family, source;
+    uint64_t entry;
+} record_t;
+#pragma pack(pop)
+
+enum { POOL_NONPAGED, POOL_PAGED, POOL_UNKNOWN };
+enum { STATE_ALLOCATED, STATE_FREE };
+enum { CONF_LOW, CONF_MEDIUM, CONF_HIGH };
+#define MIN_PARTIAL_LINKS 3
+
+/* legacy_records(buffer, address, unit, prev_shift, prev_mask, block_shift, block_mask,
+ *                type_shift, type_mask, type_limit, xp, family) -> bytes of records
+ * The legacy scanner whole (walk, confidence, decoding) for windows of contiguous pages
+ * at `address`; scanner/pages.py's numpy code is the twin and the rules are written
+ * there: a complete chain is high confidence when its page is consistent (one pool
+ * class among non-zero PoolTypes, at least half the tags printable), else medium; a
+ * broken chain keeps its links as low confidence when there are MIN_PARTIAL_LINKS of
+ * them, all with printable tags. `xp`: the XP PoolType encoding, else Vista's. */
+static PyObject *legacy_records(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    unsigned long long address;
+    int unit, xp, family;
+    unsigned int ps, pm, bs, bm, ts, tm, tlimit;
+    if (!PyArg_ParseTuple(args, "OKiIIIIIIIpi", &obj, &address, &unit, &ps, &pm, &bs, &bm, &ts,
+                          &tm, &tlimit, &xp, &family))
+        return NULL;
+    if ((unit != 8 && unit != 16) || ps > 31 || bs > 31 || ts > 31) {
+        PyErr_SetString(PyExc_ValueError, "bad header layout");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t pages;
+    if (get_pages(obj, &view, &pages) < 0)
+        return NULL;
+    int units = PAGE / unit;
+    Py_ssize_t cap = 1 << 15, n = 0;
+    record_t *out = PyMem_RawMalloc(cap * sizeof(record_t));
+    int failed = !out;
+    const uint8_t *buf = view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < pages && !failed; p++) {
+        const uint8_t *page = buf + p * PAGE;
+        if (p + PREFETCH < pages)
+            __builtin_prefetch(page + PREFETCH * PAGE);
+        uint32_t first = rd32(page);
+        if (((first >> ps) & pm) != 0 || ((first >> bs) & bm) == 0 ||
+            ((first >> ts) & tm) >= tlimit)
+            continue;
+        if (n + units > cap) {
+            record_t *more = PyMem_RawRealloc(out, cap * 2 * sizeof(record_t));
+            if (!more) {
+                failed = 1;
+                break;
+            }
+            out = more, cap *= 2;
+        }
+        Py_ssize_t start = n;
+        uint32_t last = 0;
+        int pos = 0, complete = 0, good = 0, odd = 0, even = 0;
+        for (;;) {
+            uint32_t w0 = rd32(page + pos * unit);
+            uint32_t prev = (w0 >> ps) & pm, block = (w0 >> bs) & bm, type = (w0 >> ts) & tm;
+            if (prev != last || block == 0 || type >= tlimit || pos + (int)block > units)
+                break;
+            uint32_t tag = rd32(page + pos * unit + 4);
+            record_t *r = &out[n++];
+            int prot = (tag & 0x80000000u) && printable_tag(tag & 0x7FFFFFFFu, 0);
+            good += printable_tag(tag, 1);
+            if (type) {
+                odd |= type & 1;
+                even |= !(type & 1);
+            }
+            r->offset = address + (uint64_t)p * PAGE + (uint64_t)pos * unit;
+            r->tag = prot ? tag & 0x7FFFFFFFu : tag;
+            r->size = block * (uint32_t)unit;
+            r->pooltype = (uint8_t)type;
+            if (xp) {
+                r->pool = type == 0 ? POOL_UNKNOWN : ((type & 1) ? POOL_NONPAGED : POOL_PAGED);
+                r->state = type == 0 ? STATE_FREE : STATE_ALLOCATED;
+            } else {
+                r->pool = (type & 1) ? POOL_PAGED : POOL_NONPAGED;
+                r->state = (type & 2) ? STATE_ALLOCATED : STATE_FREE;
+            }
+            r->protected_ = (uint8_t)prot;
+            r->family = (uint8_t)family;
+            r->source = 0;
+            r->entry = 0;
+            pos += (int)block;
+            if (pos == units) {
+                complete = 1;
+                break;
+            }
+            last = block;
+        }
+        Py_ssize_t links = n - start;
+        uint8_t conf;
+        if (complete)
+            conf = (!(odd && even) && 2 * good >= links) ? CONF_HIGH : CONF_MEDIUM;
+        else if (links >= MIN_PARTIAL_LINKS && good == links)
+            conf = CONF_LOW;
+        else {
+            n = start;  /* a short or garbled broken chain: nothing kept */
+            continue;
+        }
+        for (Py_ssize_t i = start; i < n; i++)
+            out[i].confidence = conf;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *result = failed ? PyErr_NoMemory()
+                              : PyBytes_FromStringAndSize((char *)out, n * sizeof(record_t));
+    PyMem_RawFree(out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"probe_pages", probe_pages, METH_VARARGS,
      "Per page: which big-page table layouts its first entries fit, and whether it may "
      "hold pool tracker table entries."},
     {"segment_slots", segment_slots, METH_VARARGS,
      "Segment-heap header slots of a window, and the table search's first look."},
+    {"legacy_records", legacy_records, METH_VARARGS,
+     "The legacy scanner's records of a window of contiguous pages."},
+    {"legacy_walk", legacy_walk, METH_VARARGS,
+     "The legacy scanner's chain walk over every page of a window."},
     {"tracker_phases", tracker_phases, METH_VARARGS,
      "Per candidate page, the phases at which it is a whole tracker table page."},
     {NULL, NULL, 0, NULL},

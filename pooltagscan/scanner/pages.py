@@ -8,6 +8,7 @@ import numpy as np
 
 from pooltagscan.layouts import (
     LAYOUTS,
+    LEGACY_POOLTYPE_LIMIT,
     PAGE_SIZE,
     STATE_ALLOCATED,
     STATE_UNKNOWN,
@@ -25,6 +26,7 @@ from pooltagscan.records import (
     SOURCE_PAGE,
 )
 from pooltagscan.scanner import legacy, segment
+from pooltagscan.scanner.native import native
 from pooltagscan.scanner.tagbytes import split_protected
 
 
@@ -56,6 +58,14 @@ def scan_words(
 def _legacy_records(
     words: np.ndarray, address: int, config: ScanConfig, layout: Layout
 ) -> np.ndarray:
+    if native is not None and RECORD_DTYPE.itemsize == 31:
+        prev, block, kind = layout.previous, layout.block, layout.pooltype
+        raw = native.legacy_records(
+            words, address, layout.unit, prev.shift, prev.mask, block.shift, block.mask,
+            kind.shift, kind.mask, LEGACY_POOLTYPE_LIMIT, config.encoding is Encoding.XP,
+            FAMILY_INDEX[config.family],
+        )  # fmt: skip
+        return np.frombuffer(raw, RECORD_DTYPE).copy()
     chunks = legacy.walk_chains(words, layout)
     partial = legacy.partial_mask(chunks)
     keep = chunks.complete | partial
@@ -79,9 +89,12 @@ def _legacy_records(
         protected,
         config.family,
     )
-    # Walks run page-parallel, each page's chunks in address order: a stable sort on the
-    # page index (a 16-bit radix sort for windows under 256 MiB) restores address order.
+    # The numpy walk runs page-parallel, each page's chunks in address order: a stable sort
+    # on the page index (a 16-bit radix sort for windows under 256 MiB) restores address
+    # order. The C walk gives address order already.
     page = chunks.page[keep]
+    if page.size < 2 or bool(np.all(page[1:] >= page[:-1])):
+        return records
     key = page.astype(np.uint16) if words.shape[0] <= 0xFFFF else page
     return records[np.argsort(key, kind="stable")]
 

@@ -162,27 +162,6 @@ def test_tables_off_gives_page_records_only():
     assert prepared.config.family is Family.X64
 
 
-def test_c_filters_and_numpy_twins_agree(monkeypatch):
-    """The C page filters (when built) and their numpy twins find the same tables."""
-    from pooltagscan.scanner import native, tableprobe, tracker
-
-    if native.native is None:
-        pytest.skip("the C filters are not built here")
-    results = {}
-    for twin in (False, True):
-        if twin:
-            monkeypatch.setattr(tableprobe, "native", None)
-            monkeypatch.setattr(tracker, "_native", None)
-        for family in FAMILIES:
-            prepared = prepare(open_image(DUMPS / f"{family}.raw"), "auto", None)
-            rows: list[np.ndarray] = []
-            records = np.concatenate(list(run(prepared, tracker=rows.append)))
-            results.setdefault(family, []).append((records.tobytes(), np.concatenate(rows)))
-    for family, ((c_records, c_rows), (np_records, np_rows)) in results.items():
-        assert c_records == np_records, family
-        assert c_rows.tobytes() == np_rows.tobytes() and c_rows.size > 200, family
-
-
 def test_zero_pages_and_sampled_zero_pages():
     """A page that starts with zeros is read whole only when its sample is not zero."""
     from pooltagscan.scanner.tableprobe import ZERO_STRIDE, probe

@@ -1,0 +1,78 @@
+"""The C loops of _tables.c against their numpy twins: the same records, byte for byte.
+
+The C module is optional (built by `pip install` where a compiler is at hand); without
+it the numpy code runs. Both must give identical results on every sample, on random
+pages and under both PoolType encodings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import DUMPS
+
+from pooltagscan.inputs import open_image
+from pooltagscan.layouts import LAYOUTS, Encoding, Family
+from pooltagscan.scan import prepare, run
+from pooltagscan.scanner import legacy, native, pages, tableprobe, tracker
+from pooltagscan.scanner.pages import ScanConfig, scan_words
+
+FAMILIES = ("xp-x86", "win7-x86", "win7-x64", "win10-1809-x64", "win11-segheap-x64")
+
+pytestmark = pytest.mark.skipif(native.native is None, reason="the C module is not built here")
+
+
+def numpy_only(monkeypatch) -> None:
+    """Every user of the C module falls back to its numpy twin."""
+    monkeypatch.setattr(pages, "native", None)
+    monkeypatch.setattr(legacy, "native", None)
+    monkeypatch.setattr(tableprobe, "native", None)
+    monkeypatch.setattr(tracker, "_native", None)
+
+
+def full_scan(family: str) -> tuple[bytes, bytes]:
+    prepared = prepare(open_image(DUMPS / f"{family}.raw"), "auto", None)
+    rows: list[np.ndarray] = []
+    records = np.concatenate(list(run(prepared, tracker=rows.append)))
+    return records.tobytes(), np.concatenate(rows).tobytes()
+
+
+def test_whole_scans_agree(monkeypatch):
+    fast = {family: full_scan(family) for family in FAMILIES}
+    numpy_only(monkeypatch)
+    for family in FAMILIES:
+        assert full_scan(family) == fast[family], family
+        assert len(fast[family][1]) > 200 * 57  # tracker rows were found
+
+
+def _windows():
+    rng = np.random.default_rng(7)
+    for family in FAMILIES:
+        yield family, np.fromfile(DUMPS / f"{family}.raw", dtype="<u4").reshape(-1, 1024)
+    yield "random", rng.integers(0, 1 << 32, (64, 1024), dtype=np.uint32)
+
+
+@pytest.mark.parametrize("family", [Family.X86, Family.X64])
+@pytest.mark.parametrize("encoding", [Encoding.XP, Encoding.VISTA])
+def test_legacy_records_agree_on_any_page(monkeypatch, family, encoding):
+    """Every family read under every legacy layout and encoding, garbage included."""
+    config = ScanConfig(family, encoding)
+    for name, words in _windows():
+        fast = scan_words(words, 0x7000_0000, config)
+        with monkeypatch.context() as patch:
+            numpy_only(patch)
+            slow = scan_words(words, 0x7000_0000, config)
+        assert fast.tobytes() == slow.tobytes(), name
+
+
+def test_chain_walks_agree():
+    def sorted_chunks(c):
+        order = np.lexsort((c.offset, c.page))
+        fields = (c.page, c.offset, c.w0, c.tag, c.complete, c.consistent)
+        return [f[order].tolist() for f in fields] + [c.walked]
+
+    for name, words in _windows():
+        for family in (Family.X86, Family.X64):
+            layout = LAYOUTS[family]
+            fast = sorted_chunks(legacy._native_walk(words, layout))
+            assert fast == sorted_chunks(legacy._numpy_walk(words, layout)), (name, family)
