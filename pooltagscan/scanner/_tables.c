@@ -20,6 +20,8 @@
 #define QUICK_COUNT (1u << 29)
 #define ZERO_STRIDE 256
 #define CHUNK 256
+#define MAX_ODD_HEAD 2  /* x86: odd words allowed in the first 64 bytes ... */
+#define MAX_ODD 8       /* ... and in the whole page */
 
 static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
@@ -34,6 +36,23 @@ static inline int printable_tag(uint32_t v, int allow_protected)
             return 0;
     }
     return 1;
+}
+
+/* All four bytes 0x20-0x7E, without branches (loops over pages vectorize): a byte
+ * below 0x20 borrows into its top bit, one above 0x7E carries into it (the classic
+ * "has less" / "has more" byte tests, exact for whether any byte qualifies). */
+static inline uint32_t printable_word(uint32_t x)
+{
+    uint32_t below = (x - 0x20202020u) & ~x & 0x80808080u;
+    uint32_t above = ((x + 0x01010101u) | x) & 0x80808080u;
+    return !(below | above);
+}
+
+/* Two printable UTF-16LE characters (0x00XX00YY, XX and YY in 0x20-0x7E). */
+static inline int utf16_pair(uint32_t w)
+{
+    uint32_t a = w & 0xFF, b = (w >> 16) & 0xFF;
+    return (w & 0xFF00FF00u) == 0 && a >= 0x20 && a <= 0x7E && b >= 0x20 && b <= 0x7E;
 }
 
 static int get_pages(PyObject *obj, Py_buffer *view, Py_ssize_t *pages)
@@ -78,7 +97,8 @@ static int zero_sample(const uint8_t *page)
 }
 
 /* A page may be a tracker page: every 64-bit word's high half is small (x64), or every
- * 32-bit word is small or tag-like with enough small ones (x86); and it is not all zero. */
+ * 32-bit word is small or a printable tag, two in five at least small (x86); and it is
+ * not all zero. */
 static int tracker_page(const uint8_t *page, int wide)
 {
     uint64_t head = 0;
@@ -110,26 +130,29 @@ static int tracker_page(const uint8_t *page, int wide)
         }
         return any != 0;
     }
-    int small = 0;
+    /* A word that is neither small nor printable is an odd tag (a driver's binary tag)
+     * or not a tracker page: a few odd tags are allowed. */
+    int small = 0, odd = 0, utf16 = 0;
     for (int i = 0; i < 16; i++) {
         uint32_t w = rd32(page + 4 * i);
-        if (w >= QUICK_COUNT && w < 0x20202020u)
-            return 0;
+        if (w >= QUICK_COUNT && !printable_word(w) && ++odd > MAX_ODD_HEAD)
+            return 0;  /* most pages stop here, within a few words */
         small += w < (1u << 24);
+        utf16 += utf16_pair(w);
     }
-    if (small < 6)
+    /* UTF-16 text reads as small numbers: two characters a word give it away. */
+    if (odd > MAX_ODD_HEAD || small < 6 || utf16 >= 8)
         return 0;
     uint32_t any = 0;
-    small = 0;
+    small = odd = 0;
     for (int c = 0; c < PAGE; c += CHUNK) {
-        uint32_t bad = 0;
         for (int i = 0; i < CHUNK; i += 4) {
             uint32_t w = rd32(page + c + i);
-            bad |= (uint32_t)(w - QUICK_COUNT) < 0x20202020u - QUICK_COUNT;
+            odd += (w >= QUICK_COUNT) & !printable_word(w);
             small += w < (1u << 24);
             any |= w;
         }
-        if (bad)
+        if (odd > MAX_ODD)
             return 0;
     }
     return any != 0 && 5 * small >= 2 * (PAGE / 4);
@@ -517,7 +540,10 @@ enum { CONF_LOW, CONF_MEDIUM, CONF_HIGH };
 #define MIN_PARTIAL_LINKS 3
 
 /* legacy_records(buffer, address, unit, prev_shift, prev_mask, block_shift, block_mask,
- *                type_shift, type_mask, type_limit, xp, family) -> bytes of records
+ *                type_shift, type_mask, type_limit, xp, family, tables, wide, combos,
+ *                probe) -> (records, flags)
+ * `flags`: with `tables`, probe_pages' flags for the pages that are not proven pool
+ * pages (a page with a high-confidence chain gets zeros), looked at in the same pass.
  * The legacy scanner whole (walk, confidence, decoding) for windows of contiguous pages
  * at `address`; scanner/pages.py's numpy code is the twin and the rules are written
  * there: a complete chain is high confidence when its page is consistent (one pool
@@ -526,21 +552,32 @@ enum { CONF_LOW, CONF_MEDIUM, CONF_HIGH };
  * them, all with printable tags. `xp`: the XP PoolType encoding, else Vista's. */
 static PyObject *legacy_records(PyObject *self, PyObject *args)
 {
-    PyObject *obj;
+    PyObject *obj, *combos;
     unsigned long long address;
-    int unit, xp, family;
+    int unit, xp, family, tables, wide, probe;
     unsigned int ps, pm, bs, bm, ts, tm, tlimit;
-    if (!PyArg_ParseTuple(args, "OKiIIIIIIIpi", &obj, &address, &unit, &ps, &pm, &bs, &bm, &ts,
-                          &tm, &tlimit, &xp, &family))
+    if (!PyArg_ParseTuple(args, "OKiIIIIIIIpippOi", &obj, &address, &unit, &ps, &pm, &bs, &bm,
+                          &ts, &tm, &tlimit, &xp, &family, &tables, &wide, &combos, &probe))
         return NULL;
     if ((unit != 8 && unit != 16) || ps > 31 || bs > 31 || ts > 31) {
         PyErr_SetString(PyExc_ValueError, "bad header layout");
         return NULL;
     }
+    int ptr[MAX_COMBOS], esize[MAX_COMBOS], phase[MAX_COMBOS];
+    unsigned long long kmin[MAX_COMBOS];
+    Py_ssize_t ncombos = parse_combos(combos, probe, ptr, esize, phase, kmin);
+    if (ncombos < 0)
+        return NULL;
     Py_buffer view;
     Py_ssize_t pages;
     if (get_pages(obj, &view, &pages) < 0)
         return NULL;
+    PyObject *flags = PyBytes_FromStringAndSize(NULL, tables ? pages * 2 : 0);
+    if (!flags) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint8_t *flag = (uint8_t *)PyBytes_AS_STRING(flags);
     int units = PAGE / unit;
     Py_ssize_t cap = 1 << 15, n = 0;
     record_t *out = PyMem_RawMalloc(cap * sizeof(record_t));
@@ -551,6 +588,13 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
         const uint8_t *page = buf + p * PAGE;
         if (p + PREFETCH < pages)
             __builtin_prefetch(page + PREFETCH * PAGE);
+        if (tables) {  /* the table search's first look, while the page is in the cache */
+            unsigned bits = 0;
+            for (Py_ssize_t k = 0; k < ncombos; k++)
+                bits |= (unsigned)big_page(page, ptr[k], esize[k], phase[k], probe, kmin[k]) << k;
+            flag[2 * p] = (uint8_t)bits;
+            flag[2 * p + 1] = (uint8_t)tracker_page(page, wide);
+        }
         uint32_t first = rd32(page);
         if (((first >> ps) & pm) != 0 || ((first >> bs) & bm) == 0 ||
             ((first >> ts) & tm) >= tlimit)
@@ -613,12 +657,21 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
         }
         for (Py_ssize_t i = start; i < n; i++)
             out[i].confidence = conf;
+        if (tables && conf == CONF_HIGH)  /* a proven pool page holds no kernel table */
+            flag[2 * p] = flag[2 * p + 1] = 0;
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    PyObject *result = failed ? PyErr_NoMemory()
-                              : PyBytes_FromStringAndSize((char *)out, n * sizeof(record_t));
+    PyObject *records = failed ? NULL
+                               : PyBytes_FromStringAndSize((char *)out, n * sizeof(record_t));
     PyMem_RawFree(out);
+    if (!records) {
+        Py_DECREF(flags);
+        return failed ? PyErr_NoMemory() : NULL;
+    }
+    PyObject *result = PyTuple_Pack(2, records, flags);
+    Py_DECREF(records);
+    Py_DECREF(flags);
     return result;
 }
 

@@ -17,7 +17,7 @@ from pooltagscan.layouts import LAYOUTS, PAGE_SIZE
 from pooltagscan.records import CONFIDENCE_HIGH, FAMILY_INDEX
 from pooltagscan.scanner.bigpages import big_page_records
 from pooltagscan.scanner.pages import ScanConfig, scan_words
-from pooltagscan.scanner.tableprobe import probe, segment_pass
+from pooltagscan.scanner.tableprobe import fused_pass, probe
 from pooltagscan.scanner.tracker import TRACKER_DTYPE, tracker_entries, wide
 from pooltagscan.workers import WorkerError, ordered_map
 
@@ -88,12 +88,12 @@ def window_results(
     base = window.address if window.pages is None else 0
     layout = LAYOUTS[config.family]
     formats = layout.big_page_formats(config.encoding)
-    slots = pages = None
-    if layout.scanner == "segment":  # one pass for the slot test and the table probe
-        fused = segment_pass(words, layout, formats, wide(layout.trackers), config.tables)
-        if fused is not None:
-            slots, pages = fused
-    records = scan_words(words, base, config, slots)
+    fused = fused_pass(words, base, config, formats, wide(layout.trackers))
+    pages = fused.pages if fused is not None else None
+    if fused is not None and fused.records is not None:
+        records = fused.records
+    else:
+        records = scan_words(words, base, config, fused.slots if fused is not None else None)
     proven = _pool_pages(records, base, words.shape[0]) if pages is None else None
     if window.pages is not None:  # scattered pages: scanned at buffer offsets
         records["offset"] = window.addresses(records["offset"])

@@ -58,14 +58,8 @@ def scan_words(
 def _legacy_records(
     words: np.ndarray, address: int, config: ScanConfig, layout: Layout
 ) -> np.ndarray:
-    if native is not None and RECORD_DTYPE.itemsize == 31:
-        prev, block, kind = layout.previous, layout.block, layout.pooltype
-        raw = native.legacy_records(
-            words, address, layout.unit, prev.shift, prev.mask, block.shift, block.mask,
-            kind.shift, kind.mask, LEGACY_POOLTYPE_LIMIT, config.encoding is Encoding.XP,
-            FAMILY_INDEX[config.family],
-        )  # fmt: skip
-        return np.frombuffer(raw, RECORD_DTYPE).copy()
+    if native is not None:
+        return native_legacy_records(words, address, config, layout)[0]
     chunks = legacy.walk_chains(words, layout)
     partial = legacy.partial_mask(chunks)
     keep = chunks.complete | partial
@@ -97,6 +91,26 @@ def _legacy_records(
         return records
     key = page.astype(np.uint16) if words.shape[0] <= 0xFFFF else page
     return records[np.argsort(key, kind="stable")]
+
+
+def native_legacy_records(
+    words: np.ndarray,
+    address: int,
+    config: ScanConfig,
+    layout: Layout,
+    probe: tuple[bool, list, int] | None = None,
+) -> tuple[np.ndarray, bytes]:
+    """The legacy records by the C scanner (_tables.c; the numpy code above is its twin)
+    and, given `probe` = (wide, combos, entries), the table probe's flags of the same
+    pass (see tableprobe.fused_pass)."""
+    prev, block, kind = layout.previous, layout.block, layout.pooltype
+    wide, combos, entries = probe or (False, [], 1)
+    raw, flags = native.legacy_records(
+        words, address, layout.unit, prev.shift, prev.mask, block.shift, block.mask,
+        kind.shift, kind.mask, LEGACY_POOLTYPE_LIMIT, config.encoding is Encoding.XP,
+        FAMILY_INDEX[config.family], probe is not None, wide, combos, entries,
+    )  # fmt: skip
+    return np.frombuffer(raw, RECORD_DTYPE).copy(), flags
 
 
 def _segment_records(

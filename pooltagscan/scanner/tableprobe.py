@@ -13,17 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pooltagscan.layouts import BigPageFormat, Layout
+from pooltagscan.layouts import LAYOUTS, BigPageFormat
 from pooltagscan.scanner.native import native
+from pooltagscan.scanner.pages import ScanConfig, native_legacy_records
 from pooltagscan.scanner.tables import PageFields
+from pooltagscan.scanner.tagbytes import printable
 
 PROBE_ENTRIES = 8  # big-page entries tested on every page before a page is read whole
 # A tracker counter above this fails the filter: text (0x20202020 and up), pointers and
 # UTF-16 have larger high halves. A tag allocated half a billion times since boot (x64
 # builds before the 64-bit counters) hides its tracker page; none is known to.
 QUICK_COUNT = 1 << 29
-_TAGLIKE = np.uint32(0x20202020)
 ZERO_STRIDE = 256  # bytes between the sampled words of a page that starts with zeros
+# x86: words neither small nor printable (odd tags) allowed in a page's first 64 bytes and
+# in the whole page.
+MAX_ODD_HEAD, MAX_ODD = 2, 8
 
 
 @dataclass
@@ -65,29 +69,47 @@ def probe(
     return PageProbe(combos, big, _tracker_pages(words, wide) & ~skip)
 
 
-def segment_pass(
+@dataclass
+class FusedPass:
+    """What one C pass over a window gave: the page scanner's part (the legacy records,
+    or the segment heap's candidate slots) and, when asked, the table probe."""
+
+    records: np.ndarray | None
+    slots: np.ndarray | None
+    pages: PageProbe | None
+
+
+def fused_pass(
     words: np.ndarray,
-    layout: Layout,
+    address: int,
+    config: ScanConfig,
     formats: tuple[BigPageFormat, ...],
     wide: bool,
-    tables: bool,
-) -> tuple[np.ndarray, PageProbe | None] | None:
-    """The segment-heap scanner's candidate slots and, with `tables`, the table probe,
-    in one pass of the C module (a page is probed while the slot test has it in the
-    cache); None where the C module is not built (then each runs on its own)."""
+) -> FusedPass | None:
+    """The page scanner's first step and the table probe in one pass of the C module,
+    so each page is probed while the scanner has it in the cache (a second pass pays a
+    cache and a TLB miss per page); None where the C module is not built. Legacy pages
+    proven by a whole chain are not probed, as `probe(skip=...)` would not."""
     if native is None:
         return None
+    layout = LAYOUTS[config.family]
     combos = _combos(words, formats)
     args = [(f.ptr_size, f.entry_size, phase, f.kernel_min) for f, phase in combos]
-    mask, value = layout.segment_w0
-    slots, flags = native.segment_slots(
-        words, int(mask), int(value), layout.words_per_unit, tables, wide, args, PROBE_ENTRIES
-    )
-    slots = np.frombuffer(slots, "<i4")
-    if not tables:
-        return slots, None
-    flags = np.frombuffer(flags, np.uint8)
-    return slots, PageProbe(combos, flags[0::2], flags[1::2].astype(bool))
+    if layout.scanner == "segment":
+        mask, value = layout.segment_w0
+        slots, flags = native.segment_slots(
+            words, int(mask), int(value), layout.words_per_unit, config.tables, wide, args,
+            PROBE_ENTRIES,
+        )  # fmt: skip
+        found = FusedPass(None, np.frombuffer(slots, "<i4"), None)
+    else:
+        probe_args = (wide, args, PROBE_ENTRIES) if config.tables else None
+        records, flags = native_legacy_records(words, address, config, layout, probe_args)
+        found = FusedPass(records, None, None)
+    if config.tables:
+        flags = np.frombuffer(flags, np.uint8)
+        found.pages = PageProbe(combos, flags[0::2], flags[1::2].astype(bool))
+    return found
 
 
 def _combos(words: np.ndarray, formats: tuple[BigPageFormat, ...]):
@@ -101,18 +123,27 @@ def va_ok(va: np.ndarray, fmt: BigPageFormat) -> np.ndarray:
     return (va == 1) | (((va & 0xFFE) == 0) & (va >= fmt.kernel_min) & (va <= top))
 
 
+def _utf16_pair(words: np.ndarray) -> np.ndarray:
+    """Two printable UTF-16LE characters (0x00XX00YY, XX and YY in 0x20-0x7E)."""
+    a, b = words & 0xFF, (words >> 16) & 0xFF
+    return ((words & 0xFF00FF00) == 0) & (a >= 0x20) & (a <= 0x7E) & (b >= 0x20) & (b <= 0x7E)
+
+
 def _tracker_pages(words: np.ndarray, wide: bool) -> np.ndarray:
     """In a tracker page every 32-bit word is a tag, zero, a counter or half of a byte
     counter: on x64 the high half of every 64-bit word is small; on x86 every word is
-    small or tag-like, two in five at least small. And the page is not all zero."""
+    small or a printable tag (but for a few odd tags), two in five at least small. And
+    the page is not all zero."""
     limit = np.uint32(QUICK_COUNT)
     head = words[:, :16]
     if wide:
         hi = head[:, 1::2]
         ok = np.all(hi < limit, axis=1) & (np.count_nonzero(hi < 1024, axis=1) >= 3)
     else:
-        ok = np.all((head < limit) | (head >= _TAGLIKE), axis=1)
-        ok &= np.count_nonzero(head < (1 << 24), axis=1) >= 6
+        odd = np.count_nonzero((head >= limit) & ~printable(head), axis=1)
+        ok = (odd <= MAX_ODD_HEAD) & (np.count_nonzero(head < (1 << 24), axis=1) >= 6)
+        # UTF-16 text reads as small numbers: two characters a word give it away.
+        ok &= np.count_nonzero(_utf16_pair(head), axis=1) < 8
     # A page whose first 64 bytes are zero is read whole only if a sample of it is not
     # (see zero_sample in _tables.c for why a tracker page is still found).
     empty = ~np.any(head != 0, axis=1)
@@ -124,7 +155,7 @@ def _tracker_pages(words: np.ndarray, wide: bool) -> np.ndarray:
     if wide:
         ok = np.all(whole[:, 1::2] < limit, axis=1)
     else:
-        ok = np.all((whole < limit) | (whole >= _TAGLIKE), axis=1)
+        ok = np.count_nonzero((whole >= limit) & ~printable(whole), axis=1) <= MAX_ODD
         ok &= 5 * np.count_nonzero(whole < (1 << 24), axis=1) >= 2 * whole.shape[1]
     out = np.zeros(words.shape[0], bool)
     out[pages[ok & np.any(whole != 0, axis=1)]] = True
