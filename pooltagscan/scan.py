@@ -107,6 +107,9 @@ def run(
     tracker: TrackerSink | None = None,
 ) -> Iterator[np.ndarray]:
     """Filtered record batches, window by window (see scanner.engine.scan_image);
-    `tracker` receives the rows of the kernel's tag tracker table met on the way."""
-    for records in scan_image(prepared.image, prepared.config, jobs, progress, tracker=tracker):
-        yield record_filter.apply(records) if record_filter else records
+    `tracker` receives the rows of the kernel's tag tracker table met on the way. The
+    filter runs where each window is scanned (in the workers of a large dump)."""
+    reduce = record_filter.apply if record_filter else None
+    yield from scan_image(
+        prepared.image, prepared.config, jobs, progress, tracker=tracker, reduce=reduce
+    )

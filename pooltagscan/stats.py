@@ -120,8 +120,14 @@ class TagStats:
 
     def add(self, records: np.ndarray) -> None:
         """Count one batch; batches are merged by tag, so any split of a scan adds up."""
+        self.merge(*self.count(records))
+
+    @staticmethod
+    def count(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tag values, counter rows) of one batch: what a scan worker ships instead of
+        the records when only the statistics are wanted (see merge)."""
         if not records.size:
-            return
+            return np.empty(0, np.uint32), np.zeros((0, len(COLUMNS)), np.int64)
         tags, inverse = np.unique(records["tag"], return_inverse=True)
         size = records["size"].astype(np.int64)
         counts = np.zeros((tags.size, len(COLUMNS)), np.int64)
@@ -133,9 +139,11 @@ class TagStats:
                 counts[:, _INDEX[bytes_col]] = np.bincount(
                     picked, weights=weights, minlength=tags.size
                 ).astype(np.int64)  # float64 sums are exact below 2**53 bytes per batch
-        self._merge(tags, counts)
+        return tags, counts
 
-    def _merge(self, tags: np.ndarray, counts: np.ndarray) -> None:
+    def merge(self, tags: np.ndarray, counts: np.ndarray) -> None:
+        if not tags.size:
+            return
         all_tags = np.union1d(self._tags, tags)
         merged = np.zeros((all_tags.size, len(COLUMNS)), np.int64)
         merged[np.searchsorted(all_tags, self._tags)] += self._counts

@@ -22,8 +22,8 @@ import numpy as np
 from pooltagscan.filters import RecordFilter
 from pooltagscan.layouts import PAGE_SIZE
 from pooltagscan.records import SOURCE_PAGE
-from pooltagscan.scan import PreparedScan, run
-from pooltagscan.scanner.engine import ProgressCallback, TrackerSink
+from pooltagscan.scan import PreparedScan
+from pooltagscan.scanner.engine import ProgressCallback, TrackerSink, scan_image
 from pooltagscan.stats import TagStats
 
 
@@ -57,6 +57,12 @@ class ScanSummary:
         kept = records if kept is None else kept
         self.records += int(kept.size)
         self.bytes += int(kept["size"].sum(dtype=np.int64))
+
+    def merge(self, counts: WindowCounts) -> None:
+        """Add a window counted where it was scanned (WindowCounts)."""
+        self.records += counts.records
+        self.bytes += counts.bytes
+        self.pool_pages += counts.pool_pages
 
     def finish(self) -> ScanSummary:
         """Stop the clock; returns self for chaining."""
@@ -108,9 +114,34 @@ def collect_stats(
     the unfiltered batches too, for the pool-page share); `summary` is finished here.
     `tracker` receives the tracker-table rows met on the way."""
     stats = TagStats()
-    for records in run(prepared, None, jobs, progress, tracker):
-        kept = record_filter.apply(records) if record_filter else records
-        stats.add(kept)
-        summary.add(records, kept)
+    reduce = WindowCounts(record_filter)
+    for counts in scan_image(
+        prepared.image, prepared.config, jobs, progress, tracker=tracker, reduce=reduce
+    ):
+        stats.merge(*counts.tags)
+        summary.merge(counts)
     summary.finish()
     return stats
+
+
+@dataclass
+class WindowCounts:
+    """What a scan worker ships for `--stats`: a window's per-tag counters and summary
+    numbers, not its records (a few KiB instead of tens of MiB per window)."""
+
+    record_filter: RecordFilter | None = None
+    tags: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.uint32), np.empty((0, 0), np.int64))
+    records: int = 0
+    bytes: int = 0
+    pool_pages: int = 0
+
+    def __call__(self, records: np.ndarray) -> WindowCounts:
+        kept = self.record_filter.apply(records) if self.record_filter else records
+        on_pages = records["offset"][records["source"] == SOURCE_PAGE]
+        return WindowCounts(
+            None,
+            TagStats.count(kept),
+            int(kept.size),
+            int(kept["size"].sum(dtype=np.int64)),
+            distinct_pages(on_pages),
+        )

@@ -126,9 +126,30 @@ def test_parallel_equals_serial(monkeypatch):
 
     monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(engine, "WINDOW_BYTES", 256 << 10)
-    monkeypatch.setattr(engine.scan_image, "__defaults__", (1, None, 256 << 10, None))
+    monkeypatch.setattr(engine.scan_image, "__defaults__", (1, None, 256 << 10, None, None))
     _, serial, serial_rows = scan_all("win11-segheap-x64")
     _, parallel, parallel_rows = scan_all("win11-segheap-x64", jobs=2)
     assert (serial["source"] == 1).sum() > 200  # big-pool records come back from workers too
     assert parallel.tobytes() == serial.tobytes()
     assert parallel_rows.tobytes() == serial_rows.tobytes()
+
+
+def test_workers_ship_filtered_records_and_counters(monkeypatch):
+    """Filters and --stats counters run in the workers; the results are the serial ones."""
+    from pooltagscan.filters import RecordFilter
+    from pooltagscan.scanner import engine
+    from pooltagscan.summary import ScanSummary, collect_stats
+
+    monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(engine.scan_image, "__defaults__", (1, None, 256 << 10, None, None))
+    only = RecordFilter.from_names(["Pro?", "W*"], "medium")
+    results = []
+    for jobs in (1, 2):
+        monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0 if jobs == 2 else 1 << 60)
+        prepared = prepare(open_image(DUMPS / "win7-x64.raw"), "auto", TagDatabase.builtin())
+        records = np.concatenate(list(run(prepared, only, jobs)))
+        summary = ScanSummary(prepared.image.scanned_bytes)
+        stats = collect_stats(prepared, summary, only, jobs)
+        results.append((records.tobytes(), [r.as_dict() for r in stats.rows()], summary.records))
+    assert results[0] == results[1]
+    assert results[0][2] == len(results[0][0]) // 31 > 100  # the filter's records, counted

@@ -9,6 +9,7 @@ under the scan is an error, not silently mixed results.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -38,9 +39,13 @@ def scan_image(
     progress: ProgressCallback | None = None,
     window_bytes: int = WINDOW_BYTES,
     tracker: TrackerSink | None = None,
-) -> Iterator[np.ndarray]:
+    reduce: Callable[[np.ndarray], Any] | None = None,
+) -> Iterator[Any]:
     """Yield one record array per window: its header-carrying blocks in address order,
-    then the big-pool entries its big-page table pages hold, in entry order."""
+    then the big-pool entries its big-page table pages hold, in entry order. With
+    `reduce` (picklable), what it makes of each window's records instead, computed where
+    the window is scanned: workers then ship a filtered batch or a few counters, not
+    every record."""
     windows = list(image.windows(window_bytes))
     total = sum(w.length for w in windows)
     done = 0
@@ -50,9 +55,9 @@ def scan_image(
     workers = image.parallel_ok and total >= PARALLEL_MIN_BYTES and len(windows) > 1
     if workers:
         image.file  # noqa: B018 - opened before the fork: one descriptor, shared by all
-        results = ordered_map(_worker, windows, max(1, jobs), _init_worker, (image, config))
+        results = ordered_map(_worker, windows, max(1, jobs), _init_worker, (image, config, reduce))
     else:
-        results = (_scan_window(image, config, w) for w in windows)
+        results = (_scan_window(image, config, w, reduce) for w in windows)
     try:
         for window, (records, rows) in zip(windows, results):
             done += window.length
@@ -124,21 +129,25 @@ def _pool_pages(records: np.ndarray, base: int, pages: int) -> np.ndarray:
 
 
 def _scan_window(
-    image: MemoryImage, config: ScanConfig, window: Window
-) -> tuple[np.ndarray, np.ndarray]:
+    image: MemoryImage,
+    config: ScanConfig,
+    window: Window,
+    reduce: Callable[[np.ndarray], Any] | None = None,
+) -> tuple[Any, np.ndarray]:
     with image.words(window) as words:
-        return window_results(image, config, window, words)
+        records, rows = window_results(image, config, window, words)
+    return (records if reduce is None else reduce(records)), rows
 
 
-_worker_state: tuple[MemoryImage, ScanConfig] | None = None
+_worker_state: tuple[MemoryImage, ScanConfig, Callable | None] | None = None
 
 
-def _init_worker(image: MemoryImage, config: ScanConfig) -> None:
+def _init_worker(image: MemoryImage, config: ScanConfig, reduce: Callable | None) -> None:
     global _worker_state
     image.use_mapping()
-    _worker_state = (image, config)
+    _worker_state = (image, config, reduce)
 
 
-def _worker(window: Window) -> tuple[np.ndarray, np.ndarray]:
+def _worker(window: Window) -> tuple[Any, np.ndarray]:
     assert _worker_state is not None
-    return _scan_window(_worker_state[0], _worker_state[1], window)
+    return _scan_window(*_worker_state[:2], window, _worker_state[2])
