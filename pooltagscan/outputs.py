@@ -290,3 +290,166 @@ class Outputs:
     def discard(self) -> None:
         for output in self.files.values():
             output.discard()
+
+
+class OutputFolder:
+    """A folder of many outputs (`extract --out DIR`), kept off the evidence like `-o`.
+
+    - refused up front when it exists and is not a folder, is the same file as an input,
+      holds an input (writing among the evidence is how evidence gets replaced), or holds
+      anything at all unless `force` (an earlier extraction is not mixed in by mistake);
+    - each file is written to a temporary file beside its target, flushed to disk, and
+      renamed into place, so a file that exists is complete; a target that is one of the
+      run's inputs is never replaced (checked just before each rename);
+    - `discard` removes the temporary files still open (an interrupted run), never a
+      finished one.
+    """
+
+    def __init__(self, option: str, path: str, force: bool = False):
+        self.option = option
+        self.path = path
+        self.target = os.path.realpath(path)
+        self.force = force
+        self._temps: set[str] = set()
+        self._mode: int | None = None
+        try:
+            info = os.stat(self.target)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise OutputError(self._label, f"cannot write: {_strerror(exc)}") from None
+        if info is not None and not stat.S_ISDIR(info.st_mode):
+            raise OutputError(self._label, "exists and is not a folder; nothing was written")
+        if info is not None and not force:
+            try:
+                busy = any(True for _ in os.scandir(self.target))
+            except OSError as exc:
+                raise OutputError(self._label, f"cannot read it: {_strerror(exc)}") from None
+            if busy:
+                raise OutputError(
+                    self._label,
+                    "is not empty; give an empty or new folder, or --force to write into it "
+                    "(nothing was written)",
+                )
+
+    @property
+    def _label(self) -> str:
+        return f"{self.option} {self.path}"
+
+    def check_inputs(self, paths: Iterable[str], what: str = "input") -> None:
+        """Refuse a folder that is an input or holds one (symlinks resolved)."""
+        for path in paths:
+            if file_id(path) is None:
+                continue
+            real = os.path.realpath(path)
+            if real == self.target or file_id(path) == file_id(self.target):
+                raise OutputError(self._label, f"is the {what} {path}; nothing was written")
+            if os.path.commonpath([real, self.target]) == self.target:
+                raise OutputError(
+                    self._label,
+                    f"holds the {what} {path}; refusing to write among the evidence "
+                    "(nothing was written)",
+                )
+
+    def create(self) -> None:
+        """Make the folder (and its parents) if it does not exist yet."""
+        try:
+            os.makedirs(self.target, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(self._label, f"cannot create it: {_strerror(exc)}") from None
+
+    def _file_mode(self) -> int:
+        if self._mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            self._mode = 0o666 & ~umask
+        return self._mode
+
+    def write(self, relative: str, chunks: Iterable[bytes]) -> int:
+        """Write `chunks` to `relative` (inside the folder) atomically; bytes written.
+        Raises OutputError naming the file when it cannot be written."""
+        pending = self.open(relative)
+        written = 0
+        try:
+            for chunk in chunks:
+                pending.write(chunk)
+                written += len(chunk)
+            pending.commit()
+        finally:
+            pending.discard()
+        return written
+
+    def open(self, relative: str) -> PendingFile:
+        """A file of the folder being written (a manifest filled as the run goes)."""
+        target = os.path.join(self.target, relative)
+        folder, name = os.path.split(target)
+        shown = os.path.join(self.path, relative)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, temp = tempfile.mkstemp(
+                prefix=f".{name}.", suffix=".pooltagscan-partial", dir=folder
+            )
+        except OSError as exc:
+            raise OutputError(shown, f"cannot write: {_strerror(exc)}") from None
+        self._temps.add(temp)
+        return PendingFile(self, os.fdopen(fd, "wb"), temp, target, shown)
+
+    def _drop(self, temp: str) -> None:
+        self._temps.discard(temp)
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+
+    def discard(self) -> None:
+        for temp in list(self._temps):
+            self._drop(temp)
+
+
+class PendingFile:
+    """One file of an OutputFolder: written to its temporary name, renamed by `commit`."""
+
+    def __init__(self, folder: OutputFolder, handle, temp: str, target: str, shown: str):
+        self.folder = folder
+        self.handle = handle
+        self.temp: str | None = temp
+        self.target = target
+        self.shown = shown
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.handle.write(data)
+        except OSError as exc:
+            raise OutputError(self.shown, f"cannot write: {_strerror(exc)}") from None
+
+    def commit(self) -> None:
+        """Flush to disk and rename into place (never over one of the run's inputs)."""
+        assert self.temp is not None
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.chmod(self.temp, self.folder._file_mode())
+            identity = file_id(self.target)
+            if identity is not None and identity in opened_inputs():
+                raise OutputError(
+                    self.shown,
+                    "is one of this run's input files; refusing to replace it (evidence is "
+                    "never overwritten)",
+                )
+            os.replace(self.temp, self.target)
+        except OSError as exc:
+            raise OutputError(self.shown, f"cannot write: {_strerror(exc)}") from None
+        self.folder._temps.discard(self.temp)
+        self.temp = None
+
+    def discard(self) -> None:
+        """Drop the temporary file unless committed."""
+        if not self.handle.closed:
+            try:
+                self.handle.close()
+            except OSError:
+                pass
+        if self.temp is not None:
+            self.folder._drop(self.temp)
+            self.temp = None

@@ -145,6 +145,19 @@ class MemoryImage:
                     run.address + delta, run.file_offset + delta, min(step, run.length - delta)
                 )
 
+    def page_window(self, address: int) -> Window | None:
+        """The one-page window holding `address`, or None when the dump has no such page.
+
+        Lets a view of one address (`pooltagscan pool`) scan that page alone instead of
+        the whole dump: every scanner check stays inside one page, so the page scans to
+        exactly the records a full scan finds there.
+        """
+        page = address - address % PAGE_SIZE
+        for run in self.runs:
+            if run.address <= page < run.address + run.length:
+                return Window(page, run.file_offset + page - run.address, PAGE_SIZE)
+        return None
+
     # -- reading ------------------------------------------------------------------------
 
     @property

@@ -111,6 +111,16 @@ class MinidumpImage(MemoryImage):
             pages = self.pages[first : first + step]
             yield Window(int(pages[0]), 0, int(pages.size) * PAGE_SIZE, pages=pages)
 
+    def page_window(self, address: int) -> Window | None:
+        """The captured page holding the virtual `address`, gathered like a scan window."""
+        if not 0 <= address < 1 << 64 or not self.pages.size:
+            return None
+        page = np.uint64(address - address % PAGE_SIZE)
+        at = int(np.searchsorted(self.pages, page))
+        if at >= self.pages.size or self.pages[at] != page:
+            return None
+        return Window(int(page), 0, PAGE_SIZE, pages=self.pages[at : at + 1])
+
     @contextmanager
     def words(self, window: Window) -> Iterator[np.ndarray]:
         pages = window.pages
