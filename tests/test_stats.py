@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,3 +384,22 @@ def test_distinct_pages_in_and_out_of_address_order():
     assert distinct_pages(ordered[::-1].copy()) == 3
     assert distinct_pages(np.array([0x5000, 0x10, 0x5008, 0x20], np.uint64)) == 2
     assert distinct_pages(np.empty(0, np.uint64)) == 0
+
+
+def test_several_dumps_say_which_dump_each_stats_row_belongs_to():
+    dumps = [str(DUMPS / "win7-x64.raw"), str(DUMPS / "xp-x86.raw")]
+    text = pooltagscan("scan", *dumps, "--stats", "--format", "csv", "-q").stdout
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0][:2] == ["dump", "tag"] and [r for r in rows[1:] if r[0] == "dump"] == []
+    by_dump = collections.Counter(r[0] for r in rows[1:])
+    for dump in dumps:
+        manifest = load_manifest(Path(dump).stem)
+        assert by_dump[dump] == len({a["tag"] for a in carved_truth(manifest)})
+    lines = pooltagscan("scan", *dumps, "--stats", "--format", "jsonl", "-q").stdout
+    got = [json.loads(line) for line in lines.splitlines()]
+    assert [list(r)[:2] for r in got[:1]] == [["dump", "tag"]]
+    assert collections.Counter(r["dump"] for r in got) == by_dump
+    table = pooltagscan("scan", *dumps, "--stats", "-q").stdout.splitlines()
+    assert [line for line in table if line.startswith("== ")] == [f"== {d}" for d in dumps]
+    one = pooltagscan("scan", dumps[0], "--stats", "--format", "jsonl", "-q").stdout
+    assert "dump" not in json.loads(one.splitlines()[0])  # one dump: rows as before

@@ -25,7 +25,7 @@ from pooltagscan.inputs import open_image
 from pooltagscan.progress import ProgressBar
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
 from pooltagscan.render.records import FORMATS, make_writer
-from pooltagscan.render.stats import summary_line, write_stats
+from pooltagscan.render.stats import StatsWriter, summary_line
 from pooltagscan.render.tracker import write_tracker
 from pooltagscan.render.yarahits import write_hits
 from pooltagscan.scan import prepare, run
@@ -139,11 +139,12 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     outputs.check_opened()
     out = outputs.stream("-o")
     several = len(args.dumps) > 1
-    writer = (
-        None
-        if args.stats or args.tracker or rules
-        else make_writer(args.format, out, {} if not several else None)
-    )
+    if args.stats:
+        writer = StatsWriter(args.format, out, several)
+    elif args.tracker or rules:
+        writer = None
+    else:
+        writer = make_writer(args.format, out, {} if not several else None)
     status = EXIT_OK
     for path in args.dumps:
         try:
@@ -223,7 +224,7 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                         f"{path}: kernel tracker table found ({totals.pages} pages); "
                         f"{flagged} tag(s) disagree with it",
                     )
-                write_stats(args.format, out, rows, stats.totals(), meta, summary)
+                writer.write(rows, stats.totals(), meta, summary)
             else:
                 assert writer is not None
                 if several:

@@ -51,34 +51,56 @@ def stats_document(
     return doc
 
 
-def write_stats(
-    fmt: str,
-    out: TextIO,
-    rows: list[TagRow],
-    totals: dict[str, int],
-    meta: dict[str, Any],
-    summary: ScanSummary | None = None,
-) -> None:
-    if fmt == "json":
-        json.dump(stats_document(rows, totals, meta, summary), out, indent=1)
-        out.write("\n")
-    elif fmt == "jsonl":
-        out.writelines(json.dumps(r.as_dict()) + "\n" for r in rows)
-    elif fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["tag", *COLUMNS, *TRACKER_COLUMNS, "owner", "description"])
-        writer.writerows(
-            [
-                r.tag,
-                *(r.counters[c] for c in COLUMNS),
-                *_csv_tracker(r),
-                r.owner,
-                r.description,
-            ]
-            for r in rows
-        )
-    else:
-        out.write(stats_table(rows, totals) + "\n")
+class StatsWriter:
+    """Writes the statistics of one dump after another to one output.
+
+    With several dumps (`several`), every row says which dump it belongs to: a leading
+    `dump` field in jsonl and csv (whose header is written once), a `== DUMP` line above
+    each table; json writes one document per dump, which names its dump anyway.
+    """
+
+    def __init__(self, fmt: str, out: TextIO, several: bool = False):
+        self.fmt, self.out, self.several = fmt, out, several
+        self._csv = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+        self._header = False
+
+    def write(
+        self,
+        rows: list[TagRow],
+        totals: dict[str, int],
+        meta: dict[str, Any],
+        summary: ScanSummary | None = None,
+    ) -> None:
+        lead = {"dump": meta.get("dump", "")} if self.several else {}
+        if self.fmt == "json":
+            json.dump(stats_document(rows, totals, meta, summary), self.out, indent=1)
+            self.out.write("\n")
+        elif self.fmt == "jsonl":
+            self.out.writelines(json.dumps({**lead, **r.as_dict()}) + "\n" for r in rows)
+        elif self._csv is not None:
+            if not self._header:
+                self._csv.writerow(
+                    [*lead, "tag", *COLUMNS, *TRACKER_COLUMNS, "owner", "description"]
+                )
+                self._header = True
+            self._csv.writerows(
+                [
+                    *lead.values(),
+                    r.tag,
+                    *(r.counters[c] for c in COLUMNS),
+                    *_csv_tracker(r),
+                    r.owner,
+                    r.description,
+                ]
+                for r in rows
+            )
+        else:
+            if self.several:
+                self.out.write(f"== {meta.get('dump', '')}\n")
+            self.out.write(stats_table(rows, totals) + "\n")
+
+    def finish(self) -> None:
+        """Called once after the last dump (nothing is held back)."""
 
 
 # (heading, counter) of the table; csv and json carry every counter.
