@@ -403,3 +403,21 @@ def test_several_dumps_say_which_dump_each_stats_row_belongs_to():
     assert [line for line in table if line.startswith("== ")] == [f"== {d}" for d in dumps]
     one = pooltagscan("scan", dumps[0], "--stats", "--format", "jsonl", "-q").stdout
     assert "dump" not in json.loads(one.splitlines()[0])  # one dump: rows as before
+
+
+def test_json_outputs_carry_provenance():
+    import hashlib
+
+    from pooltagscan import __version__
+
+    dump = DUMPS / "win7-x64.raw"
+    want = {"path": str(dump), "size": dump.stat().st_size,
+            "sha256": hashlib.sha256(dump.read_bytes()).hexdigest()}  # fmt: skip
+    for view in ("--stats", "--tracker"):
+        doc = json.loads(pooltagscan("scan", str(dump), view, "--format", "json", "-q").stdout)
+        prov = doc["provenance"]
+        assert prov["inputs"] == [want] and prov["version"] == __version__
+        assert prov["command_line"] == f"pooltagscan scan {dump} {view} --format json -q"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", prov["time_utc"])
+    report = json.loads(pooltagscan("report", str(dump), "--format", "json", "-q").stdout)
+    assert report["provenance"]["inputs"] == [want] and report["sha256"] == want["sha256"]

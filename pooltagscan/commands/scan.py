@@ -23,6 +23,8 @@ from pooltagscan.errors import InputError
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs import open_image
 from pooltagscan.progress import ProgressBar
+from pooltagscan.provenance import FileDigest
+from pooltagscan.provenance import document as provenance
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
 from pooltagscan.render.records import FORMATS, make_writer
 from pooltagscan.render.stats import StatsWriter, summary_line
@@ -162,11 +164,14 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
 
 def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, several) -> None:
     image = open_image(path)
+    digest = None
     try:
         outputs.check_opened()  # the dump may have brought a companion (a .vmss)
         for remark in image.notes:
             note(args, f"{path}: {remark}")
         summary = ScanSummary(image.scanned_bytes)  # the clock includes detection
+        # The sha256 of the provenance, computed alongside the scan (json documents).
+        digest = FileDigest(image.file) if args.format == "json" else None
         prepared = prepare(image, args.layout, db, tables=not args.no_tables)
         how = "chosen by --layout" if args.layout != "auto" else "detected"
         note(
@@ -206,6 +211,8 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                     pass
                 bar.close()
                 rows = totals.rows(db.describe, args.sort)
+                if digest is not None:
+                    meta["provenance"] = provenance([digest.result()])
                 write_tracker(args.format, out, totals, rows, meta, path if several else None)
                 if not totals.found:
                     note(args, f"{path}: no pool tracker table found")
@@ -224,6 +231,8 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                         f"{path}: kernel tracker table found ({totals.pages} pages); "
                         f"{flagged} tag(s) disagree with it",
                     )
+                if digest is not None:
+                    meta["provenance"] = provenance([digest.result()])
                 writer.write(rows, stats.totals(), meta, summary)
             else:
                 assert writer is not None
@@ -242,4 +251,6 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
         finally:
             bar.close()
     finally:
+        if digest is not None:
+            digest.cancel()  # stops an unneeded or interrupted digest before the close
         image.close()

@@ -9,12 +9,13 @@ from pooltagscan.diff import load_snapshot
 from pooltagscan.drivers.attribution import DriverFailure, expand_paths, scan_batch
 from pooltagscan.drivers.yarascan import RuleSet
 from pooltagscan.inputs import open_image
+from pooltagscan.provenance import FileDigest
+from pooltagscan.provenance import document as provenance
 from pooltagscan.report.model import (
     Report,
     SampleCollector,
     build_rows,
     driver_summaries,
-    file_sha256,
 )
 from pooltagscan.scan import prepare, run
 from pooltagscan.scanner.engine import ProgressCallback
@@ -62,6 +63,7 @@ def _report(image, driver_paths, db, baseline, layout, jobs, rule_files, progres
     snapshot = load_snapshot(baseline, layout, db, jobs) if baseline else None
 
     start = time.perf_counter()
+    digest = FileDigest(image.file)  # the dump's sha256, read alongside the scan
     prepared = prepare(image, layout, db)
     stats = TagStats()
     samples = SampleCollector(db)
@@ -72,11 +74,13 @@ def _report(image, driver_paths, db, baseline, layout, jobs, rule_files, progres
     samples.fill_previews(image.read, virtual=image.format == "minidump")
 
     meta = prepared.metadata()
+    hashed = digest.result()
     meta.update(
         size=image.file_size,
-        sha256=file_sha256(image.file),
+        sha256=hashed["sha256"],
         scan_seconds=round(seconds, 3),
         baseline=snapshot.source if snapshot else None,
+        provenance=provenance([hashed]),
     )
     return Report(
         meta=meta,

@@ -417,6 +417,7 @@ def _summary(report: Report) -> str:
     layout = str(m.get("layout") or "?")
     if m.get("pooltype_encoding"):
         layout += f" (PoolType encoding {m['pooltype_encoding']})"
+    prov = m.get("provenance") or {}
     facts: list[tuple[str, str, str]] = [
         ("Dump", "dump", f"<code>{_esc(m.get('dump', ''))}</code>"),
         ("Format", "format", _esc(m.get("format") or "?")),
@@ -435,6 +436,18 @@ def _summary(report: Report) -> str:
             + (f", {_esc(human_bytes(scanned))} scanned" if scanned is not None else ""),
         ),
     ]
+    if prov:
+        facts.append(
+            (
+                "Produced by",
+                "provenance",
+                (
+                    f"pooltagscan {_esc(prov.get('version', '?'))} at "
+                    f"{_esc(prov.get('time_utc', '?'))} UTC: "
+                    f"<code>{_esc(prov.get('command_line', ''))}</code>"
+                ),
+            )
+        )
     if m.get("evidence"):
         ev = ", ".join(f"{k} {v}" for k, v in m["evidence"].items())
         facts.append(("Layout evidence", "evidence", _esc(ev)))

@@ -13,7 +13,6 @@ them with the proven unknown tags would bury the interesting ones.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,6 @@ import numpy as np
 
 from pooltagscan.diff import Snapshot
 from pooltagscan.drivers.attribution import DriverReport
-from pooltagscan.files import InputFile
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_BIGPOOL, STATE_NAMES, TagNames
 from pooltagscan.stats import TagStats
 from pooltagscan.tags.database import TagDatabase
@@ -274,19 +272,3 @@ def driver_summaries(reports: Iterable[DriverReport]) -> list[dict[str, Any]]:
         }
         for r in reports
     ]
-
-
-def file_sha256(source: InputFile | str, chunk: int = 8 << 20) -> str:
-    """Hash of the evidence file, streamed so memory stays flat (through the scan's own
-    descriptor when given one, so it is the bytes that were scanned)."""
-    if isinstance(source, str):
-        with InputFile.open(source) as opened:
-            return file_sha256(opened, chunk)
-    digest = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    offset = 0
-    while n := source.readinto(view, offset):
-        digest.update(view[:n])
-        offset += n
-    return digest.hexdigest()
