@@ -17,7 +17,6 @@ from pooltagscan.commands.common import (
     named,
     note,
     tag_list_inputs,
-    warn_forced_layout,
 )
 from pooltagscan.errors import InputError
 from pooltagscan.filters import RecordFilter
@@ -26,6 +25,7 @@ from pooltagscan.progress import ProgressBar
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
 from pooltagscan.render.records import FORMATS, make_writer
 from pooltagscan.render.stats import summary_line, write_stats
+from pooltagscan.render.summary import scan_line
 from pooltagscan.render.tracker import write_tracker
 from pooltagscan.render.yarahits import write_hits
 from pooltagscan.scan import prepare, run
@@ -56,6 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     scan.add_argument(
         "--tag",
+        "--tags",  # the Volatility plugin's name: either works in both tools
+        dest="tag",
         action="append",
         default=[],
         metavar="PATTERN",
@@ -105,6 +107,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_dump_options(scan)
     add_output_options(scan)
+    scan.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="detail lines on stderr besides the one-line summary per dump: the format "
+        "and every evidence count, the pool-page share, the tracker table",
+    )
     scan.add_argument(
         "--yara",
         action="append",
@@ -159,6 +168,12 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     return status
 
 
+def detail(args: argparse.Namespace, text: str) -> None:
+    """A detail line: only with -v (and never with -q)."""
+    if getattr(args, "verbose", False):
+        note(args, text)
+
+
 def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, several) -> None:
     image = open_image(path)
     try:
@@ -167,26 +182,20 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
             note(args, f"{path}: {remark}")
         summary = ScanSummary(image.scanned_bytes)  # the clock includes detection
         prepared = prepare(image, args.layout, db, tables=not args.no_tables)
-        how = "chosen by --layout" if args.layout != "auto" else "detected"
-        note(
+        how = "chosen by --layout" if args.layout != "auto" else prepared.how
+        detail(
             args,
             f"{path}: {image.describe()}; {image.scanned_bytes / 2**20:.1f} MiB "
             f"scanned; layout {how}: {prepared.detection.describe()}",
         )
-        if args.layout == "auto" and not any(prepared.detection.evidence.values()):
-            note(
-                args,
-                f"{path}: warning: no pool structure proven in the sampled pages; "
-                "results are unlikely",
-            )
-        if prepared.forced:
-            warn_forced_layout(
-                args, path, prepared.config.family.value, prepared.detection.evidence
-            )
+        for warning in prepared.warnings():
+            note(args, f"{path}: warning: {warning}")
         meta = prepared.metadata()
         bar = ProgressBar(
             f"scanning {os.path.basename(path)}", enabled=False if args.quiet else None
         )
+        found = None  # what the summary line counts, when not records
+        details: list[str] = []  # lines for -v after the summary
         try:
             if rules is not None:
                 scan = scan_yara(prepared, rules, bar)
@@ -195,8 +204,10 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                     hits = (
                         h for h in hits if h.tag is not None and record_filter.tags.matches(h.tag)
                     )
-                write_hits(args.format, out, hits, meta, path if several else None)
+                count = write_hits(args.format, out, hits, meta, path if several else None)
                 bar.close()
+                summary.finish()
+                found = f"{count:,} YARA hit{'s' if count != 1 else ''}"
                 for remark in scan.notes:
                     note(args, f"{path}: {remark}")
             elif args.tracker:
@@ -204,26 +215,28 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 for _ in run(prepared, None, args.jobs, bar, tracker=totals.add):
                     pass
                 bar.close()
+                summary.finish()
                 rows = totals.rows(db.describe, args.sort)
                 write_tracker(args.format, out, totals, rows, meta, path if several else None)
+                found = f"{len(rows):,} tracked tags, {totals.pages} table pages"
                 if not totals.found:
                     note(args, f"{path}: no pool tracker table found")
             elif args.stats:
                 totals = TrackerTotals()
                 stats = collect_stats(prepared, summary, record_filter, args.jobs, bar, totals.add)
                 bar.close()
-                note(args, f"{path}: {summary_line(summary)}")
                 rows = stats.rows(db.describe, args.sort)
                 attach_tracker(rows, totals)
                 if totals.found:
                     meta["tracker_pages"] = totals.pages
-                    flagged = sum(1 for r in rows if r.tracker and r.tracker["tracker_flag"])
-                    note(
-                        args,
-                        f"{path}: kernel tracker table found ({totals.pages} pages); "
-                        f"{flagged} tag(s) disagree with it",
-                    )
                 write_stats(args.format, out, rows, stats.totals(), meta, summary)
+                details.append(summary_line(summary))
+                if totals.found:
+                    flagged = sum(1 for r in rows if r.tracker and r.tracker["tracker_flag"])
+                    details.append(
+                        f"kernel tracker table found ({totals.pages} pages); "
+                        f"{flagged} tag(s) disagree with it"
+                    )
             else:
                 assert writer is not None
                 if several:
@@ -231,14 +244,21 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 meta["max_address"] = image.max_address
                 writer.begin(meta)
                 try:
-                    for records in run(prepared, record_filter, args.jobs, bar):
-                        writer.write(records)
+                    for records in run(prepared, None, args.jobs, bar):
+                        kept = record_filter.apply(records)
+                        summary.add(records, kept)
+                        writer.write(kept)
                 except (InputError, WorkerError) as exc:
                     writer.abort(str(exc))
                     raise
                 bar.close()
                 writer.end()
+                summary.finish()
+                details.append(summary_line(summary))
         finally:
             bar.close()
+        note(args, f"{path}: {scan_line(prepared, summary, found)}")
+        for line in details:
+            detail(args, f"{path}: {line}")
     finally:
         image.close()
