@@ -127,7 +127,7 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
     """
 
     _required_framework_version = (2, 26, 0)
-    _version = (1, 0, 0)
+    _version = (1, 1, 0)  # 1.1: --tag, an alias of --tags
 
     @classmethod
     def get_requirements(cls) -> list[interfaces.configuration.RequirementInterface]:
@@ -144,6 +144,14 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
                 default=[],
                 description="Only tags matching these patterns (? and * wildcards, "
                 "case-sensitive; short tags are space padded), like !poolfind",
+            ),
+            requirements.ListRequirement(
+                name="tag",
+                element_type=str,
+                optional=True,
+                default=[],
+                description="Same as --tags (the name `pooltagscan scan` uses); both "
+                "lists are merged",
             ),
             requirements.BooleanRequirement(
                 name="stats",
@@ -301,8 +309,11 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
             vollog.error(f"pooltagscan: {exc}")
 
     def _prepare(self, pts: Any) -> tuple[Any, Any, Any, int]:
+        # --tags and --tag (the CLI's name) are one list, so a command line copied from
+        # either tool works in the other.
+        patterns = [*self._option("tags", []), *self._option("tag", [])]
         record_filter = pts.filters.RecordFilter.from_names(
-            self._option("tags", []),
+            patterns,
             self._option("min_confidence", "low"),
             self._option("pool", []),
             self._option("state", []),
@@ -317,14 +328,10 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
             f"pooltagscan {pts.__version__}: {image.path}: {image.describe()}; "
             f"layout: {prepared.detection.describe()}"
         )
-        favoured = prepared.contrary_family()
-        if favoured is not None:
-            counts = ", ".join(f"{k} {v}" for k, v in prepared.detection.evidence.items())
-            vollog.warning(
-                f"pooltagscan: {image.path}: --layout {prepared.config.family.value} goes "
-                f"against the evidence, which favours {favoured.value} ({counts}); "
-                "records are likely bogus"
-            )
+        # The CLI's warnings in the CLI's words: a document rather than memory, a layout
+        # forced against the evidence, no pool structure proven at all.
+        for warning in prepared.warnings():
+            vollog.warning(f"pooltagscan: {image.path}: {warning}")
         jobs = int(self._option("jobs", 0)) or pts.parallel.default_jobs()
         return prepared, record_filter, db, jobs
 

@@ -18,8 +18,9 @@ from pooltagscan.errors import InputError
 from pooltagscan.files import InputFile
 from pooltagscan.inputs import open_image
 from pooltagscan.inputs.base import open_checked
+from pooltagscan.inputs.sniff import HEAD_BYTES, text_kind
 from pooltagscan.render.stats import STATS_KIND
-from pooltagscan.scan import prepare, run
+from pooltagscan.scan import prepare, proves_nothing, run
 from pooltagscan.scanner.engine import ProgressCallback
 from pooltagscan.scanner.tracker import COUNTERS
 from pooltagscan.stats import TagStats
@@ -28,6 +29,11 @@ from pooltagscan.tags.patterns import tag_from_bytes, tag_to_bytes
 from pooltagscan.tracking import TRACKER_KIND, TrackerTotals
 
 VIEW_STATS, VIEW_TRACKER = "stats", "tracker"
+# What `diff` takes on either side, said when a file is neither.
+NEITHER = (
+    "not a memory dump nor a saved `scan --stats --format json` "
+    "or `scan --tracker --format json` view"
+)
 
 
 @dataclass
@@ -40,6 +46,8 @@ class Snapshot:
     allocs: dict[str, int] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
     view: str = VIEW_STATS
+    # What the shells should warn about this side (the scan's own warnings, shared words).
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -231,9 +239,19 @@ def load_snapshot(
         doc = _saved_stats(source)
         if doc is not None:
             return snapshot_from_document(source.path, doc)
+        kind = text_kind(source.pread(0, HEAD_BYTES))
+        if kind is not None:
+            raise InputError(source.path, f"this is {kind}, {NEITHER}")
     image = open_image(path)
     try:
         prepared = prepare(image, layout, db)
+        if image.format == "raw" and proves_nothing(prepared.detection.evidence):
+            # A flat file proves it is memory only by its pool structure; without any,
+            # every tag of the other side would read as growth (or as freed).
+            counts = ", ".join(f"{k} {v}" for k, v in prepared.detection.evidence.items())
+            raise InputError(
+                image.path, f"no pool structure proven in the sampled pages ({counts}): {NEITHER}"
+            )
         stats = TagStats()
         totals = TrackerTotals()
         for records in run(prepared, jobs=jobs, progress=progress, tracker=totals.add):
@@ -241,10 +259,34 @@ def load_snapshot(
         if view == VIEW_TRACKER:
             if not totals.found:
                 raise InputError(image.path, "no pool tracker table found in this dump")
-            return snapshot_from_tracker(image.path, prepared.metadata(), totals)
-        return snapshot_from_stats(image.path, prepared.metadata(), stats)
+            snap = snapshot_from_tracker(image.path, prepared.metadata(), totals)
+        else:
+            snap = snapshot_from_stats(image.path, prepared.metadata(), stats)
+        snap.warnings = prepared.warnings()
+        return snap
     finally:
         image.close()
+
+
+def mismatch(old: Snapshot, new: Snapshot) -> str | None:
+    """A warning when the two sides come from different kinds of system, else None.
+
+    Tags of an x86 and an x64 system, or of a legacy pool and a segment heap, differ in
+    sizes and in which tags exist at all: their difference is not a leak. Compared only
+    where both sides say (saved documents of every version carry `layout` and
+    `architecture`, but a hand-made one may not).
+    """
+    differ = []
+    for key in ("architecture", "layout"):
+        a, b = old.meta.get(key), new.meta.get(key)
+        if isinstance(a, str) and isinstance(b, str) and a != b:
+            differ.append(f"{key} ({a} vs {b})")
+    if not differ:
+        return None
+    return (
+        f"{old.source} and {new.source} differ in {' and '.join(differ)}; "
+        "their per-tag counts are not comparable like for like"
+    )
 
 
 DIFF_SORTS = ("bytes", "count", "tag")

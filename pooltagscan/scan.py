@@ -21,6 +21,9 @@ from pooltagscan.tags.database import TagDatabase
 from pooltagscan.tags.patterns import tag_to_bytes
 
 LAYOUT_CHOICES = ("auto", *(f.value for f in Family))
+# The words every shell uses for a dump in which the detection proves nothing: the CLI
+# prints them as a warning, the Volatility plugin logs them, `diff` refuses the dump.
+NO_EVIDENCE = "no pool structure proven in the sampled pages; results are unlikely"
 # Detection.evidence keys that count proving pages per family, in detect's tie order.
 EVIDENCE_KEYS = {fam: layout.evidence for fam, layout in LAYOUTS.items()}
 
@@ -38,6 +41,31 @@ def contrary_family(family: Family, evidence: dict[str, int]) -> Family | None:
     return best if counts[best] > counts[family] else None
 
 
+def forced_layout_warning(layout: str, evidence: dict[str, int]) -> str | None:
+    """The warning for a `--layout` forced against the evidence, or None.
+
+    One text for every shell (CLI, report, diff, plugin), so that an analyst who met it in
+    one recognises it in another; the shell adds the dump's name and its own prefix.
+    """
+    favoured = contrary_family(Family(layout), evidence)
+    if favoured is None:
+        return None
+    counts = ", ".join(f"{k} {v}" for k, v in evidence.items())
+    return (
+        f"--layout {layout} goes against the evidence, which favours {favoured.value} "
+        f"({counts}); records are likely bogus"
+    )
+
+
+def proves_nothing(evidence: dict[str, int]) -> bool:
+    """Whether the detection found no pool structure at all (every family's count zero).
+
+    Such a file scans to header-shaped noise whatever the layout: it is garbage, text, or
+    memory of a system we do not read, and its records should not be trusted or compared.
+    """
+    return not any(int(evidence.get(key, 0)) for key in EVIDENCE_KEYS.values())
+
+
 @dataclass
 class PreparedScan:
     image: MemoryImage
@@ -50,6 +78,29 @@ class PreparedScan:
         if not self.forced:
             return None
         return contrary_family(self.config.family, self.detection.evidence)
+
+    def warnings(self) -> list[str]:
+        """What a shell should warn about before trusting this scan, in shared words: a
+        file that looks like a document rather than memory, a layout forced against the
+        evidence, no pool structure proven at all."""
+        found = []
+        if self.image.looks_like:
+            found.append(f"this looks like {self.image.looks_like}, not a memory dump")
+        if self.forced:
+            forced = forced_layout_warning(self.config.family.value, self.detection.evidence)
+            if forced:
+                found.append(forced)
+        if proves_nothing(self.detection.evidence):
+            found.append(NO_EVIDENCE)
+        return found
+
+    @property
+    def how(self) -> str:
+        """How the family was chosen: `forced` (--layout), `defaulted` (no evidence at
+        all, so the first family won a tie of zeros) or `detected`."""
+        if self.forced:
+            return "forced"
+        return "defaulted" if proves_nothing(self.detection.evidence) else "detected"
 
     def metadata(self) -> dict:
         """Facts about the scan for JSON outputs and report headers."""

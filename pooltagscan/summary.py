@@ -13,7 +13,7 @@ of the dump.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,3 +145,34 @@ class WindowCounts:
             int(kept["size"].sum(dtype=np.int64)),
             distinct_pages(on_pages),
         )
+
+
+@dataclass
+class KeptRecords:
+    """What a scan worker ships for the record views: the records the filters keep and
+    the pool pages of all of them (the summary's share describes the dump)."""
+
+    record_filter: RecordFilter | None = None
+
+    def __call__(self, records: np.ndarray) -> tuple[np.ndarray, int]:
+        kept = self.record_filter.apply(records) if self.record_filter else records
+        return kept, distinct_pages(records["offset"][records["source"] == SOURCE_PAGE])
+
+
+def collect_records(
+    prepared: PreparedScan,
+    summary: ScanSummary,
+    record_filter: RecordFilter | None = None,
+    jobs: int = 1,
+    progress: ProgressCallback | None = None,
+) -> Iterator[np.ndarray]:
+    """The filtered record batches, feeding `summary` on the way; the filter runs where
+    each window is scanned. `summary` is finished when the batches are."""
+    for kept, pool_pages in scan_image(
+        prepared.image, prepared.config, jobs, progress, reduce=KeptRecords(record_filter)
+    ):
+        summary.records += int(kept.size)
+        summary.bytes += int(kept["size"].sum(dtype=np.int64))
+        summary.pool_pages += pool_pages
+        yield kept
+    summary.finish()

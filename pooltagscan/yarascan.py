@@ -31,7 +31,9 @@ from pooltagscan.rulefiles import rule_files
 from pooltagscan.scan import PreparedScan
 from pooltagscan.scanner.engine import WINDOW_BYTES, ProgressCallback, window_records
 
-PREVIEW_BYTES = 32
+PREVIEW_BYTES = 64
+# Bytes shown on each side of a match: enough to see the field or string it sits in.
+CONTEXT_BYTES = 16
 MAX_HITS_PER_RULE = 10_000
 
 
@@ -44,12 +46,27 @@ class YaraHit:
     tag: str | None = None  # containing allocation, when one is found
     allocation: int | None = None
     allocation_size: int | None = None
+    length: int | None = None  # the whole match (data keeps its first PREVIEW_BYTES)
+    before: bytes = b""  # up to CONTEXT_BYTES before the match, same page, captured only
+    after: bytes = b""  # up to CONTEXT_BYTES after the match, likewise
 
     @property
     def offset_in_allocation(self) -> int | None:
         return None if self.allocation is None else self.address - self.allocation
 
+    @property
+    def ascii(self) -> str:
+        """The matched bytes as a hex viewer shows them: printable ASCII, `.` otherwise."""
+        return printable_ascii(self.data)
+
+    @property
+    def utf16(self) -> str | None:
+        """The matched bytes read as UTF-16LE, when that gives readable text (None else)."""
+        return printable_utf16(self.data)
+
     def as_dict(self) -> dict[str, Any]:
+        """Fields of every format; the first eight are those of earlier versions."""
+        offset = self.offset_in_allocation
         return {
             "rule": self.rule,
             "string": self.string,
@@ -58,8 +75,58 @@ class YaraHit:
             "tag": self.tag,
             "allocation": self.allocation,
             "allocation_size": self.allocation_size,
-            "offset_in_allocation": self.offset_in_allocation,
+            "offset_in_allocation": offset,
+            "offset_in_allocation_hex": None if offset is None else f"{offset:#x}",
+            "length": len(self.data) if self.length is None else self.length,
+            "ascii": self.ascii,
+            "utf16": self.utf16,
+            "before": self.before.hex(),
+            "after": self.after.hex(),
+            "context": self.context,
         }
+
+    @property
+    def context(self) -> str:
+        """The match in brackets between the bytes around it, all read the way the match
+        reads: as UTF-16LE when the match is such text (context bytes that are not become
+        `.`), else as printable ASCII. `data` holds at most PREVIEW_BYTES of a longer
+        match, so the brackets then close on `...` and no `after` follows."""
+        cut = self.length is not None and self.length > len(self.data)
+        wide = self.utf16
+        if wide is None:
+            before, match, after = map(printable_ascii, (self.before, self.data, self.after))
+        else:
+            before = _wide_text(self.before[len(self.before) % 2 :])
+            after = _wide_text(self.after[: len(self.after) - len(self.after) % 2])
+            match = wide
+        return f"{before}[{match}...]" if cut else f"{before}[{match}]{after}"
+
+
+def printable_ascii(data: bytes) -> str:
+    """Bytes 0x20-0x7E as themselves and every other byte as `.`."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in data)
+
+
+def _wide_text(data: bytes) -> str:
+    """UTF-16LE code units as their character when printable below U+2000, else `.`."""
+    text = data.decode("utf-16-le", "replace")
+    return "".join(c if c.isprintable() and ord(c) < 0x2000 else "." for c in text)
+
+
+def printable_utf16(data: bytes) -> str | None:
+    """`data` decoded as UTF-16LE when every code unit is a printable character below
+    U+2000 (Latin, Greek, Cyrillic and the like), else None.
+
+    Any two ASCII bytes also decode to a printable CJK character (`Th` is U+6854), so a
+    wider test would "decode" every ASCII match; kernel strings worth reading (device
+    paths, registry keys, names) are in the range kept.
+    """
+    if len(data) < 2 or len(data) % 2:
+        return None
+    text = data.decode("utf-16-le", "replace")
+    if all(c.isprintable() and ord(c) < 0x2000 for c in text):
+        return text
+    return None
 
 
 def compile_rules(paths: Iterable[str | os.PathLike[str]]):
@@ -115,25 +182,20 @@ class YaraScan:
                 records = window_records(image, config, window, words)
                 data = memoryview(words).cast("B")
                 matches = self.rules.match(data=data, warnings_callback=warned)
-                del data
-            hits = []
-            for match in matches:
-                room = self.max_hits_per_rule - listed[match.rule]
-                for string in match.strings:
-                    for instance in string.instances:
-                        if room <= 0:
-                            self.unlisted[match.rule] += 1
-                            continue
-                        room -= 1
-                        hits.append(
-                            YaraHit(
-                                match.rule,
-                                string.identifier,
-                                window.address_at(instance.offset),
-                                bytes(instance.matched_data[:PREVIEW_BYTES]),
+                hits = []
+                for match in matches:
+                    room = self.max_hits_per_rule - listed[match.rule]
+                    for string in match.strings:
+                        for instance in string.instances:
+                            if room <= 0:
+                                self.unlisted[match.rule] += 1
+                                continue
+                            room -= 1
+                            hits.append(
+                                _hit(image, window, data, match.rule, string.identifier, instance)
                             )
-                        )
-                listed[match.rule] = self.max_hits_per_rule - max(room, 0)
+                    listed[match.rule] = self.max_hits_per_rule - max(room, 0)
+                del data
             del matches
             hits.sort(key=lambda h: (h.address, h.rule, h.string))
             _place(hits, records, names)
@@ -172,6 +234,41 @@ def scan_yara(
     would straddle two windows (every 32 MiB) is not seen.
     """
     return YaraScan(prepared, rules, progress, window_bytes)
+
+
+def _hit(image: MemoryImage, window, data: memoryview, rule: str, string: str, instance) -> YaraHit:
+    """One hit with its context: the bytes around the match in the window's buffer, cut
+    to the page of the match (the next physical page is usually unrelated memory, and a
+    gathered minidump window's next page is elsewhere in the address space) and to the
+    bytes the dump holds (a minidump page's padding is not memory)."""
+    offset, length = instance.offset, instance.matched_length
+    end = offset + max(length, 1) - 1  # the last matched byte
+    low = max(offset - CONTEXT_BYTES, offset - offset % PAGE_SIZE)
+    high = min(offset + length + CONTEXT_BYTES, end - end % PAGE_SIZE + PAGE_SIZE)
+    before = _captured_run(image, window, low, offset, from_end=True)
+    after = _captured_run(image, window, offset + length, high, from_end=False)
+    return YaraHit(
+        rule,
+        string,
+        window.address_at(offset),
+        bytes(instance.matched_data[:PREVIEW_BYTES]),
+        length=length,
+        before=bytes(data[offset - before : offset]),
+        after=bytes(data[offset + length : offset + length + after]),
+    )
+
+
+def _captured_run(image: MemoryImage, window, start: int, stop: int, from_end: bool) -> int:
+    """How many bytes of the buffer range [start, stop) the dump holds, counted from the
+    end next to the match (`from_end`: the bytes before it) or from the start."""
+    if stop <= start:
+        return 0
+    offsets = np.arange(start, stop)
+    held = image.captured(window.addresses(offsets), 1)
+    if from_end:
+        held = held[::-1]
+    missing = np.flatnonzero(~held)
+    return int(missing[0]) if missing.size else stop - start
 
 
 def _place(hits: list[YaraHit], records: np.ndarray, names: TagNames) -> None:

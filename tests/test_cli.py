@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -66,7 +67,12 @@ def test_jsonl_follows_contract_and_manifest():
             want["state"],
         )
         assert r["layout"] == "x64"
-    assert "layout detected: x64" in proc.stderr
+    # One summary line: 5,533 page records of 820 KiB, over the 2 MiB dump, x64 on 205 pages.
+    line = re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr)
+    assert (
+        line
+        == f"pooltagscan: {SAMPLE}: 5,533 records, 820 KiB in T s over 2.0 MiB; x64 (x64 205)\n"
+    )
     assert "\r" not in proc.stderr  # no progress bar when stderr is not a terminal
 
 
@@ -213,8 +219,10 @@ def test_table_json_and_csv_views_agree():
 
 
 def test_forced_layout_is_reported():
-    proc = pooltagscan("scan", str(DUMPS / "xp-x86.raw"), "--layout", "x86", "--stats")
+    proc = pooltagscan("scan", str(DUMPS / "xp-x86.raw"), "--layout", "x86", "--stats", "-v")
     assert "layout chosen by --layout: x86 (xp PoolType encoding" in proc.stderr
+    quiet = pooltagscan("scan", str(DUMPS / "xp-x86.raw"), "--layout", "x86", "--stats")
+    assert "layout chosen" not in quiet.stderr and " x86 forced (x86 " in quiet.stderr
 
 
 def test_user_pooltag_file_and_environment(tmp_path):
@@ -370,3 +378,15 @@ def test_progress_bar_only_when_enabled():
     bar(50, 100)
     bar.close()
     assert quiet.getvalue() == ""
+
+
+def test_tags_is_an_alias_of_tag():
+    """The Volatility plugin says --tags: the same word works here, and mixes with --tag."""
+    mixed = pooltagscan("scan", str(SAMPLE), "--tags", "Pro?", "--tag", "Thr*", "--format",
+                        "jsonl", "-q").stdout  # fmt: skip
+    plain = pooltagscan("scan", str(SAMPLE), "--tag", "Pro?", "--tag", "Thr*", "--format",
+                        "jsonl", "-q").stdout  # fmt: skip
+    assert mixed == plain and {json.loads(line)["tag"] for line in plain.splitlines()} == {
+        "Proc",
+        "Thre",
+    }

@@ -7,6 +7,7 @@ hand from a hex dump of the file (file offsets given), not from our reader.
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
@@ -93,6 +94,15 @@ def test_every_record_matches_the_bytes_at_its_block(triage):
 def test_cli_reports_the_dump(capsys, tmp_path):
     path = shared_file(NAME)
     assert cli.main(["scan", str(path), "--stats", "-o", str(tmp_path / "s.txt")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    # The reader's note, then the one summary line: the 574,245 bytes the blocks hold (not
+    # the 472 zero-padded pages), and the 64-bit segment-heap layout named on ARM64.
+    assert len(lines) == 2 and "offsets are virtual addresses" in lines[0]
+    assert re.sub(r"in \d+\.\d\d s", "in T s", lines[1]) == (
+        f"pooltagscan: {path}: 307 records, 33 KiB in T s over 561 KiB captured; "
+        "x64-segment-heap on ARM64 (seg 49)"
+    )
+    assert cli.main(["scan", str(path), "--stats", "-v", "-o", str(tmp_path / "s.txt")]) == 0
     err = capsys.readouterr().err
     assert "Windows kernel minidump, ARM64, dump type triage (4), build 22000" in err
     assert "bugcheck 0x1c8, data blocks 679" in err

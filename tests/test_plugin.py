@@ -326,7 +326,7 @@ def test_progress_goes_through_volatility(plugin_class):
 
 def test_versions_are_declared(plugin_class):
     assert plugin_class._required_framework_version == (2, 26, 0)
-    assert plugin_class._version == (1, 0, 0)
+    assert plugin_class._version == (1, 1, 0)
     assert framework.interface_version()[0] == 2
 
 
@@ -372,8 +372,9 @@ def test_vol_stats_and_tag_options(tmp_path):
     assert proc.returncode == 0, proc.stderr
     got = [{k: v for k, v in r.items() if k != "__children"} for r in json.loads(proc.stdout)]
     assert got == standalone_stats(dump, TagDatabase.load([]))
+    # --tags (the plugin's name) and --tag (the CLI's) in one command line: one list
     proc = vol("-r", "pretty", "-f", str(dump), "pooltagscan.PoolTagScan", "--tags", "Pro?",
-               "Thr*", "--min-confidence", "high", tmp=tmp_path)  # fmt: skip
+               "--tag", "Thr*", "--min-confidence", "high", tmp=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("*")]
     want = standalone(dump, record_filter=RecordFilter.from_names(["Pro?", "Thr*"], "high"))
@@ -426,3 +427,29 @@ def test_vol_on_the_real_arm64_minidump(tmp_path):
     assert {"offset": 0xFFFFBB8EBA5FB3A0, "tag": "Driv"}.items() <= next(
         r for r in got if r["offset"] == 0xFFFFBB8EBA5FB3A0
     ).items()
+
+
+def test_tag_and_tags_are_one_list(plugin_class):
+    """`--tag` is the CLI's name, `--tags` the plugin's: both work, and they add up."""
+    dump = DUMPS / "win7-x86.raw"
+    both = plugin_records(plugin_class, dump, tags=["Pro?"], tag=["Thr*"])
+    assert {r["tag"] for r in both} == {"Proc", "Thre"}
+    assert both == standalone(dump, record_filter=RecordFilter.from_names(["Pro?", "Thr*"]))
+    alone = plugin_records(plugin_class, dump, tag=["Thr*"])
+    assert alone == [r for r in both if r["tag"] == "Thre"]
+
+
+def test_garbage_logs_the_cli_s_warnings(plugin_class, tmp_path, caplog):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"pool leak notes, not memory\n" * 300)
+    _, plugin = construct(plugin_class, notes, stats=True)
+    _, rows = grid_rows(plugin)
+    assert rows == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if w.startswith("pooltagscan:")] == [
+        f"pooltagscan: {notes}: this looks like a text file, not a memory dump",
+        (
+            f"pooltagscan: {notes}: no pool structure proven in the sampled pages; results are "
+            "unlikely"
+        ),
+    ]

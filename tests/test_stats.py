@@ -278,7 +278,7 @@ SUMMARY_RE = re.compile(
 def test_cli_summary_line_and_json_summary():
     dump = DUMPS / "win7-x64.raw"
     manifest = load_manifest("win7-x64")
-    proc = pooltagscan("scan", str(dump), "--stats", "--format", "json")
+    proc = pooltagscan("scan", str(dump), "--stats", "--format", "json", "-v")
     lines = [m for line in proc.stderr.splitlines() if (m := SUMMARY_RE.match(line))]
     assert len(lines) == 1
     path, records, size, _, pages, scanned, share = lines[0].groups()
@@ -301,6 +301,20 @@ def test_cli_summary_line_and_json_summary():
     assert summary["records"] == doc["totals"]["total_allocs"]
     quiet = pooltagscan("scan", str(dump), "--stats", "-q")
     assert quiet.stderr == ""
+    quiet = pooltagscan("scan", str(dump), "--stats", "-q", "-v")
+    assert quiet.stderr == ""
+
+
+def test_cli_one_summary_line_per_dump():
+    """Without -v, one line per dump: records, bytes, time, extent, layout, evidence."""
+    dumps = [str(DUMPS / "win7-x64.raw"), str(DUMPS / "xp-x86.raw")]
+    proc = pooltagscan("scan", *dumps, "--stats", "-o", "/dev/null")
+    lines = re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr).splitlines()
+    assert lines == [
+        f"pooltagscan: {dumps[0]}: 5,935 records, 49 MiB in T s over 2.0 MiB; x64 (x64 205)",
+        f"pooltagscan: {dumps[1]}: 5,999 records, 70 MiB in T s over 2.0 MiB; x86 (x86 205)",
+    ]
+    assert all(len(line.split(": ", 2)[2]) <= 85 for line in lines)
 
 
 def test_cli_summary_with_a_filter_counts_kept_records_and_all_pool_pages():
@@ -421,3 +435,73 @@ def test_json_outputs_carry_provenance():
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", prov["time_utc"])
     report = json.loads(pooltagscan("report", str(dump), "--format", "json", "-q").stdout)
     assert report["provenance"]["inputs"] == [want] and report["sha256"] == want["sha256"]
+
+
+def test_cli_garbage_says_defaulted_and_warns(tmp_path):
+    """No evidence at all: the layout is a guess (the first family of a tie of zeros)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"pool leak notes, not memory\n" * 300)  # 8,400 bytes: two pages
+    proc = pooltagscan("scan", str(notes), "--stats", "-o", "/dev/null")
+    lines = re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr).splitlines()
+    assert lines == [
+        (
+            f"pooltagscan: {notes}: size 8400 is not a multiple of 4096; the last 208 bytes are "
+            "not scanned"
+        ),
+        f"pooltagscan: {notes}: warning: this looks like a text file, not a memory dump",
+        (
+            f"pooltagscan: {notes}: warning: no pool structure proven in the sampled pages; "
+            "results are unlikely"
+        ),
+        f"pooltagscan: {notes}: 0 records, 0 B in T s over 8.0 KiB; x64 defaulted (no evidence)",
+    ]
+    assert proc.returncode == 0
+    assert pooltagscan("scan", str(notes), "--stats", "-q", "-o", "/dev/null").stderr == ""
+
+
+def test_cli_summary_counts_hits_and_tracked_tags(tmp_path):
+    dump = str(DUMPS / "win10-1809-x64.raw")
+    rule = tmp_path / "r.yar"
+    rule.write_text('rule thr { strings: $t = "Thread" condition: $t }')
+    hits = len(pooltagscan("scan", dump, "--yara", str(rule), "--format", "jsonl", "-q")
+               .stdout.splitlines())  # fmt: skip
+    proc = pooltagscan("scan", dump, "--yara", str(rule), "-o", "/dev/null")
+    assert re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr) == (
+        f"pooltagscan: {dump}: {hits:,} YARA hits in T s over 2.0 MiB; x64 (x64 205)\n"
+    )
+    doc = json.loads(pooltagscan("scan", dump, "--tracker", "--format", "json", "-q").stdout)
+    proc = pooltagscan("scan", dump, "--tracker", "-o", "/dev/null")
+    assert re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr) == (
+        f"pooltagscan: {dump}: {len(doc['tags'])} tracked tags, {doc['tracker_pages']} table "
+        "pages in T s over 2.0 MiB; x64 (x64 205)\n"
+    )
+
+
+def test_cli_verbose_keeps_the_detail_lines():
+    dump = str(DUMPS / "win11-segheap-x64.raw")
+    proc = pooltagscan("scan", dump, "--stats", "-v", "-o", "/dev/null")
+    lines = re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr).splitlines()
+    assert lines == [
+        (
+            f"pooltagscan: {dump}: raw image; 2.0 MiB scanned; layout detected: x64-segment-heap "
+            "(segment-heap PoolType encoding; evidence: x86 chains 0, x64 chains 0, segment-heap "
+            "pages 139)"
+        ),
+        (
+            f"pooltagscan: {dump}: 2,514 records, 25 MiB in T s over 2.0 MiB; x64-segment-heap "
+            "(seg 139)"
+        ),
+        (
+            f"pooltagscan: {dump}: 2,514 records, 26,495,398 bytes in T s; pool pages 193 of 512 "
+            "scanned (37.7%)"
+        ),
+        f"pooltagscan: {dump}: kernel tracker table found (7 pages); 3 tag(s) disagree with it",
+    ]
+
+
+def test_human_sizes():
+    from pooltagscan.render.summary import human_size
+
+    assert [human_size(n) for n in (0, 1023, 1024, 34160, 574245, 2 << 20, 26495398, 5 << 40)] == [
+        "0 B", "1023 B", "1.0 KiB", "33 KiB", "561 KiB", "2.0 MiB", "25 MiB", "5.0 TiB"
+    ]  # fmt: skip

@@ -28,17 +28,11 @@ def warn_forced_layout(
 ) -> None:
     """A note (not an error: the scan ran as asked) when the user's --layout goes against
     the dump's own evidence, whose records are then likely header-shaped noise."""
-    from pooltagscan.layouts import Family
-    from pooltagscan.scan import contrary_family
+    from pooltagscan.scan import forced_layout_warning
 
-    favoured = contrary_family(Family(layout), evidence)
-    if favoured is not None:
-        counts = ", ".join(f"{k} {v}" for k, v in evidence.items())
-        note(
-            args,
-            f"{path}: warning: --layout {layout} goes against the evidence, which favours "
-            f"{favoured.value} ({counts}); records are likely bogus",
-        )
+    warning = forced_layout_warning(layout, evidence)
+    if warning is not None:
+        note(args, f"{path}: warning: {warning}")
 
 
 def error(text: str) -> None:

@@ -15,9 +15,8 @@ from pooltagscan.commands.common import (
     named,
     note,
     tag_list_inputs,
-    warn_forced_layout,
 )
-from pooltagscan.diff import DIFF_SORTS, VIEW_STATS, VIEW_TRACKER, diff, load_snapshot
+from pooltagscan.diff import DIFF_SORTS, VIEW_STATS, VIEW_TRACKER, diff, load_snapshot, mismatch
 from pooltagscan.progress import ProgressBar
 from pooltagscan.render.table import format_table
 from pooltagscan.tags.database import TagDatabase
@@ -67,11 +66,14 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         view = VIEW_TRACKER if args.tracker else VIEW_STATS
         snaps.append(load_snapshot(path, args.layout, db, args.jobs, bar, view))
         bar.close()
-        if args.layout != "auto" and isinstance(snaps[-1].meta.get("evidence"), dict):
-            # a scanned dump (a saved document's evidence is not kept, nor forced here)
-            warn_forced_layout(args, path, args.layout, snaps[-1].meta["evidence"])
+        # A scanned dump's own warnings (a saved document's were said when it was saved).
+        for warning in snaps[-1].warnings:
+            note(args, f"{path}: warning: {warning}")
         note(args, f"{path}: {len(snaps[-1].allocs)} tags")
     rows = diff(*snaps, describe=db.describe, sort=args.sort)
+    differ = mismatch(*snaps)
+    if differ:
+        note(args, f"warning: {differ}")
     out = outputs.stream("-o")
     if args.changed:
         rows = [r for r in rows if r.delta_allocs or r.delta_bytes]

@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     drivers.add_argument(
         "--tag",
+        "--tags",  # the Volatility plugin's name
+        dest="tag",
         action="append",
         default=[],
         metavar="PATTERN",

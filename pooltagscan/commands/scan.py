@@ -17,7 +17,6 @@ from pooltagscan.commands.common import (
     named,
     note,
     tag_list_inputs,
-    warn_forced_layout,
 )
 from pooltagscan.errors import InputError
 from pooltagscan.filters import RecordFilter
@@ -28,11 +27,12 @@ from pooltagscan.provenance import document as provenance
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
 from pooltagscan.render.records import FORMATS, make_writer
 from pooltagscan.render.stats import StatsWriter, summary_line
+from pooltagscan.render.summary import scan_line
 from pooltagscan.render.tracker import write_tracker
 from pooltagscan.render.yarahits import write_hits
 from pooltagscan.scan import prepare, run
 from pooltagscan.stats import SORT_KEYS
-from pooltagscan.summary import ScanSummary, collect_stats
+from pooltagscan.summary import ScanSummary, collect_records, collect_stats
 from pooltagscan.tags.database import TagDatabase
 from pooltagscan.tracking import TrackerTotals
 from pooltagscan.tracking import attach as attach_tracker
@@ -58,6 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     scan.add_argument(
         "--tag",
+        "--tags",  # the Volatility plugin's name: either works in both tools
+        dest="tag",
         action="append",
         default=[],
         metavar="PATTERN",
@@ -107,6 +109,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_dump_options(scan)
     add_output_options(scan)
+    scan.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="detail lines on stderr besides the one-line summary per dump: the format "
+        "and every evidence count, the pool-page share, the tracker table",
+    )
     scan.add_argument(
         "--yara",
         action="append",
@@ -162,6 +171,12 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     return status
 
 
+def detail(args: argparse.Namespace, text: str) -> None:
+    """A detail line: only with -v (and never with -q)."""
+    if getattr(args, "verbose", False):
+        note(args, text)
+
+
 def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, several) -> None:
     image = open_image(path)
     digest = None
@@ -173,26 +188,20 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
         # The sha256 of the provenance, computed alongside the scan (json documents).
         digest = FileDigest(image.file) if args.format == "json" else None
         prepared = prepare(image, args.layout, db, tables=not args.no_tables)
-        how = "chosen by --layout" if args.layout != "auto" else "detected"
-        note(
+        how = "chosen by --layout" if args.layout != "auto" else prepared.how
+        detail(
             args,
             f"{path}: {image.describe()}; {image.scanned_bytes / 2**20:.1f} MiB "
             f"scanned; layout {how}: {prepared.detection.describe()}",
         )
-        if args.layout == "auto" and not any(prepared.detection.evidence.values()):
-            note(
-                args,
-                f"{path}: warning: no pool structure proven in the sampled pages; "
-                "results are unlikely",
-            )
-        if prepared.forced:
-            warn_forced_layout(
-                args, path, prepared.config.family.value, prepared.detection.evidence
-            )
+        for warning in prepared.warnings():
+            note(args, f"{path}: warning: {warning}")
         meta = prepared.metadata()
         bar = ProgressBar(
             f"scanning {os.path.basename(path)}", enabled=False if args.quiet else None
         )
+        found = None  # what the summary line counts, when not records
+        details: list[str] = []  # lines for -v after the summary
         try:
             if rules is not None:
                 scan = scan_yara(prepared, rules, bar)
@@ -201,8 +210,10 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                     hits = (
                         h for h in hits if h.tag is not None and record_filter.tags.matches(h.tag)
                     )
-                write_hits(args.format, out, hits, meta, path if several else None)
+                count = write_hits(args.format, out, hits, meta, path if several else None)
                 bar.close()
+                summary.finish()
+                found = f"{count:,} YARA hit{'s' if count != 1 else ''}"
                 for remark in scan.notes:
                     note(args, f"{path}: {remark}")
             elif args.tracker:
@@ -210,26 +221,27 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 for _ in run(prepared, None, args.jobs, bar, tracker=totals.add):
                     pass
                 bar.close()
+                summary.finish()
                 rows = totals.rows(db.describe, args.sort)
                 if digest is not None:
                     meta["provenance"] = provenance([digest.result()])
                 write_tracker(args.format, out, totals, rows, meta, path if several else None)
+                found = f"{len(rows):,} tracked tags, {totals.pages} table pages"
                 if not totals.found:
                     note(args, f"{path}: no pool tracker table found")
             elif args.stats:
                 totals = TrackerTotals()
                 stats = collect_stats(prepared, summary, record_filter, args.jobs, bar, totals.add)
                 bar.close()
-                note(args, f"{path}: {summary_line(summary)}")
                 rows = stats.rows(db.describe, args.sort)
                 attach_tracker(rows, totals)
+                details.append(summary_line(summary))
                 if totals.found:
                     meta["tracker_pages"] = totals.pages
                     flagged = sum(1 for r in rows if r.tracker and r.tracker["tracker_flag"])
-                    note(
-                        args,
-                        f"{path}: kernel tracker table found ({totals.pages} pages); "
-                        f"{flagged} tag(s) disagree with it",
+                    details.append(
+                        f"kernel tracker table found ({totals.pages} pages); "
+                        f"{flagged} tag(s) disagree with it"
                     )
                 if digest is not None:
                     meta["provenance"] = provenance([digest.result()])
@@ -241,15 +253,19 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 meta["max_address"] = image.max_address
                 writer.begin(meta)
                 try:
-                    for records in run(prepared, record_filter, args.jobs, bar):
-                        writer.write(records)
+                    for kept in collect_records(prepared, summary, record_filter, args.jobs, bar):
+                        writer.write(kept)
                 except (InputError, WorkerError) as exc:
                     writer.abort(str(exc))
                     raise
                 bar.close()
                 writer.end()
+                details.append(summary_line(summary))
         finally:
             bar.close()
+        note(args, f"{path}: {scan_line(prepared, summary, found)}")
+        for line in details:
+            detail(args, f"{path}: {line}")
     finally:
         if digest is not None:
             digest.cancel()  # stops an unneeded or interrupted digest before the close

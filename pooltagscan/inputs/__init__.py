@@ -68,7 +68,9 @@ def _open_source(source: InputFile) -> MemoryImage:
     state = state_file_beside(path)
     if state is not None:
         return open_vmem(source, state)
-    return open_raw(source)
+    image = open_raw(source)
+    image.looks_like = sniff.text_kind(head)
+    return image
 
 
 __all__ = ["MemoryImage", "open_image"]

@@ -98,10 +98,20 @@ class MemoryImage:
     details: dict[str, object] = field(default_factory=dict)
     file_size: int = 0
     source: InputFile | None = field(default=None, repr=False)
+    # A flat file whose first bytes read as a document ("an HTML document"): scanned as
+    # asked, but the shells warn, and `diff` refuses it (see sniff.text_kind).
+    looks_like: str | None = None
 
     @property
     def scanned_bytes(self) -> int:
         return sum(r.length for r in self.runs)
+
+    @property
+    def captured_bytes(self) -> int:
+        """Bytes of memory the dump really holds. The scanned pages for formats that store
+        whole pages; less for kernel minidumps, whose pages are rebuilt around fragments
+        with zero padding that no summary should count as evidence."""
+        return self.scanned_bytes
 
     @property
     def max_address(self) -> int:

@@ -104,6 +104,10 @@ class MinidumpImage(MemoryImage):
     def scanned_bytes(self) -> int:
         return int(self.pages.size) * PAGE_SIZE
 
+    @property
+    def captured_bytes(self) -> int:
+        return int((self.span_ends - self.span_starts).sum()) if self.span_starts.size else 0
+
     def windows(self, window_bytes: int) -> Iterator[Window]:
         """Windows of up to `window_bytes` of captured pages, gathered across gaps."""
         step = max(1, window_bytes // PAGE_SIZE)

@@ -102,6 +102,51 @@ def sniff_bytes(head: bytes) -> Sniffed:
     return Sniffed(RAW, "raw image")
 
 
+# Characters a text document is made of besides the printable ones.
+_TEXT_SPACE = frozenset("\t\n\r\f\v")
+# Share of printable characters above which a head is taken as text (a stray control
+# character or two in a log file must not make it memory).
+_TEXT_SHARE = 0.98
+
+
+def text_kind(head: bytes) -> str | None:
+    """What document the file is ("an HTML document", "a JSON document", "an XML document",
+    "a text file") when its first bytes are text, else None.
+
+    Text carries no signature, so `sniff_bytes` takes it for a flat image; a physical
+    memory image, though, never holds kilobytes of text without a zero byte from its
+    first page on. `scan` still scans such a file (with a warning) and `diff` refuses it:
+    a saved HTML report given to `diff` would otherwise read as a dump of no tags.
+    """
+    if not head:
+        return None
+    if head[:2] == b"\xff\xfe":  # UTF-16LE with its byte-order mark (Notepad, PowerShell)
+        text = head[2 : len(head) - len(head) % 2].decode("utf-16-le", "replace")
+    else:
+        body = head.removeprefix(b"\xef\xbb\xbf")
+        if b"\0" in body:
+            return None
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(body) - 3:  # not just a character cut by the head's end
+                return None
+            text = body[: exc.start].decode("utf-8")
+    if not text:
+        return None
+    printable = sum(1 for c in text if c.isprintable() or c in _TEXT_SPACE)
+    if printable < _TEXT_SHARE * len(text):
+        return None
+    lead = text.lstrip()[:512].lower()
+    if lead.startswith(("<!doctype html", "<html")) or "<html" in lead:
+        return "an HTML document"
+    if lead.startswith("<?xml"):
+        return "an XML document"
+    if lead.startswith(("{", "[")):
+        return "a JSON document"
+    return "a text file"
+
+
 def _sniff_elf(head: bytes) -> Sniffed:
     if len(head) < 20:
         return Sniffed(FOREIGN, "truncated ELF file", "the file is too short")

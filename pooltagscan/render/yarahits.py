@@ -18,6 +18,13 @@ FIELDS = (
     "allocation",
     "allocation_size",
     "offset_in_allocation",
+    "offset_in_allocation_hex",
+    "length",
+    "ascii",
+    "utf16",
+    "before",
+    "after",
+    "context",
 )
 
 
@@ -43,17 +50,18 @@ def write_hits(
     else:
         if dump:
             out.write(f"== {dump}\n")
-        header = f"{'Address':>14}  {'Rule':<28} {'String':<10} {'Tag':<6} {'Allocation':>14} {'+Off':>6}  Data\n"
+        header = (
+            f"{'Address':>14}  {'Rule':<28} {'String':<10} {'Tag':<6} {'Allocation':>14} "
+            f"{'+Off':>7}  Context [match]\n"
+        )
         for count, hit in enumerate(hits, 1):
             if count == 1:
                 out.write(header)
             alloc = f"{hit.allocation:#x}" if hit.allocation is not None else "-"
-            off = str(hit.offset_in_allocation) if hit.allocation is not None else "-"
-            preview = hit.data[:16].decode("latin-1")
-            preview = "".join(c if 0x20 <= ord(c) < 0x7F else "." for c in preview)
+            off = f"+{hit.offset_in_allocation:#x}" if hit.allocation is not None else "-"
             out.write(
                 f"{hit.address:>#14x}  {hit.rule[:28]:<28} {hit.string[:10]:<10} "
-                f"{hit.tag or '-':<6} {alloc:>14} {off:>6}  {preview}\n"
+                f"{hit.tag or '-':<6} {alloc:>14} {off:>7}  {hit.context}\n"
             )
         if count == 0:
             out.write("no YARA hits\n")
