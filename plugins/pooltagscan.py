@@ -351,18 +351,21 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
             ("Confidence", str),
             ("Source", str),
             ("Entry", format_hints.Hex),
+            ("Owner", str),
+            ("Description", str),
         ]
 
     def _record_rows(
-        self, pts: Any, prepared: Any, record_filter: Any, _db: Any, jobs: int
+        self, pts: Any, prepared: Any, record_filter: Any, db: Any, jobs: int
     ) -> Iterator[tuple[int, tuple]]:
-        """The fields of pooltagscan.records.to_dicts, as Volatility row tuples."""
-        names = pts.records.TagNames()
+        """The fields of pooltagscan.records.to_dicts, as Volatility row tuples; owner
+        and description from the same tag database as the standalone scan."""
+        names = pts.records.TagNames(db)
         hex_hint = format_hints.Hex
         for records in pts.scan.run(prepared, record_filter, jobs, self._progress):
-            for offset, *rest, entry in pts.records.to_tuples(records, names):
+            for offset, *rest, entry, owner, description in pts.records.to_tuples(records, names):
                 entry = renderers.NotApplicableValue() if entry is None else hex_hint(entry)
-                yield 0, (hex_hint(offset), *rest, entry)
+                yield 0, (hex_hint(offset), *rest, entry, owner, description)
 
     @staticmethod
     def _stats_columns() -> list[tuple[str, type]]:

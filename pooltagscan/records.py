@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pooltagscan.layouts import Family
+from pooltagscan.tags.database import TagDatabase
 from pooltagscan.tags.patterns import tag_from_bytes
 
 RECORD_DTYPE = np.dtype(
@@ -51,6 +52,8 @@ FIELDS = (
     "confidence",
     "source",
     "entry",
+    "owner",
+    "description",
 )
 
 
@@ -59,10 +62,17 @@ def empty_records() -> np.ndarray:
 
 
 class TagNames:
-    """Caches the text form of tag values; dumps repeat a few thousand tags millions of times."""
+    """Caches the text form of tag values, and what the tag database says about them;
+    dumps repeat a few thousand tags millions of times.
 
-    def __init__(self) -> None:
+    `db` answers `about` (the owner and description of record output); without one the
+    built-in table is asked, loaded only when first needed.
+    """
+
+    def __init__(self, db: TagDatabase | None = None) -> None:
         self._cache: dict[int, str] = {}
+        self._about: dict[int, tuple[str, str]] = {}
+        self._db = db
 
     def __call__(self, value: int) -> str:
         text = self._cache.get(value)
@@ -71,11 +81,26 @@ class TagNames:
             self._cache[value] = text
         return text
 
+    def about(self, value: int) -> tuple[str, str]:
+        """(owner, description) of the tag's best database entry; empty strings for a tag
+        nobody describes, as in the --stats rows."""
+        found = self._about.get(value)
+        if found is None:
+            if self._db is None:
+                self._db = TagDatabase.builtin()
+            info = self._db.describe(int(value))
+            found = (info.owner, info.description) if info is not None else ("", "")
+            self._about[value] = found
+        return found
+
 
 def to_tuples(records: np.ndarray, names: TagNames | None = None) -> Iterator[tuple]:
     """Contract values in FIELDS order, names resolved: the one place that turns record
-    codes into the words of DESIGN.md section 6 (dicts for renderers, rows for the plugin)."""
+    codes into the words of DESIGN.md section 6 (dicts for tests and the plugin, and the
+    reference the bulk writers of render.records are held to). `entry` is None on page
+    records; owner and description come from `names`' tag database."""
     names = names or TagNames()
+    about = names.about
     layouts = [family.value for family in FAMILY_CODES]
     for offset, tag, prot, size, pool, state, fam, conf, source, entry in zip(
         records["offset"].tolist(),
@@ -100,12 +125,18 @@ def to_tuples(records: np.ndarray, names: TagNames | None = None) -> Iterator[tu
             CONFIDENCE_NAMES[conf],
             SOURCE_NAMES[source],
             entry if source == SOURCE_BIGPOOL else None,
+            *about(tag),
         )
 
 
 def to_dicts(records: np.ndarray, names: TagNames | None = None) -> Iterator[dict[str, Any]]:
     """Contract objects, field order as in DESIGN.md section 6; `entry` only on big-pool
-    records (a page record has no table entry, and millions of nulls cost output time)."""
-    page_fields = FIELDS[:-1]  # zip stops there: no `entry` key
+    records (a page record has no table entry, and millions of nulls cost output time),
+    owner and description last."""
+    entry = FIELDS.index("entry")
+    page_fields = FIELDS[:entry] + FIELDS[entry + 1 :]
     for values in to_tuples(records, names):
-        yield dict(zip(FIELDS if values[-1] is not None else page_fields, values))
+        if values[entry] is not None:
+            yield dict(zip(FIELDS, values))
+        else:
+            yield dict(zip(page_fields, values[:entry] + values[entry + 1 :]))

@@ -28,6 +28,8 @@ CONTRACT_KEYS = [
     "layout",
     "confidence",
     "source",
+    "owner",
+    "description",
 ]
 SAMPLE = DUMPS / "win10-1809-x64.raw"
 
@@ -204,8 +206,15 @@ def test_table_json_and_csv_views_agree():
         "Layout",
         "Conf",
         "Source",
+        "Owner",
+        "Description",
     ]
     assert [int(line.split()[0], 16) for line in table[1:]] == [r["offset"] for r in rows]
+    # Owner and description from the tag database, the description cut to 28 columns.
+    assert table[1].endswith("  page     nt!ps         thread object (ETHREAD), on…")
+    assert {(r["owner"], r["description"][:27]) for r in rows} == {
+        ("nt!ps", "thread object (ETHREAD), on")
+    }
     doc = json.loads(pooltagscan("scan", str(SAMPLE), "--format", "json", "--tag", "Thre").stdout)
     assert doc["layout"] == "x64" and doc["pooltype_encoding"] == "vista"
     assert doc["allocations"] == rows and doc["count"] == len(rows)
@@ -215,7 +224,7 @@ def test_table_json_and_csv_views_agree():
         )
     )
     assert [int(r["offset"]) for r in parsed] == [r["offset"] for r in rows]
-    assert list(parsed[0]) == [*CONTRACT_KEYS, "entry"]
+    assert list(parsed[0]) == [*CONTRACT_KEYS[:-2], "entry", "owner", "description"]
 
 
 def test_forced_layout_is_reported():
@@ -223,6 +232,40 @@ def test_forced_layout_is_reported():
     assert "layout chosen by --layout: x86 (xp PoolType encoding" in proc.stderr
     quiet = pooltagscan("scan", str(DUMPS / "xp-x86.raw"), "--layout", "x86", "--stats")
     assert "layout chosen" not in quiet.stderr and " x86 forced (x86 " in quiet.stderr
+
+
+def test_sort_is_refused_for_records_and_orders_stats():
+    """--sort orders --stats and --tracker rows; records come in scan order, so asking to
+    sort them is a usage error rather than an option silently ignored."""
+    for view in ([], ["--format", "jsonl"], ["--format", "csv"]):
+        proc = pooltagscan("scan", str(SAMPLE), "--sort", "tag", *view, check_exit=2)
+        assert proc.stdout == ""
+        assert proc.stderr == (
+            "pooltagscan: error: --sort orders --stats and --tracker rows; "
+            "records come in scan order\n"
+        )
+    stats = pooltagscan("scan", str(SAMPLE), "--stats", "--sort", "tag", "--format", "csv")
+    tags = [row["tag"] for row in csv.DictReader(io.StringIO(stats.stdout))]
+    assert tags == sorted(tags) and len(tags) > 20
+    tracker = pooltagscan("scan", str(SAMPLE), "--tracker", "--sort", "tag", "--format", "csv")
+    tags = [row["tag"] for row in csv.DictReader(io.StringIO(tracker.stdout))]
+    assert tags == sorted(tags) and len(tags) > 20
+
+
+def test_records_carry_owner_and_description_of_a_pooltag_file(tmp_path):
+    tags = tmp_path / "localtag.txt"
+    tags.write_text('WdRv - wdrv.sys - our "sample", third-party driver\n')
+    args = ("scan", str(SAMPLE), "--pooltag", str(tags), "--tag", "WdRv")
+    rows = jsonl(pooltagscan(*args, "--format", "jsonl"))
+    assert rows and {(r["owner"], r["description"]) for r in rows} == {
+        ("wdrv.sys", 'our "sample", third-party driver')
+    }
+    parsed = list(csv.DictReader(io.StringIO(pooltagscan(*args, "--format", "csv").stdout)))
+    assert [(r["owner"], r["description"]) for r in parsed] == [
+        (r["owner"], r["description"]) for r in rows
+    ]
+    unknown = jsonl(pooltagscan("scan", str(SAMPLE), "--format", "jsonl", "--tag", "WdRv"))
+    assert {(r["owner"], r["description"]) for r in unknown} == {("", "")}
 
 
 def test_user_pooltag_file_and_environment(tmp_path):

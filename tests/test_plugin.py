@@ -29,7 +29,7 @@ from volatility3.framework.layers import intel, physical
 
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs import open_image
-from pooltagscan.records import to_dicts
+from pooltagscan.records import TagNames, to_dicts
 from pooltagscan.scan import prepare, run
 from pooltagscan.stats import COLUMNS, TRACKER_COLUMNS, TagStats
 from pooltagscan.tags.database import TagDatabase
@@ -51,11 +51,14 @@ KEYS = (
     "confidence",
     "source",
     "entry",
+    "owner",
+    "description",
 )
 
 
 def row_dict(values) -> dict:
-    """A plugin row as the standalone contract object (`entry` only on big-pool rows)."""
+    """A plugin row as the standalone contract object (`entry` only on big-pool rows;
+    owner and description on every row)."""
     item = dict(zip(KEYS, values))
     item["offset"] = int(item["offset"])
     entry = item.pop("entry")
@@ -127,9 +130,11 @@ def plugin_records(plugin_class, dump: Path, **options) -> list[dict]:
 
 
 def standalone(dump: Path, layout="auto", record_filter=None, db=None) -> list[dict]:
-    prepared = prepare(open_image(dump), layout, db or TagDatabase.builtin())
+    """The records of `pooltagscan scan`, owner and description from `db`."""
+    db = db or TagDatabase.builtin()
+    prepared = prepare(open_image(dump), layout, db)
     batches = list(run(prepared, record_filter))
-    return list(to_dicts(np.concatenate(batches))) if batches else []
+    return list(to_dicts(np.concatenate(batches), TagNames(db))) if batches else []
 
 
 def standalone_stats(dump: Path, db: TagDatabase) -> list[dict]:
@@ -206,6 +211,21 @@ def test_tracker_view_and_source_filter(plugin_class):
     assert big == standalone(dump, record_filter=RecordFilter.from_names(sources=["bigpool"]))
     assert len(big) > 200 and {r["source"] for r in big} == {"bigpool"}
     assert all(r["entry"] // 4096 != r["offset"] // 4096 for r in big)
+
+
+def test_records_carry_owner_and_description_of_the_pooltag_file(plugin_class, tmp_path):
+    tag_file = tmp_path / "localtag.txt"
+    tag_file.write_text("Qx9p - qx9p.sys - a third-party driver's buffers\n")
+    db = TagDatabase.load([tag_file], env=None)
+    dump = DUMPS / "win10-1809-x64.raw"
+    got = plugin_records(plugin_class, dump, pooltag=[str(tag_file)])
+    assert got == standalone(dump, db=db)
+    qx9p = [r for r in got if r["tag"] == "Qx9p"]
+    assert qx9p and {(r["owner"], r["description"]) for r in qx9p} == {
+        ("qx9p.sys", "a third-party driver's buffers")
+    }
+    proc = next(r for r in got if r["tag"] == "Proc")
+    assert proc["owner"] == "nt!ps" and proc["description"].startswith("process object (EPROCESS)")
 
 
 def test_stats_equal_standalone(plugin_class, tmp_path):

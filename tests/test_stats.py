@@ -433,6 +433,8 @@ def test_json_outputs_carry_provenance():
         assert prov["inputs"] == [want] and prov["version"] == __version__
         assert prov["command_line"] == f"pooltagscan scan {dump} {view} --format json -q"
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", prov["time_utc"])
+    records = json.loads(pooltagscan("scan", str(dump), "--format", "json", "-q").stdout)
+    assert records["provenance"]["inputs"] == [want] and records["count"] > 5000
     report = json.loads(pooltagscan("report", str(dump), "--format", "json", "-q").stdout)
     assert report["provenance"]["inputs"] == [want] and report["sha256"] == want["sha256"]
 

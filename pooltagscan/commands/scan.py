@@ -105,7 +105,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     scan.add_argument("--format", choices=FORMATS, default="table", help="output format")
     scan.add_argument(
-        "--sort", choices=SORT_KEYS, default="bytes", help="order of --stats rows (default: bytes)"
+        "--sort",
+        choices=SORT_KEYS,
+        help="order of --stats and --tracker rows (default: bytes); records come in scan "
+        "order, so --sort is refused without --stats or --tracker",
     )
     add_dump_options(scan)
     add_output_options(scan)
@@ -147,6 +150,11 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         raise UsageError("--tracker is a view of its own: not with --stats or --yara")
     if args.tracker and args.no_tables:
         raise UsageError("--tracker needs the table search that --no-tables turns off")
+    if args.sort is not None and not (args.stats or args.tracker):
+        # Sorting records would hold a whole dump's records in memory; say so rather
+        # than ignore the option.
+        raise UsageError("--sort orders --stats and --tracker rows; records come in scan order")
+    args.sort = args.sort or "bytes"
     outputs.check_opened()
     out = outputs.stream("-o")
     several = len(args.dumps) > 1
@@ -155,7 +163,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     elif args.tracker or rules:
         writer = None
     else:
-        writer = make_writer(args.format, out, {} if not several else None)
+        writer = make_writer(args.format, out, None, db)
     status = EXIT_OK
     for path in args.dumps:
         try:
@@ -259,6 +267,8 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                     writer.abort(str(exc))
                     raise
                 bar.close()
+                if digest is not None and hasattr(writer, "trailer"):
+                    writer.trailer = provenance([digest.result()])
                 writer.end()
                 details.append(summary_line(summary))
         finally:

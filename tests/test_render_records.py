@@ -1,0 +1,244 @@
+"""The bulk record writers against json.dumps and csv.writer of records.to_dicts.
+
+render.records builds lines from cached fragments instead of a dict per record (issue
+10: output speed); its text must stay exactly what json.dumps / csv.writer wrote before,
+on every sample dump and on records with odd tags and odd database words.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+
+import numpy as np
+import pytest
+from conftest import DUMPS
+
+from pooltagscan.inputs import open_image
+from pooltagscan.layouts import Family
+from pooltagscan.records import (
+    FAMILY_INDEX,
+    FIELDS,
+    RECORD_DTYPE,
+    SOURCE_BIGPOOL,
+    TagNames,
+    to_dicts,
+    to_tuples,
+)
+from pooltagscan.render import records as render
+from pooltagscan.render.records import make_writer
+from pooltagscan.scan import prepare, run
+from pooltagscan.tags.database import TagDatabase, TagInfo
+
+SAMPLES = sorted(p.name for p in DUMPS.glob("*.raw"))
+EXTRAS = ({}, {"dump": 'C:\\cases\\"a, b".raw'})
+
+
+def reference_jsonl(records, db, extra) -> str:
+    return "".join(json.dumps({**extra, **d}) + "\n" for d in to_dicts(records, TagNames(db)))
+
+
+def reference_csv(records, db, extra) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*extra, *FIELDS])
+    writer.writerows(
+        (*extra.values(), *("" if v is None else v for v in row))
+        for row in to_tuples(records, TagNames(db))
+    )
+    return out.getvalue()
+
+
+def reference_json(records, db, extra, meta) -> str:
+    out = io.StringIO()
+    out.write(json.dumps(meta)[:-1] + ', "allocations": [')
+    for i, d in enumerate(to_dicts(records, TagNames(db))):
+        out.write(("\n  " if i == 0 else ",\n  ") + json.dumps({**extra, **d}))
+    out.write(f'\n], "count": {records.size}}}\n')
+    return out.getvalue()
+
+
+def written(fmt, batches, db, extra, meta=None) -> str:
+    out = io.StringIO()
+    writer = make_writer(fmt, out, dict(extra), db)
+    writer.begin(meta or {})
+    for batch in batches:
+        writer.write(batch)
+    writer.end()
+    return out.getvalue()
+
+
+def uneven(records: np.ndarray) -> list[np.ndarray]:
+    """Batches of several sizes, an empty one among them, as a scan may yield."""
+    cuts = [0, 1, 1, 7, records.size // 3, records.size]
+    return [records[a:b] for a, b in itertools.pairwise(cuts)]
+
+
+def check_all_formats(records, db, extra) -> None:
+    batches = uneven(records)
+    assert written("jsonl", batches, db, extra) == reference_jsonl(records, db, extra)
+    assert written("csv", batches, db, extra) == reference_csv(records, db, extra)
+    meta = {"format": "raw", "layout": "x64"}
+    assert written("json", batches, db, extra, meta) == reference_json(records, db, extra, meta)
+
+
+@pytest.fixture(scope="module")
+def sample_records() -> dict[str, np.ndarray]:
+    found = {}
+    for name in SAMPLES:
+        found[name] = np.concatenate(list(run(prepare(open_image(DUMPS / name)))))
+    return found
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+@pytest.mark.parametrize("extra", EXTRAS, ids=("one-dump", "several-dumps"))
+def test_writers_equal_json_and_csv_modules_on_samples(sample_records, monkeypatch, name, extra):
+    records = sample_records[name]
+    assert np.count_nonzero(records["source"] == SOURCE_BIGPOOL) > 200  # lines with entry
+    db = TagDatabase.builtin()
+    check_all_formats(records, db, extra)
+    # Small text chunks and a cache that overflows: the same text.
+    monkeypatch.setattr(render, "TEXT_ROWS", 97)
+    monkeypatch.setattr(render, "CACHE_LIMIT", 50)
+    check_all_formats(records, db, extra)
+
+
+def odd_records() -> np.ndarray:
+    """Every enum value, tags that need escaping in JSON and quoting in csv, sizes over
+    the 23 bits of the packed key (big-pool), the ends of the address range."""
+    tags = [
+        b"Proc",
+        b"Ab\x01c",
+        b"\\x41",  # four printable bytes: the text is taken literally, JSON escapes `\`
+        b'"q,\x7f',
+        b"\x00\x00\x00\x00",
+        b"\xff\xfe\xfd\xfc",
+        b"a b ",
+        b"Un\xe9x",
+    ]
+    rows = []
+    families = [FAMILY_INDEX[f] for f in Family]
+    for i in range(600):
+        raw = tags[i % len(tags)]
+        source = SOURCE_BIGPOOL if i % 5 == 0 else 0
+        big_size = [16, 4096, 0, (1 << 23) - 16, 1 << 23, 0xFFFFFFFF][i % 6]
+        size = big_size if source else 16 * (i % 7)
+        rows.append(
+            (
+                [0, 0xFFFFFFFFFFFFFFFF, 0x1000 * i][i % 3],
+                int.from_bytes(raw, "little"),
+                size,
+                0,
+                i % 3,
+                (i // 3) % 3,
+                (i // 9) % 3,
+                bool(i % 2) and raw == b"Proc",
+                families[i % len(families)],
+                source,
+                0x7FFE0000 + 24 * i if source else 0,
+            )
+        )
+    return np.array(rows, dtype=RECORD_DTYPE)
+
+
+def odd_database() -> TagDatabase:
+    def info(tag: str, owner: str, description: str) -> TagInfo:
+        return TagInfo(tag, owner, description, "test")
+
+    return TagDatabase(
+        [
+            info("Proc", "nt!ps", 'process "objects", one per process'),
+            info("a b ", "x,y.sys", "line\nbreak and\rreturn"),
+            info("\\x5cx41", "back\\slash", "caf\u00e9 \u2026 tab\there"),  # the tag `\x41`
+            info("Ab\\x01c", "", ""),
+        ]
+    )
+
+
+@pytest.mark.parametrize("extra", EXTRAS, ids=("one-dump", "several-dumps"))
+def test_writers_equal_json_and_csv_modules_on_odd_records(extra):
+    records = odd_records()
+    names = TagNames(odd_database())
+    assert {names(int(t)) for t in records["tag"]} >= {"\\x41", "Ab\\x01c", '"q,\\x7f', "Un\\xe9x"}
+    assert int(records["size"].max()) == 0xFFFFFFFF  # the batch that cannot pack its sizes
+    check_all_formats(records, odd_database(), extra)
+    check_all_formats(records[records["size"] < 1 << 23], odd_database(), extra)
+
+
+def test_record_objects_end_with_owner_and_description():
+    records = odd_records()[[0, 1]]
+    big, page = list(to_dicts(records, TagNames(odd_database())))
+    assert big == {
+        "offset": 0,
+        "tag": "Proc",
+        "protected": False,
+        "size": 16,
+        "pool": "nonpaged",
+        "state": "allocated",
+        "layout": "x86",
+        "confidence": "low",
+        "source": "bigpool",
+        "entry": 0x7FFE0000,
+        "owner": "nt!ps",
+        "description": 'process "objects", one per process',
+    }
+    assert list(big) == list(FIELDS)
+    assert list(page) == [f for f in FIELDS if f != "entry"]
+    assert (page["tag"], page["owner"], page["description"]) == ("Ab\\x01c", "", "")
+    assert json.dumps(page).startswith('{"offset": 18446744073709551615, "tag": "Ab\\\\x01c", ')
+
+
+def test_jsonl_line_of_an_odd_tag_exactly():
+    records = odd_records()[[2]]
+    text = written("jsonl", [records], odd_database(), {})
+    assert text == (
+        '{"offset": 8192, "tag": "\\\\x41", "protected": false, "size": 32, "pool": "unknown",'
+        ' "state": "allocated", "layout": "x64-segment-heap", "confidence": "low", "source":'
+        ' "page", "owner": "back\\\\slash", "description": "caf\\u00e9 \\u2026 tab\\there"}\n'
+    )
+
+
+class Recorder(io.StringIO):
+    """A stream that notes each flush, with how much had been written by then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[int] = []
+
+    def flush(self) -> None:
+        self.flushed.append(len(self.getvalue()))
+
+
+def test_table_rows_stream_batch_by_batch_with_owner_and_description():
+    records = odd_records()
+    out = Recorder()
+    writer = make_writer("table", out, None, odd_database())
+    writer.begin({"architecture": "x64", "max_address": 0xFFFFF})
+    writer.write(records[:3])
+    first = out.getvalue()
+    writer.write(records[3:10])
+    writer.write(records[:0])
+    writer.end()
+    lines = out.getvalue().splitlines()
+    # Each batch is flushed as soon as it is written: a pager sees rows during the scan.
+    assert out.flushed == [len(first), len(out.getvalue())]
+    assert lines[0] == (
+        "           Address  Tag   P     Size  Pool      State      Layout            Conf    "
+        "Source   Owner         Description"
+    )
+    assert lines[1] == (
+        "               0x0  Proc          16  nonpaged  allocated  x86               low     "
+        'bigpool  nt!ps         process "objects", one per …'
+    )
+    assert lines[2] == (
+        "0xffffffffffffffff  Ab\\x01c          16  paged     allocated  x64               low     "
+        "page"
+    )
+    # A control character in the database's words is a space in the table.
+    assert lines[7] == (
+        "               0x0  a b           96  nonpaged  unknown    x86               low     "
+        "page     x,y.sys       line break and return"
+    )
+    assert len(lines) == 11
