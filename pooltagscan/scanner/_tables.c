@@ -55,6 +55,19 @@ static inline int utf16_pair(uint32_t w)
     return (w & 0xFF00FF00u) == 0 && a >= 0x20 && a <= 0x7E && b >= 0x20 && b <= 0x7E;
 }
 
+/* A buffer of one byte per page of a window (flags the caller computed). */
+static int get_flags(PyObject *obj, Py_ssize_t pages, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (view->len != pages) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "one flag per page expected");
+        return -1;
+    }
+    return 0;
+}
+
 static int get_pages(PyObject *obj, Py_buffer *view, Py_ssize_t *pages)
 {
     if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
@@ -210,14 +223,8 @@ static PyObject *probe_pages(PyObject *self, PyObject *args)
     Py_ssize_t pages;
     if (get_pages(obj, &view, &pages) < 0)
         return NULL;
-    if (PyObject_GetBuffer(skip_obj, &skip, PyBUF_SIMPLE) < 0) {
+    if (get_flags(skip_obj, pages, &skip) < 0) {
         PyBuffer_Release(&view);
-        return NULL;
-    }
-    if (skip.len != pages) {
-        PyBuffer_Release(&skip);
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "one skip flag per page expected");
         return NULL;
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, pages * 2);
@@ -386,14 +393,8 @@ static PyObject *tracker_phases(PyObject *self, PyObject *args)
     Py_ssize_t pages;
     if (get_pages(obj, &view, &pages) < 0)
         return NULL;
-    if (PyObject_GetBuffer(flags_obj, &flags, PyBUF_SIMPLE) < 0) {
+    if (get_flags(flags_obj, pages, &flags) < 0) {
         PyBuffer_Release(&view);
-        return NULL;
-    }
-    if (flags.len != pages) {
-        PyBuffer_Release(&flags);
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "one flag per page expected");
         return NULL;
     }
     int phases = (PAGE % size) ? size / step : 1;
