@@ -174,24 +174,31 @@ static int tracker_page(const uint8_t *page, int wide)
 #define MAX_COMBOS 8
 #define PREFETCH 16
 
-/* The (ptr_size, entry_size, phase, kernel_min) big-page readings to try; -1 on error. */
-static Py_ssize_t parse_combos(PyObject *combos, int probe, int *ptr, int *size, int *phase,
-                               unsigned long long *kmin)
+/* The (ptr_size, entry_size, phase, kernel_min) big-page readings to try. */
+typedef struct {
+    Py_ssize_t n;
+    int probe, ptr[MAX_COMBOS], size[MAX_COMBOS], phase[MAX_COMBOS];
+    unsigned long long kmin[MAX_COMBOS];
+} combos_t;
+
+static int parse_combos(PyObject *combos, int probe, combos_t *c)
 {
     PyObject *seq = PySequence_Fast(combos, "combos must be a sequence");
     if (!seq)
         return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > MAX_COMBOS || probe <= 0) {
+    c->n = PySequence_Fast_GET_SIZE(seq);
+    c->probe = probe;
+    if (c->n > MAX_COMBOS || probe <= 0) {
         Py_DECREF(seq);
         PyErr_SetString(PyExc_ValueError, "too many entry layouts");
         return -1;
     }
-    for (Py_ssize_t k = 0; k < n; k++) {
+    for (Py_ssize_t k = 0; k < c->n; k++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, k);
-        if (!PyArg_ParseTuple(item, "iiiK", &ptr[k], &size[k], &phase[k], &kmin[k]) ||
-            (ptr[k] != 4 && ptr[k] != 8) || size[k] <= 0 || phase[k] < 0 ||
-            phase[k] + (Py_ssize_t)probe * size[k] > PAGE) {
+        if (!PyArg_ParseTuple(item, "iiiK", &c->ptr[k], &c->size[k], &c->phase[k],
+                              &c->kmin[k]) ||
+            (c->ptr[k] != 4 && c->ptr[k] != 8) || c->size[k] <= 0 || c->phase[k] < 0 ||
+            c->phase[k] + (Py_ssize_t)probe * c->size[k] > PAGE) {
             Py_DECREF(seq);
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_ValueError, "bad entry geometry");
@@ -199,7 +206,29 @@ static Py_ssize_t parse_combos(PyObject *combos, int probe, int *ptr, int *size,
         }
     }
     Py_DECREF(seq);
-    return n;
+    return 0;
+}
+
+/* The table search's first look at one page: flag[0] bit k when big-page reading k fits
+ * the page's first entries (big_page), flag[1] when it may hold tracker entries. */
+static inline void probe_page(const uint8_t *page, const combos_t *c, int wide, uint8_t *flag)
+{
+    unsigned bits = 0;
+    for (Py_ssize_t k = 0; k < c->n; k++)
+        bits |= (unsigned)big_page(page, c->ptr[k], c->size[k], c->phase[k], c->probe,
+                                   c->kmin[k]) << k;
+    flag[0] = (uint8_t)bits;
+    flag[1] = (uint8_t)tracker_page(page, wide);
+}
+
+/* (data, flags) for the functions that return both; NULL with an error set if either
+ * could not be made. Takes the references it is given. */
+static PyObject *pair(PyObject *data, PyObject *flags)
+{
+    PyObject *out = data && flags ? PyTuple_Pack(2, data, flags) : NULL;
+    Py_XDECREF(data);
+    Py_XDECREF(flags);
+    return out;
 }
 
 /* probe_pages(buffer, wide, combos, probe, skip) -> bytes, two per page (zero for the
@@ -214,10 +243,8 @@ static PyObject *probe_pages(PyObject *self, PyObject *args)
     int wide, probe;
     if (!PyArg_ParseTuple(args, "OpOiO", &obj, &wide, &combos, &probe, &skip_obj))
         return NULL;
-    int ptr[MAX_COMBOS], size[MAX_COMBOS], phase[MAX_COMBOS];
-    unsigned long long kmin[MAX_COMBOS];
-    Py_ssize_t n = parse_combos(combos, probe, ptr, size, phase, kmin);
-    if (n < 0)
+    combos_t c;
+    if (parse_combos(combos, probe, &c) < 0)
         return NULL;
     Py_buffer view, skip;
     Py_ssize_t pages;
@@ -234,7 +261,6 @@ static PyObject *probe_pages(PyObject *self, PyObject *args)
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t p = 0; p < pages; p++) {
             const uint8_t *page = buf + p * PAGE;
-            unsigned bits = 0;
             if (skipped[p]) {
                 flag[2 * p] = flag[2 * p + 1] = 0;
                 continue;
@@ -245,10 +271,7 @@ static PyObject *probe_pages(PyObject *self, PyObject *args)
                 __builtin_prefetch(page + PREFETCH * PAGE);
                 __builtin_prefetch(page + PREFETCH * PAGE + 64);
             }
-            for (Py_ssize_t k = 0; k < n; k++)
-                bits |= (unsigned)big_page(page, ptr[k], size[k], phase[k], probe, kmin[k]) << k;
-            flag[2 * p] = (uint8_t)bits;
-            flag[2 * p + 1] = (uint8_t)tracker_page(page, wide);
+            probe_page(page, &c, wide, flag + 2 * p);
         }
         Py_END_ALLOW_THREADS
     }
@@ -272,10 +295,8 @@ static PyObject *segment_slots(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OIIippOi", &obj, &mask, &value, &unit_words, &tables, &wide,
                           &combos, &probe))
         return NULL;
-    int ptr[MAX_COMBOS], size[MAX_COMBOS], phase[MAX_COMBOS];
-    unsigned long long kmin[MAX_COMBOS];
-    Py_ssize_t n = parse_combos(combos, probe, ptr, size, phase, kmin);
-    if (n < 0)
+    combos_t c;
+    if (parse_combos(combos, probe, &c) < 0)
         return NULL;
     if (unit_words != 2 && unit_words != 4) {
         PyErr_SetString(PyExc_ValueError, "unit_words must be 2 or 4");
@@ -314,26 +335,15 @@ static PyObject *segment_slots(PyObject *self, PyObject *args)
             slots[count] = (int32_t)(p * per_page + i);
             count += (w0 & mask) == value;
         }
-        if (tables) {
-            unsigned bits = 0;
-            for (Py_ssize_t k = 0; k < n; k++)
-                bits |= (unsigned)big_page(page, ptr[k], size[k], phase[k], probe, kmin[k]) << k;
-            flag[2 * p] = (uint8_t)bits;
-            flag[2 * p + 1] = (uint8_t)tracker_page(page, wide);
-        }
+        if (tables)
+            probe_page(page, &c, wide, flag + 2 * p);
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    PyObject *found = failed ? NULL : PyBytes_FromStringAndSize((char *)slots, count * 4);
+    PyObject *found = failed ? PyErr_NoMemory()
+                             : PyBytes_FromStringAndSize((char *)slots, count * 4);
     PyMem_RawFree(slots);
-    if (!found) {
-        Py_DECREF(flags);
-        return failed ? PyErr_NoMemory() : NULL;
-    }
-    PyObject *out = PyTuple_Pack(2, found, flags);
-    Py_DECREF(found);
-    Py_DECREF(flags);
-    return out;
+    return pair(found, flags);
 }
 
 static inline uint64_t field(const uint8_t *p, int width) { return width == 8 ? rd64(p) : rd32(p); }
@@ -427,6 +437,51 @@ static PyObject *tracker_phases(PyObject *self, PyObject *args)
     return out;
 }
 
+/* A legacy header family: unit and the bit fields of header word 0. */
+typedef struct {
+    int unit;
+    unsigned ps, pm, bs, bm, ts, tm, limit;
+} chain_t;
+
+static int check_chain(const chain_t *c)
+{
+    if ((c->unit != 8 && c->unit != 16) || c->ps > 31 || c->bs > 31 || c->ts > 31) {
+        PyErr_SetString(PyExc_ValueError, "bad header layout");
+        return -1;
+    }
+    return 0;
+}
+
+/* Walk one page's chain (the rules of scanner/legacy.py): -1 when the page does not
+ * start one, else the links found, their positions (in units) and first words in `at`
+ * and `w0` (room for PAGE / unit), and whether the chain ends at the page end. */
+static int walk_page(const uint8_t *page, const chain_t *c, int32_t *at, uint32_t *w0s,
+                     int *complete)
+{
+    uint32_t first = rd32(page);
+    if (((first >> c->ps) & c->pm) != 0 || ((first >> c->bs) & c->bm) == 0 ||
+        ((first >> c->ts) & c->tm) >= c->limit)
+        return -1;
+    int units = PAGE / c->unit, pos = 0, links = 0;
+    uint32_t last = 0;
+    *complete = 0;
+    for (;;) {
+        uint32_t w0 = rd32(page + pos * c->unit);
+        uint32_t prev = (w0 >> c->ps) & c->pm, block = (w0 >> c->bs) & c->bm;
+        uint32_t type = (w0 >> c->ts) & c->tm;
+        if (prev != last || block == 0 || type >= c->limit || pos + (int)block > units)
+            return links;
+        at[links] = pos;
+        w0s[links++] = w0;
+        pos += (int)block;
+        if (pos == units) {
+            *complete = 1;
+            return links;
+        }
+        last = block;
+    }
+}
+
 /* legacy_walk(buffer, unit, prev_shift, prev_mask, block_shift, block_mask, type_shift,
  *             type_mask, type_limit) -> (starts, chain, at, w0, tag, complete)
  * The legacy scanner's chain walk (scanner/legacy.py, whose numpy walk is the twin): a
@@ -438,20 +493,16 @@ static PyObject *tracker_phases(PyObject *self, PyObject *args)
 static PyObject *legacy_walk(PyObject *self, PyObject *args)
 {
     PyObject *obj;
-    int unit;
-    unsigned int ps, pm, bs, bm, ts, tm, tlimit;
-    if (!PyArg_ParseTuple(args, "OiIIIIIII", &obj, &unit, &ps, &pm, &bs, &bm, &ts, &tm,
-                          &tlimit))
+    chain_t c;
+    if (!PyArg_ParseTuple(args, "OiIIIIIII", &obj, &c.unit, &c.ps, &c.pm, &c.bs, &c.bm, &c.ts,
+                          &c.tm, &c.limit) ||
+        check_chain(&c) < 0)
         return NULL;
-    if ((unit != 8 && unit != 16) || ps > 31 || bs > 31 || ts > 31) {
-        PyErr_SetString(PyExc_ValueError, "bad header layout");
-        return NULL;
-    }
     Py_buffer view;
     Py_ssize_t pages;
     if (get_pages(obj, &view, &pages) < 0)
         return NULL;
-    int units = PAGE / unit;
+    int units = PAGE / c.unit;
     Py_ssize_t cap = 1 << 16, n = 0, walked = 0;
     int32_t *starts = PyMem_RawMalloc(pages * sizeof(int32_t) + 1);
     uint8_t *complete = PyMem_RawMalloc(pages + 1);
@@ -464,10 +515,8 @@ static PyObject *legacy_walk(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t p = 0; p < pages && !failed; p++) {
         const uint8_t *page = buf + p * PAGE;
-        uint32_t first = rd32(page);
-        if (((first >> ps) & pm) != 0 || ((first >> bs) & bm) == 0 ||
-            ((first >> ts) & tm) >= tlimit)
-            continue;
+        if (rd32(page) == 0)
+            continue;  /* no chain starts with BlockSize 0; the walk below says so too */
         if (n + units > cap) {  /* room for a whole page's chain */
             Py_ssize_t grow = cap * 2;
             int32_t *c2 = PyMem_RawRealloc(chain, grow * sizeof(int32_t));
@@ -484,24 +533,12 @@ static PyObject *legacy_walk(PyObject *self, PyObject *args)
             }
             cap = grow;
         }
-        uint32_t last = 0;
-        int pos = 0, done = 0;
-        for (;;) {
-            uint32_t w0 = rd32(page + pos * unit);
-            uint32_t prev = (w0 >> ps) & pm, block = (w0 >> bs) & bm, type = (w0 >> ts) & tm;
-            if (prev != last || block == 0 || type >= tlimit || pos + (int)block > units)
-                break;
+        int done, links = walk_page(page, &c, at + n, w0s + n, &done);
+        if (links < 0)
+            continue;
+        for (int i = 0; i < links; i++, n++) {
             chain[n] = (int32_t)walked;
-            at[n] = pos;
-            w0s[n] = w0;
-            tags[n] = rd32(page + pos * unit + 4);
-            n++;
-            pos += (int)block;
-            if (pos == units) {
-                done = 1;
-                break;
-            }
-            last = block;
+            tags[n] = rd32(page + at[n] * c.unit + 4);
         }
         starts[walked] = (int32_t)p;
         complete[walked] = (uint8_t)done;
@@ -555,19 +592,13 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
 {
     PyObject *obj, *combos;
     unsigned long long address;
-    int unit, xp, family, tables, wide, probe;
-    unsigned int ps, pm, bs, bm, ts, tm, tlimit;
-    if (!PyArg_ParseTuple(args, "OKiIIIIIIIpippOi", &obj, &address, &unit, &ps, &pm, &bs, &bm,
-                          &ts, &tm, &tlimit, &xp, &family, &tables, &wide, &combos, &probe))
-        return NULL;
-    if ((unit != 8 && unit != 16) || ps > 31 || bs > 31 || ts > 31) {
-        PyErr_SetString(PyExc_ValueError, "bad header layout");
-        return NULL;
-    }
-    int ptr[MAX_COMBOS], esize[MAX_COMBOS], phase[MAX_COMBOS];
-    unsigned long long kmin[MAX_COMBOS];
-    Py_ssize_t ncombos = parse_combos(combos, probe, ptr, esize, phase, kmin);
-    if (ncombos < 0)
+    int xp, family, tables, wide, probe;
+    chain_t c;
+    combos_t cb;
+    if (!PyArg_ParseTuple(args, "OKiIIIIIIIpippOi", &obj, &address, &c.unit, &c.ps, &c.pm,
+                          &c.bs, &c.bm, &c.ts, &c.tm, &c.limit, &xp, &family, &tables, &wide,
+                          &combos, &probe) ||
+        check_chain(&c) < 0 || parse_combos(combos, probe, &cb) < 0)
         return NULL;
     Py_buffer view;
     Py_ssize_t pages;
@@ -579,7 +610,9 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
         return NULL;
     }
     uint8_t *flag = (uint8_t *)PyBytes_AS_STRING(flags);
-    int units = PAGE / unit;
+    int units = PAGE / c.unit;
+    int32_t at[PAGE / 8];
+    uint32_t w0s[PAGE / 8];
     Py_ssize_t cap = 1 << 15, n = 0;
     record_t *out = PyMem_RawMalloc(cap * sizeof(record_t));
     int failed = !out;
@@ -589,16 +622,10 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
         const uint8_t *page = buf + p * PAGE;
         if (p + PREFETCH < pages)
             __builtin_prefetch(page + PREFETCH * PAGE);
-        if (tables) {  /* the table search's first look, while the page is in the cache */
-            unsigned bits = 0;
-            for (Py_ssize_t k = 0; k < ncombos; k++)
-                bits |= (unsigned)big_page(page, ptr[k], esize[k], phase[k], probe, kmin[k]) << k;
-            flag[2 * p] = (uint8_t)bits;
-            flag[2 * p + 1] = (uint8_t)tracker_page(page, wide);
-        }
-        uint32_t first = rd32(page);
-        if (((first >> ps) & pm) != 0 || ((first >> bs) & bm) == 0 ||
-            ((first >> ts) & tm) >= tlimit)
+        if (tables)  /* the table search's first look, while the page is in the cache */
+            probe_page(page, &cb, wide, flag + 2 * p);
+        int complete, links = walk_page(page, &c, at, w0s, &complete);
+        if (links < 0)
             continue;
         if (n + units > cap) {
             record_t *more = PyMem_RawRealloc(out, cap * 2 * sizeof(record_t));
@@ -609,14 +636,10 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
             out = more, cap *= 2;
         }
         Py_ssize_t start = n;
-        uint32_t last = 0;
-        int pos = 0, complete = 0, good = 0, odd = 0, even = 0;
-        for (;;) {
-            uint32_t w0 = rd32(page + pos * unit);
-            uint32_t prev = (w0 >> ps) & pm, block = (w0 >> bs) & bm, type = (w0 >> ts) & tm;
-            if (prev != last || block == 0 || type >= tlimit || pos + (int)block > units)
-                break;
-            uint32_t tag = rd32(page + pos * unit + 4);
+        int good = 0, odd = 0, even = 0;
+        for (int i = 0; i < links; i++) {
+            uint32_t w0 = w0s[i], block = (w0 >> c.bs) & c.bm, type = (w0 >> c.ts) & c.tm;
+            uint32_t tag = rd32(page + at[i] * c.unit + 4);
             record_t *r = &out[n++];
             int prot = (tag & 0x80000000u) && printable_tag(tag & 0x7FFFFFFFu, 0);
             good += printable_tag(tag, 1);
@@ -624,9 +647,9 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
                 odd |= type & 1;
                 even |= !(type & 1);
             }
-            r->offset = address + (uint64_t)p * PAGE + (uint64_t)pos * unit;
+            r->offset = address + (uint64_t)p * PAGE + (uint64_t)at[i] * c.unit;
             r->tag = prot ? tag & 0x7FFFFFFFu : tag;
-            r->size = block * (uint32_t)unit;
+            r->size = block * (uint32_t)c.unit;
             r->pooltype = (uint8_t)type;
             if (xp) {
                 r->pool = type == 0 ? POOL_UNKNOWN : ((type & 1) ? POOL_NONPAGED : POOL_PAGED);
@@ -639,14 +662,7 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
             r->family = (uint8_t)family;
             r->source = 0;
             r->entry = 0;
-            pos += (int)block;
-            if (pos == units) {
-                complete = 1;
-                break;
-            }
-            last = block;
         }
-        Py_ssize_t links = n - start;
         uint8_t conf;
         if (complete)
             conf = (!(odd && even) && 2 * good >= links) ? CONF_HIGH : CONF_MEDIUM;
@@ -663,17 +679,10 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    PyObject *records = failed ? NULL
+    PyObject *records = failed ? PyErr_NoMemory()
                                : PyBytes_FromStringAndSize((char *)out, n * sizeof(record_t));
     PyMem_RawFree(out);
-    if (!records) {
-        Py_DECREF(flags);
-        return failed ? PyErr_NoMemory() : NULL;
-    }
-    PyObject *result = PyTuple_Pack(2, records, flags);
-    Py_DECREF(records);
-    Py_DECREF(flags);
-    return result;
+    return pair(records, flags);
 }
 
 static PyMethodDef methods[] = {
