@@ -47,19 +47,11 @@ class ScanSummary:
         self._start = self.clock()
 
     def add(self, records: np.ndarray, kept: np.ndarray | None = None) -> None:
-        """Count one batch: `records` as scanned, `kept` what the filters let through.
+        """Count one batch: `records` as scanned, `kept` what the filters let through."""
+        self.merge(BatchCounts.of(records, kept))
 
-        Windows come in address order and never share a page, so the distinct pages of
-        each batch can simply be summed.
-        """
-        on_pages = records["offset"][records["source"] == SOURCE_PAGE]
-        self.pool_pages += distinct_pages(on_pages)
-        kept = records if kept is None else kept
-        self.records += int(kept.size)
-        self.bytes += int(kept["size"].sum(dtype=np.int64))
-
-    def merge(self, counts: WindowCounts) -> None:
-        """Add a window counted where it was scanned (WindowCounts)."""
+    def merge(self, counts: BatchCounts) -> None:
+        """Add a batch counted elsewhere (where a worker scanned it)."""
         self.records += counts.records
         self.bytes += counts.bytes
         self.pool_pages += counts.pool_pages
@@ -115,13 +107,30 @@ def collect_stats(
     `tracker` receives the tracker-table rows met on the way."""
     stats = TagStats()
     reduce = WindowCounts(record_filter)
-    for counts in scan_image(
+    for tags, counts in scan_image(
         prepared.image, prepared.config, jobs, progress, tracker=tracker, reduce=reduce
     ):
-        stats.merge(*counts.tags)
+        stats.merge(*tags)
         summary.merge(counts)
     summary.finish()
     return stats
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """The summary's numbers of one batch: records and bytes the filters kept, and the
+    distinct pool pages of all its records. Windows come in address order and never
+    share a page, so the pool pages of batches can simply be summed."""
+
+    records: int
+    bytes: int
+    pool_pages: int
+
+    @classmethod
+    def of(cls, records: np.ndarray, kept: np.ndarray | None = None) -> BatchCounts:
+        kept = records if kept is None else kept
+        on_pages = records["offset"][records["source"] == SOURCE_PAGE]
+        return cls(int(kept.size), int(kept["size"].sum(dtype=np.int64)), distinct_pages(on_pages))
 
 
 @dataclass
@@ -130,33 +139,22 @@ class WindowCounts:
     numbers, not its records (a few KiB instead of tens of MiB per window)."""
 
     record_filter: RecordFilter | None = None
-    tags: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.uint32), np.empty((0, 0), np.int64))
-    records: int = 0
-    bytes: int = 0
-    pool_pages: int = 0
 
-    def __call__(self, records: np.ndarray) -> WindowCounts:
+    def __call__(self, records: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], BatchCounts]:
         kept = self.record_filter.apply(records) if self.record_filter else records
-        on_pages = records["offset"][records["source"] == SOURCE_PAGE]
-        return WindowCounts(
-            None,
-            TagStats.count(kept),
-            int(kept.size),
-            int(kept["size"].sum(dtype=np.int64)),
-            distinct_pages(on_pages),
-        )
+        return TagStats.count(kept), BatchCounts.of(records, kept)
 
 
 @dataclass
 class KeptRecords:
     """What a scan worker ships for the record views: the records the filters keep and
-    the pool pages of all of them (the summary's share describes the dump)."""
+    the summary's numbers of the window."""
 
     record_filter: RecordFilter | None = None
 
-    def __call__(self, records: np.ndarray) -> tuple[np.ndarray, int]:
+    def __call__(self, records: np.ndarray) -> tuple[np.ndarray, BatchCounts]:
         kept = self.record_filter.apply(records) if self.record_filter else records
-        return kept, distinct_pages(records["offset"][records["source"] == SOURCE_PAGE])
+        return kept, BatchCounts.of(records, kept)
 
 
 def collect_records(
@@ -168,11 +166,9 @@ def collect_records(
 ) -> Iterator[np.ndarray]:
     """The filtered record batches, feeding `summary` on the way; the filter runs where
     each window is scanned. `summary` is finished when the batches are."""
-    for kept, pool_pages in scan_image(
+    for kept, counts in scan_image(
         prepared.image, prepared.config, jobs, progress, reduce=KeptRecords(record_filter)
     ):
-        summary.records += int(kept.size)
-        summary.bytes += int(kept["size"].sum(dtype=np.int64))
-        summary.pool_pages += pool_pages
+        summary.merge(counts)
         yield kept
     summary.finish()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pooltagscan.layouts import PAGE_SIZE
+from pooltagscan.scanner.tagbytes import printable
 
 _U64_PER_PAGE = PAGE_SIZE // 8
 
@@ -56,9 +57,8 @@ def tail_bytes(phase: int, entry_size: int) -> int:
 
 
 def printable_tag(values: np.ndarray, allow_protected: bool) -> np.ndarray:
-    """All four bytes 0x20-0x7E (the last may carry the pre-Win8 protected bit)."""
-    from pooltagscan.scanner.tagbytes import printable
-
+    """All four bytes 0x20-0x7E (the last may carry the pre-Win8 protected bit), for the
+    uint64 columns the gathers give."""
     return printable(values.astype(np.uint32), allow_protected=allow_protected)
 
 
