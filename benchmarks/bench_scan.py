@@ -32,7 +32,7 @@ import make_samples
 
 from pooltagscan.inputs import open_image
 from pooltagscan.parallel import default_jobs
-from pooltagscan.records import SOURCE_PAGE
+from pooltagscan.records import SOURCE_PAGE, concat
 from pooltagscan.scan import prepare, run
 
 
@@ -101,7 +101,7 @@ def our_scan(path: Path, jobs: int, tables: bool = True) -> tuple[float, np.ndar
     prepared = prepare(open_image(path), tables=tables)
     batches = list(run(prepared, jobs=jobs, tracker=lambda rows: None))
     seconds = time.perf_counter() - start
-    records = np.concatenate(batches)
+    records = concat(batches)
     page = records["source"] == SOURCE_PAGE
     return (
         path.stat().st_size / 1e6 / seconds,

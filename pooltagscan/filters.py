@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
+from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES, take
 from pooltagscan.tags.patterns import TagMatcher
 
 
@@ -50,4 +50,4 @@ class RecordFilter:
             keep &= np.isin(records["source"], list(self.sources))
         if self.tags is not None and keep.any():
             keep[keep] = self.tags.matches_u32(records["tag"][keep])
-        return records if keep.all() else records[keep]
+        return records if keep.all() else take(records, keep)

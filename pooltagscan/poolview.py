@@ -35,6 +35,8 @@ from pooltagscan.records import (
     SOURCE_NAMES,
     STATE_NAMES,
     TagNames,
+    concat,
+    take,
 )
 from pooltagscan.scan import PreparedScan, run
 from pooltagscan.scanner.engine import ProgressCallback, window_records
@@ -213,10 +215,10 @@ def big_pool_holding(
     found = []
     for records in run(prepared, only_big, jobs, progress):
         if records.size:
-            hit = records[_holds(records, address)]
+            hit = take(records, _holds(records, address))
             if hit.size:
                 found.append(hit)
-    return np.concatenate(found) if found else np.empty(0, RECORD_DTYPE)
+    return concat(found)
 
 
 def find(

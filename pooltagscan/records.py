@@ -61,6 +61,24 @@ def empty_records() -> np.ndarray:
     return np.empty(0, dtype=RECORD_DTYPE)
 
 
+# The record as one opaque item. numpy copies a packed structured dtype field by field:
+# indexing, masking or concatenating records that way costs 10-40x a byte copy (17 ms
+# against 0.7 ms for a window's gather), more than the C scan of the window.
+_ROW = np.dtype((np.void, RECORD_DTYPE.itemsize))
+
+
+def take(records: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """`records[which]` (a boolean mask or indices) at the speed of a byte copy."""
+    return records.view(_ROW)[which].view(RECORD_DTYPE)
+
+
+def concat(parts: list[np.ndarray]) -> np.ndarray:
+    """The record arrays one after the other, at the speed of a byte copy."""
+    if not parts:
+        return empty_records()
+    return np.concatenate([p.view(_ROW) for p in parts]).view(RECORD_DTYPE)
+
+
 class TagNames:
     """Caches the text form of tag values, and what the tag database says about them;
     dumps repeat a few thousand tags millions of times.

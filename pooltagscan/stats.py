@@ -90,25 +90,75 @@ class TagRow:
         }
 
 
-def _masks(records: np.ndarray) -> list[tuple[str, str | None, np.ndarray | None]]:
-    """(count column, bytes column or None, block mask or None for all) per counter pair."""
-    state, pool, source = records["state"], records["pool"], records["source"]
-    confidence = records["confidence"]
-    live = state != STATE_FREE
-    return [
-        ("nonpaged_allocs", "nonpaged_bytes", live & (pool == POOL_NONPAGED)),
-        ("paged_allocs", "paged_bytes", live & (pool == POOL_PAGED)),
-        ("free_allocs", "free_bytes", ~live),
-        ("undecided", "undecided_bytes", state == STATE_UNKNOWN),
-        ("total_allocs", "total_bytes", None),
-        ("allocated_allocs", "allocated_bytes", state == STATE_ALLOCATED),
-        ("live_allocs", "live_bytes", live),
-        ("high_confidence", None, confidence == CONFIDENCE_HIGH),
-        ("medium_confidence", None, confidence == CONFIDENCE_MEDIUM),
-        ("low_confidence", None, confidence == CONFIDENCE_LOW),
-        ("small_allocs", "small_bytes", live & (source == SOURCE_PAGE)),
-        ("big_allocs", "big_bytes", live & (source == SOURCE_BIGPOOL)),
-    ]
+# Every record falls in one class of (state, pool, source, confidence); each counter
+# pair is the sum over the classes it takes. A batch is counted with two bincounts over
+# (tag, class) and a product with these indicator matrices, instead of a mask and a
+# bincount per column (4.7 ms a 32 MiB window against 1.6 ms for its whole scan).
+_CLASS_FIELDS = ("state", "pool", "source", "confidence")
+_CLASS_RADIX = (3, 3, 2, 3)
+_CLASSES = int(np.prod(_CLASS_RADIX))
+
+
+def _class_counters() -> tuple[np.ndarray, np.ndarray]:
+    """(count, bytes) indicator matrices, classes x COLUMNS."""
+    count = np.zeros((_CLASSES, len(COLUMNS)), np.int64)
+    weight = np.zeros((_CLASSES, len(COLUMNS)), np.int64)
+    for code, (state, pool, source, confidence) in enumerate(np.ndindex(*_CLASS_RADIX)):
+        live = state != STATE_FREE
+        pairs = [
+            ("nonpaged_allocs", "nonpaged_bytes", live and pool == POOL_NONPAGED),
+            ("paged_allocs", "paged_bytes", live and pool == POOL_PAGED),
+            ("free_allocs", "free_bytes", not live),
+            ("undecided", "undecided_bytes", state == STATE_UNKNOWN),
+            ("total_allocs", "total_bytes", True),
+            ("allocated_allocs", "allocated_bytes", state == STATE_ALLOCATED),
+            ("live_allocs", "live_bytes", live),
+            ("high_confidence", None, confidence == CONFIDENCE_HIGH),
+            ("medium_confidence", None, confidence == CONFIDENCE_MEDIUM),
+            ("low_confidence", None, confidence == CONFIDENCE_LOW),
+            ("small_allocs", "small_bytes", live and source == SOURCE_PAGE),
+            ("big_allocs", "big_bytes", live and source == SOURCE_BIGPOOL),
+        ]
+        for count_col, bytes_col, member in pairs:
+            if member:
+                count[code, _INDEX[count_col]] = 1
+                if bytes_col is not None:
+                    weight[code, _INDEX[bytes_col]] = 1
+    return count, weight
+
+
+_COUNT_OF_CLASS, _BYTES_OF_CLASS = _class_counters()
+
+
+def _tag_index(tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(tags, return_inverse=True) at a third of its cost: a window repeats a
+    few dozen tags tens of thousands of times, so the inverse comes from a lookup table
+    indexed by a multiplicative hash that is collision-free on the distinct tags (a sort
+    finds them), with np.unique's own argsort as the fallback."""
+    tags = np.ascontiguousarray(tags, np.uint32)
+    ordered = np.sort(tags)
+    first = np.empty(ordered.size, bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    uniq = ordered[first]
+    bits = max(4, int(uniq.size).bit_length() + 3)
+    if bits <= 20:
+        for factor in (0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F):
+            shift = np.uint32(32 - bits)
+            slot = (uniq * np.uint32(factor)) >> shift
+            if np.unique(slot).size == uniq.size:
+                table = np.zeros(1 << bits, np.int64)
+                table[slot] = np.arange(uniq.size)
+                return uniq, table[(tags * np.uint32(factor)) >> shift]
+    return np.unique(tags, return_inverse=True)
+
+
+def _class_codes(records: np.ndarray) -> np.ndarray:
+    code = np.zeros(records.size, np.int64)
+    for name, radix in zip(_CLASS_FIELDS, _CLASS_RADIX):
+        code *= radix
+        code += np.minimum(records[name], radix - 1)
+    return code
 
 
 class TagStats:
@@ -128,17 +178,14 @@ class TagStats:
         the records when only the statistics are wanted (see merge)."""
         if not records.size:
             return np.empty(0, np.uint32), np.zeros((0, len(COLUMNS)), np.int64)
-        tags, inverse = np.unique(records["tag"], return_inverse=True)
-        size = records["size"].astype(np.int64)
-        counts = np.zeros((tags.size, len(COLUMNS)), np.int64)
-        for count_col, bytes_col, mask in _masks(records):
-            picked = inverse if mask is None else inverse[mask]
-            counts[:, _INDEX[count_col]] = np.bincount(picked, minlength=tags.size)
-            if bytes_col is not None:
-                weights = size if mask is None else size[mask]
-                counts[:, _INDEX[bytes_col]] = np.bincount(
-                    picked, weights=weights, minlength=tags.size
-                ).astype(np.int64)  # float64 sums are exact below 2**53 bytes per batch
+        tags, inverse = _tag_index(records["tag"])
+        cell = inverse.reshape(-1).astype(np.int64) * _CLASSES + _class_codes(records)
+        cells = tags.size * _CLASSES
+        blocks = np.bincount(cell, minlength=cells).reshape(tags.size, _CLASSES)
+        # float64 sums are exact below 2**53 bytes per batch
+        size = np.bincount(cell, weights=records["size"], minlength=cells)
+        size = size.astype(np.int64).reshape(tags.size, _CLASSES)
+        counts = blocks @ _COUNT_OF_CLASS + size @ _BYTES_OF_CLASS
         return tags, counts
 
     def merge(self, tags: np.ndarray, counts: np.ndarray) -> None:

@@ -507,3 +507,18 @@ def test_human_sizes():
     assert [human_size(n) for n in (0, 1023, 1024, 34160, 574245, 2 << 20, 26495398, 5 << 40)] == [
         "0 B", "1023 B", "1.0 KiB", "33 KiB", "561 KiB", "2.0 MiB", "25 MiB", "5.0 TiB"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("distinct", [1, 7, 60, 3000, 200_000])
+def test_tag_index_equals_numpy_unique(distinct):
+    """The hashed inverse of the counters is np.unique's, also when the hashes collide
+    (random full-width tags) or the table would be too large (the fallback)."""
+    from pooltagscan.stats import _tag_index
+
+    rng = np.random.default_rng(distinct)
+    pool = rng.integers(0, 1 << 32, distinct, dtype=np.uint32)
+    tags = pool[rng.integers(0, distinct, 300_000)]
+    uniq, inverse = _tag_index(tags)
+    want_uniq, want_inverse = np.unique(tags, return_inverse=True)
+    assert uniq.tolist() == want_uniq.tolist()
+    assert inverse.tolist() == want_inverse.tolist()

@@ -40,6 +40,7 @@ from pooltagscan.files import InputFile
 from pooltagscan.inputs.base import MemoryImage, Run, Window
 from pooltagscan.inputs.crashdump import DumpHeader
 from pooltagscan.layouts import PAGE_SIZE
+from pooltagscan.records import take
 
 TRIAGE_VALID = b"TRGD"  # the ULONG at ValidOffset of a complete triage dump
 # The bytes of a POOL_HEADER that a record reports (PreviousSize..PoolType and the tag):
@@ -192,7 +193,7 @@ class MinidumpImage(MemoryImage):
         if not records.size:
             return records
         keep = self.captured(records["offset"], REPORTED_HEADER_BYTES)
-        return records if keep.all() else records[keep]
+        return records if keep.all() else take(records, keep)
 
 
 def open_minidump(source: InputFile, header: DumpHeader) -> MinidumpImage:

@@ -173,6 +173,16 @@ static int tracker_page(const uint8_t *page, int wide)
 
 #define MAX_COMBOS 8
 #define PREFETCH 16
+/* The chain walk reads a page's headers one after the other, each position known only
+ * from the one before: left alone, every link is a dependent miss to DRAM (~65 ns a
+ * record measured). The whole page is asked for a few pages ahead instead, so the walk
+ * finds its lines in the cache and the scan runs at the memory's bandwidth. */
+#define AHEAD 4
+static inline void prefetch_page(const uint8_t *page)
+{
+    for (int at = 0; at < PAGE; at += 64)
+        __builtin_prefetch(page + at);
+}
 
 /* The (ptr_size, entry_size, phase, kernel_min) big-page readings to try. */
 typedef struct {
@@ -278,72 +288,6 @@ static PyObject *probe_pages(PyObject *self, PyObject *args)
     PyBuffer_Release(&skip);
     PyBuffer_Release(&view);
     return out;
-}
-
-/* segment_slots(buffer, mask, value, unit_words, tables, wide, combos, probe)
- *     -> (slots, flags)
- * The segment-heap scanner's first step and the table search's first look in one pass:
- * `slots` (int32, little-endian) are the header-sized slots whose first word w0 has
- * (w0 & mask) == value, in window order; `flags` are probe_pages' (empty when `tables`
- * is false). Done page by page, so each page is looked at for the tables while it is in
- * the cache, instead of in a second pass that pays a cache and TLB miss per page. */
-static PyObject *segment_slots(PyObject *self, PyObject *args)
-{
-    PyObject *obj, *combos;
-    unsigned int mask, value;
-    int unit_words, tables, wide, probe;
-    if (!PyArg_ParseTuple(args, "OIIippOi", &obj, &mask, &value, &unit_words, &tables, &wide,
-                          &combos, &probe))
-        return NULL;
-    combos_t c;
-    if (parse_combos(combos, probe, &c) < 0)
-        return NULL;
-    if (unit_words != 2 && unit_words != 4) {
-        PyErr_SetString(PyExc_ValueError, "unit_words must be 2 or 4");
-        return NULL;
-    }
-    Py_buffer view;
-    Py_ssize_t pages;
-    if (get_pages(obj, &view, &pages) < 0)
-        return NULL;
-    Py_ssize_t per_page = PAGE / 4 / unit_words, cap = 4096, count = 0;
-    int32_t *slots = PyMem_RawMalloc(cap * sizeof(int32_t));
-    PyObject *flags = PyBytes_FromStringAndSize(NULL, tables ? pages * 2 : 0);
-    if (!slots || !flags) {
-        PyMem_RawFree(slots);
-        Py_XDECREF(flags);
-        PyBuffer_Release(&view);
-        return PyErr_NoMemory();
-    }
-    uint8_t *flag = (uint8_t *)PyBytes_AS_STRING(flags);
-    const uint8_t *buf = view.buf;
-    int failed = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t p = 0; p < pages && !failed; p++) {
-        const uint8_t *page = buf + p * PAGE;
-        if (count + per_page > cap) {
-            Py_ssize_t grow = cap * 2 + per_page;
-            int32_t *more = PyMem_RawRealloc(slots, grow * sizeof(int32_t));
-            if (!more) {
-                failed = 1;
-                break;
-            }
-            slots = more, cap = grow;
-        }
-        for (Py_ssize_t i = 0; i < per_page; i++) {
-            uint32_t w0 = rd32(page + i * unit_words * 4);
-            slots[count] = (int32_t)(p * per_page + i);
-            count += (w0 & mask) == value;
-        }
-        if (tables)
-            probe_page(page, &c, wide, flag + 2 * p);
-    }
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    PyObject *found = failed ? PyErr_NoMemory()
-                             : PyBytes_FromStringAndSize((char *)slots, count * 4);
-    PyMem_RawFree(slots);
-    return pair(found, flags);
 }
 
 static inline uint64_t field(const uint8_t *p, int width) { return width == 8 ? rd64(p) : rd32(p); }
@@ -579,7 +523,7 @@ enum { CONF_LOW, CONF_MEDIUM, CONF_HIGH };
 
 /* legacy_records(buffer, address, unit, prev_shift, prev_mask, block_shift, block_mask,
  *                type_shift, type_mask, type_limit, xp, family, tables, wide, combos,
- *                probe) -> (records, flags)
+ *                probe) -> (records as a bytearray, flags)
  * `flags`: with `tables`, probe_pages' flags for the pages that are not proven pool
  * pages (a page with a high-confidence chain gets zeros), looked at in the same pass.
  * The legacy scanner whole (walk, confidence, decoding) for windows of contiguous pages
@@ -620,8 +564,8 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t p = 0; p < pages && !failed; p++) {
         const uint8_t *page = buf + p * PAGE;
-        if (p + PREFETCH < pages)
-            __builtin_prefetch(page + PREFETCH * PAGE);
+        if (p + AHEAD < pages)
+            prefetch_page(page + AHEAD * PAGE);
         if (tables)  /* the table search's first look, while the page is in the cache */
             probe_page(page, &cb, wide, flag + 2 * p);
         int complete, links = walk_page(page, &c, at, w0s, &complete);
@@ -680,8 +624,156 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     PyObject *records = failed ? PyErr_NoMemory()
-                               : PyBytes_FromStringAndSize((char *)out, n * sizeof(record_t));
+                               : PyByteArray_FromStringAndSize((char *)out, n * sizeof(record_t));
     PyMem_RawFree(out);
+    return pair(records, flags);
+}
+
+/* A sorted uint32 array holds `v` (the tag database's exact tags). */
+static int known_tag(const uint32_t *known, Py_ssize_t n, uint32_t v)
+{
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (known[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && known[lo] == v;
+}
+
+enum { STATE_UNKNOWN = 2 };
+#define MAX_SLOTS (PAGE / 8)
+
+/* segment_records(buffer, address, unit_words, mask, value, block_shift, block_mask,
+ *                 type_shift, type_mask, max_block, vs_units, xp, family, known, tables,
+ *                 wide, combos, probe) -> (records as a bytearray, flags)
+ * The segment-heap scanner whole (scanner/segment.py and pages._segment_records are the
+ * numpy twin, where the rules are written) for a window of contiguous pages at
+ * `address`, and with `tables` probe_pages' flags of every page in the same pass. A
+ * candidate is a slot whose w0 has (w0 & mask) == value, a BlockSize in 1..max_block
+ * and a printable tag; candidates link inside their page: LFH to the next block of the
+ * same size and pool at +BlockSize, VS to a header at +BlockSize+vs_units. Linked is
+ * high confidence, else a tag in `known` (sorted uint32) medium, else low; a VS chunk
+ * reached from the one before and not LFH-linked is allocated, anything else unknown. */
+static PyObject *segment_records(PyObject *self, PyObject *args)
+{
+    PyObject *obj, *known_obj, *combos;
+    unsigned long long address;
+    unsigned int mask, value, bs, bm, ts, tm, max_block, vs_units;
+    int unit_words, xp, family, tables, wide, probe;
+    if (!PyArg_ParseTuple(args, "OKiIIIIIIIIpiOppOi", &obj, &address, &unit_words, &mask,
+                          &value, &bs, &bm, &ts, &tm, &max_block, &vs_units, &xp, &family,
+                          &known_obj, &tables, &wide, &combos, &probe))
+        return NULL;
+    combos_t cb;
+    if (parse_combos(combos, probe, &cb) < 0)
+        return NULL;
+    if ((unit_words != 2 && unit_words != 4) || bs > 31 || ts > 31) {
+        PyErr_SetString(PyExc_ValueError, "bad header layout");
+        return NULL;
+    }
+    Py_buffer known;
+    if (PyObject_GetBuffer(known_obj, &known, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (known.len % 4) {
+        PyBuffer_Release(&known);
+        PyErr_SetString(PyExc_ValueError, "known tags must be uint32");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t pages;
+    if (get_pages(obj, &view, &pages) < 0) {
+        PyBuffer_Release(&known);
+        return NULL;
+    }
+    PyObject *flags = PyBytes_FromStringAndSize(NULL, tables ? pages * 2 : 0);
+    int unit = unit_words * 4, per_page = PAGE / unit;
+    Py_ssize_t cap = 1 << 15, n = 0, nknown = known.len / 4;
+    record_t *out = PyMem_RawMalloc(cap * sizeof(record_t));
+    int failed = !out || !flags;
+    uint8_t *flag = flags ? (uint8_t *)PyBytes_AS_STRING(flags) : NULL;
+    const uint32_t *known_tags = known.buf;
+    const uint8_t *buf = view.buf;
+    /* Per page: candidate k sits at slot at[k]; index[slot] is k, or -1. */
+    int16_t index[MAX_SLOTS];
+    int at[MAX_SLOTS];
+    uint32_t blocks[MAX_SLOTS], tags[MAX_SLOTS], types[MAX_SLOTS];
+    uint8_t lfh[MAX_SLOTS], vs_next[MAX_SLOTS], vs_prev[MAX_SLOTS];
+    for (int i = 0; i < MAX_SLOTS; i++)
+        index[i] = -1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < pages && !failed; p++) {
+        const uint8_t *page = buf + p * PAGE;
+        if (p + AHEAD < pages)
+            prefetch_page(page + AHEAD * PAGE);
+        if (tables)
+            probe_page(page, &cb, wide, flag + 2 * p);
+        int count = 0;
+        for (int i = 0; i < per_page; i++) {
+            uint32_t w0 = rd32(page + i * unit);
+            if ((w0 & mask) != value)
+                continue;
+            uint32_t block = (w0 >> bs) & bm, tag = rd32(page + i * unit + 4);
+            if (block == 0 || block > max_block || !printable_tag(tag, 0))
+                continue;
+            index[i] = (int16_t)count;
+            at[count] = i, blocks[count] = block, tags[count] = tag;
+            types[count] = (w0 >> ts) & tm;
+            lfh[count] = vs_next[count] = vs_prev[count] = 0;
+            count++;
+        }
+        if (!count)
+            continue;
+        for (int k = 0; k < count; k++) {
+            uint32_t next = (uint32_t)at[k] + blocks[k];
+            int t = next < (uint32_t)per_page ? index[next] : -1;
+            if (t >= 0 && blocks[t] == blocks[k] && (types[t] & 1) == (types[k] & 1))
+                lfh[k] = lfh[t] = 1;
+            next += vs_units;
+            t = next < (uint32_t)per_page ? index[next] : -1;
+            if (t >= 0)
+                vs_next[k] = vs_prev[t] = 1;
+        }
+        if (n + count > cap) {
+            record_t *more = PyMem_RawRealloc(out, cap * 2 * sizeof(record_t));
+            if (!more) {
+                failed = 1;
+                break;
+            }
+            out = more, cap *= 2;
+        }
+        for (int k = 0; k < count; k++) {
+            record_t *r = &out[n++];
+            uint32_t type = types[k];
+            index[at[k]] = -1;
+            r->offset = address + ((uint64_t)p * per_page + (uint64_t)at[k]) * unit;
+            r->tag = tags[k];
+            r->size = blocks[k] * (uint32_t)unit;
+            r->pooltype = (uint8_t)type;
+            if (xp)
+                r->pool = type == 0 ? POOL_UNKNOWN : ((type & 1) ? POOL_NONPAGED : POOL_PAGED);
+            else
+                r->pool = (type & 1) ? POOL_PAGED : POOL_NONPAGED;
+            r->state = vs_prev[k] && !lfh[k] ? STATE_ALLOCATED : STATE_UNKNOWN;
+            r->confidence = (lfh[k] || vs_next[k] || vs_prev[k])       ? CONF_HIGH
+                            : known_tag(known_tags, nknown, tags[k]) ? CONF_MEDIUM
+                                                                      : CONF_LOW;
+            r->protected_ = 0;
+            r->family = (uint8_t)family;
+            r->source = 0;
+            r->entry = 0;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&known);
+    PyObject *records = failed ? PyErr_NoMemory()
+                               : PyByteArray_FromStringAndSize((char *)out, n * sizeof(record_t));
+    PyMem_RawFree(out);
+    if (!flags)
+        flags = PyBytes_FromStringAndSize("", 0);  /* pair() needs both; records failed */
     return pair(records, flags);
 }
 
@@ -689,8 +781,8 @@ static PyMethodDef methods[] = {
     {"probe_pages", probe_pages, METH_VARARGS,
      "Per page: which big-page table layouts its first entries fit, and whether it may "
      "hold pool tracker table entries."},
-    {"segment_slots", segment_slots, METH_VARARGS,
-     "Segment-heap header slots of a window, and the table search's first look."},
+    {"segment_records", segment_records, METH_VARARGS,
+     "The segment-heap scanner's records of a window of contiguous pages."},
     {"legacy_records", legacy_records, METH_VARARGS,
      "The legacy scanner's records of a window of contiguous pages."},
     {"legacy_walk", legacy_walk, METH_VARARGS,

@@ -35,6 +35,8 @@ from pooltagscan.records import (
     CONFIDENCE_MEDIUM,
     RECORD_DTYPE,
     SOURCE_BIGPOOL,
+    concat,
+    take,
 )
 from pooltagscan.scanner.tableprobe import PageProbe, probe, va_ok
 from pooltagscan.scanner.tables import PageFields, entries_in_page, pick_readings, printable_tag
@@ -156,7 +158,7 @@ def big_page_records(
         offsets.append(g.pages[row] * PAGE_SIZE + g.phase + col * g.fmt.entry_size)
     if not parts:
         return np.zeros(0, RECORD_DTYPE), np.zeros(0, np.int64)
-    records = np.concatenate(parts)
+    records = concat(parts)
     at = np.concatenate(offsets)
     order = np.argsort(at, kind="stable")
-    return records[order], at[order]
+    return take(records, order), at[order]

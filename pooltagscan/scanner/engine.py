@@ -15,7 +15,7 @@ import numpy as np
 
 from pooltagscan.inputs.base import MemoryImage, Window
 from pooltagscan.layouts import LAYOUTS, PAGE_SIZE
-from pooltagscan.records import CONFIDENCE_HIGH, FAMILY_INDEX
+from pooltagscan.records import CONFIDENCE_HIGH, FAMILY_INDEX, concat, take
 from pooltagscan.scanner.bigpages import big_page_records
 from pooltagscan.scanner.pages import ScanConfig, scan_words
 from pooltagscan.scanner.tableprobe import fused_pass, probe
@@ -49,10 +49,12 @@ def scan_image(
     windows = list(image.windows(window_bytes))
     total = sum(w.length for w in windows)
     done = 0
-    # Large dumps are scanned by worker processes (one with --jobs 1), which map the
-    # windows instead of copying them; see MemoryImage.use_mapping. An image that lives
-    # only in this process (read through a Volatility layer) cannot be handed to workers.
-    workers = image.parallel_ok and total >= PARALLEL_MIN_BYTES and len(windows) > 1
+    # Large dumps are scanned by worker processes, which map the windows instead of
+    # copying them (see MemoryImage.use_mapping). With one job the scan stays in this
+    # process: a worker would only add shipping every record through a pipe, which cost
+    # more than the scan itself (2.7 M records a GiB). An image that lives only in this
+    # process (read through a Volatility layer) cannot be handed to workers.
+    workers = image.parallel_ok and jobs > 1 and total >= PARALLEL_MIN_BYTES and len(windows) > 1
     if workers:
         image.file  # noqa: B018 - opened before the fork: one descriptor, shared by all
         results = ordered_map(_worker, windows, max(1, jobs), _init_worker, (image, config, reduce))
@@ -95,10 +97,7 @@ def window_results(
     formats = layout.big_page_formats(config.encoding)
     fused = fused_pass(words, base, config, formats, wide(layout.trackers))
     pages = fused.pages if fused is not None else None
-    if fused is not None and fused.records is not None:
-        records = fused.records
-    else:
-        records = scan_words(words, base, config, fused.slots if fused is not None else None)
+    records = fused.records if fused is not None else scan_words(words, base, config)
     proven = _pool_pages(records, base, words.shape[0]) if pages is None else None
     if window.pages is not None:  # scattered pages: scanned at buffer offsets
         records["offset"] = window.addresses(records["offset"])
@@ -110,8 +109,8 @@ def window_results(
     big, at = big_page_records(words, formats, FAMILY_INDEX[config.family], pages)
     if big.size:
         big["entry"] = window.addresses(at)
-        big = big[image.captured(big["entry"], max(f.entry_size for f in formats))]
-        records = np.concatenate([records, big])
+        big = take(big, image.captured(big["entry"], max(f.entry_size for f in formats)))
+        records = concat([records, big])
     rows = tracker_entries(words, layout.trackers, pages)
     if rows.size:
         rows["entry"] = window.addresses(rows["entry"])

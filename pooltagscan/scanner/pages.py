@@ -24,6 +24,7 @@ from pooltagscan.records import (
     FAMILY_INDEX,
     RECORD_DTYPE,
     SOURCE_PAGE,
+    take,
 )
 from pooltagscan.scanner import legacy, segment
 from pooltagscan.scanner.native import native
@@ -44,14 +45,11 @@ class ScanConfig:
     tables: bool = True
 
 
-def scan_words(
-    words: np.ndarray, address: int, config: ScanConfig, slots: np.ndarray | None = None
-) -> np.ndarray:
-    """Records for a window whose first page is at `address` (page aligned); `slots`:
-    the segment-heap candidate slots when a C pass already found them."""
+def scan_words(words: np.ndarray, address: int, config: ScanConfig) -> np.ndarray:
+    """Records for a window whose first page is at `address` (page aligned)."""
     layout = LAYOUTS[config.family]
     if layout.scanner == "segment":
-        return _segment_records(words, address, config, layout, slots)
+        return _segment_records(words, address, config, layout)
     return _legacy_records(words, address, config, layout)
 
 
@@ -90,7 +88,7 @@ def _legacy_records(
     if page.size < 2 or bool(np.all(page[1:] >= page[:-1])):
         return records
     key = page.astype(np.uint16) if words.shape[0] <= 0xFFFF else page
-    return records[np.argsort(key, kind="stable")]
+    return take(records, np.argsort(key, kind="stable"))
 
 
 def native_legacy_records(
@@ -110,17 +108,40 @@ def native_legacy_records(
         kind.shift, kind.mask, LEGACY_POOLTYPE_LIMIT, config.encoding is Encoding.XP,
         FAMILY_INDEX[config.family], probe is not None, wide, combos, entries,
     )  # fmt: skip
-    return np.frombuffer(raw, RECORD_DTYPE).copy(), flags
+    # A bytearray: the records are writable in place (a copy of this packed dtype costs
+    # more than the whole C pass).
+    return np.frombuffer(raw, RECORD_DTYPE), flags
 
 
-def _segment_records(
+def native_segment_records(
     words: np.ndarray,
     address: int,
     config: ScanConfig,
     layout: Layout,
-    slots: np.ndarray | None = None,
+    probe: tuple[bool, list, int] | None = None,
+) -> tuple[np.ndarray, bytes]:
+    """The segment-heap records by the C scanner (_tables.c; _segment_records below is
+    its twin) and, given `probe` = (wide, combos, entries), the table probe's flags of
+    the same pass (see tableprobe.fused_pass)."""
+    mask, value = layout.segment_w0
+    block, kind = layout.block, layout.pooltype
+    wide, combos, entries = probe or (False, [], 1)
+    raw, flags = native.segment_records(
+        words, address, layout.words_per_unit, int(mask), int(value), block.shift, block.mask,
+        kind.shift, kind.mask, layout.segment_max_block, layout.vs_header_units,
+        config.encoding is Encoding.XP, FAMILY_INDEX[config.family],
+        np.ascontiguousarray(config.known_tags, np.uint32), probe is not None, wide, combos,
+        entries,
+    )  # fmt: skip
+    return np.frombuffer(raw, RECORD_DTYPE), flags
+
+
+def _segment_records(
+    words: np.ndarray, address: int, config: ScanConfig, layout: Layout
 ) -> np.ndarray:
-    found = segment.find_headers(words, layout, slots)
+    if native is not None:
+        return native_segment_records(words, address, config, layout)[0]
+    found = segment.find_headers(words, layout)
     linked = found.linked
     known = np.isin(found.tag, config.known_tags)
     confidence = np.where(

@@ -49,22 +49,17 @@ class SegmentHeaders:
         return self.vs_prev & ~self.lfh
 
 
-def find_headers(
-    words: np.ndarray, layout: Layout, slots: np.ndarray | None = None
-) -> SegmentHeaders:
-    """Candidates and links for `words` (uint32, shape (pages, 1024)).
+def find_headers(words: np.ndarray, layout: Layout) -> SegmentHeaders:
+    """Candidates and links for `words` (uint32, shape (pages, 1024)); the numpy twin of
+    segment_records in _tables.c.
 
     Every header-sized slot is tested with one masked compare of word 0: PreviousSize
-    and PoolIndex zero and the PoolType bits the encoding fixes. `slots`: the slots
-    that pass, when the C pass (tableprobe.segment_pass) already found them."""
+    and PoolIndex zero and the PoolType bits the encoding fixes."""
     flat = words.reshape(-1)
     step = layout.words_per_unit
     w0_all = flat[0::step]
-    if slots is None:
-        mask, value = layout.segment_w0
-        slot = np.flatnonzero((w0_all & mask) == value)
-    else:
-        slot = slots.astype(np.int64)
+    mask, value = layout.segment_w0
+    slot = np.flatnonzero((w0_all & mask) == value)
     w0 = w0_all[slot]
     block = layout.block.of(w0)
     keep = (block > 0) & (block <= layout.segment_max_block)

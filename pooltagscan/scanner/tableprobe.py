@@ -15,7 +15,7 @@ import numpy as np
 
 from pooltagscan.layouts import LAYOUTS, BigPageFormat
 from pooltagscan.scanner.native import native
-from pooltagscan.scanner.pages import ScanConfig, native_legacy_records
+from pooltagscan.scanner.pages import ScanConfig, native_legacy_records, native_segment_records
 from pooltagscan.scanner.tables import PageFields
 from pooltagscan.scanner.tagbytes import printable
 
@@ -71,11 +71,10 @@ def probe(
 
 @dataclass
 class FusedPass:
-    """What one C pass over a window gave: the page scanner's part (the legacy records,
-    or the segment heap's candidate slots) and, when asked, the table probe."""
+    """What one C pass over a window gave: the page scanner's records and, when asked,
+    the table probe."""
 
-    records: np.ndarray | None
-    slots: np.ndarray | None
+    records: np.ndarray
     pages: PageProbe | None
 
 
@@ -95,17 +94,10 @@ def fused_pass(
     layout = LAYOUTS[config.family]
     combos = _combos(words, formats)
     args = [(f.ptr_size, f.entry_size, phase, f.kernel_min) for f, phase in combos]
-    if layout.scanner == "segment":
-        mask, value = layout.segment_w0
-        slots, flags = native.segment_slots(
-            words, int(mask), int(value), layout.words_per_unit, config.tables, wide, args,
-            PROBE_ENTRIES,
-        )  # fmt: skip
-        found = FusedPass(None, np.frombuffer(slots, "<i4"), None)
-    else:
-        probe_args = (wide, args, PROBE_ENTRIES) if config.tables else None
-        records, flags = native_legacy_records(words, address, config, layout, probe_args)
-        found = FusedPass(records, None, None)
+    probe_args = (wide, args, PROBE_ENTRIES) if config.tables else None
+    scanner = native_segment_records if layout.scanner == "segment" else native_legacy_records
+    records, flags = scanner(words, address, config, layout, probe_args)
+    found = FusedPass(records, None)
     if config.tables:
         flags = np.frombuffer(flags, np.uint8)
         found.pages = PageProbe(combos, flags[0::2], flags[1::2].astype(bool))

@@ -65,6 +65,23 @@ def test_legacy_records_agree_on_any_page(monkeypatch, family, encoding):
         assert fast.tobytes() == slow.tobytes(), name
 
 
+@pytest.mark.parametrize("encoding", [Encoding.SEGMENT_HEAP, Encoding.XP, Encoding.VISTA])
+def test_segment_records_agree_on_any_page(monkeypatch, encoding):
+    """Every sample read as segment-heap pages (links, states and confidence), with a
+    tag database that knows a few of the tags, garbage included."""
+    known = np.array(sorted({0x636F7250, 0x65726854, 0x656C6946, 0x20207249}), np.uint32)
+    config = ScanConfig(Family.SEGMENT_HEAP, encoding, known)
+    for name, words in _windows():
+        fast = scan_words(words, 0x7000_0000, config)
+        with monkeypatch.context() as patch:
+            numpy_only(patch)
+            slow = scan_words(words, 0x7000_0000, config)
+        assert fast.tobytes() == slow.tobytes(), name
+        if name == "win11-segheap-x64":
+            confidence = np.bincount(fast["confidence"], minlength=3)
+            assert fast.size > 1000 and confidence.min() > 0, confidence
+
+
 def test_chain_walks_agree():
     def sorted_chunks(c):
         order = np.lexsort((c.offset, c.page))
