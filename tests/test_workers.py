@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pooltagscan.errors import InputError, OutputError
-from pooltagscan.workers import WorkerError, ordered_map
+from pooltagscan.workers import Background, WorkerError, ordered_map
 
 
 def square(x: int) -> int:
@@ -98,3 +98,24 @@ def test_stopping_early_kills_the_workers():
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids)
     assert os.getpid() not in pids
+
+
+def slow_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_background_result_error_death_and_cancel():
+    job = Background.start(square, 7)
+    assert job.result() == 49 and job.result() == 49
+    job.cancel()  # after the result: nothing left to stop, no error
+    with pytest.raises(InputError, match="shrank"):
+        Background.start(fail_on_five, 5).result()
+    with pytest.raises(WorkerError, match="was killed by SIGKILL"):
+        Background.start(die, 2).result()
+    job = Background.start(slow_pid, 30)
+    pid = job._worker.process.pid
+    assert _alive(pid) and pid != os.getpid()
+    start = time.monotonic()
+    job.cancel()
+    assert time.monotonic() - start < 2 and not _alive(pid)
