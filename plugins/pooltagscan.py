@@ -213,9 +213,10 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
             requirements.ChoiceRequirement(
                 name="sort",
                 choices=list(SORT_KEYS),
-                default="bytes",
+                default=None,
                 optional=True,
-                description="Order of --stats rows",
+                description="Order of --stats and --tracker rows (default: bytes); "
+                "refused for records, which come in scan order",
             ),
             requirements.IntRequirement(
                 name="jobs",
@@ -292,6 +293,8 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
         try:
             if tracker and stats:
                 raise ValueError("--tracker is a view of its own: not with --stats")
+            if self.config.get("sort", None) is not None and not (tracker or stats):
+                raise ValueError(pts.scan.SORT_WITH_RECORDS)
             work = self._prepare(pts)
         except (pts.errors.InputError, ValueError) as exc:
             # Volatility's way with bad input: one error line, no rows, no traceback.

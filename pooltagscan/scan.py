@@ -24,6 +24,9 @@ LAYOUT_CHOICES = ("auto", *(f.value for f in Family))
 # The words every shell uses for a dump in which the detection proves nothing: the CLI
 # prints them as a warning, the Volatility plugin logs them, `diff` refuses the dump.
 NO_EVIDENCE = "no pool structure proven in the sampled pages; results are unlikely"
+# Records come in scan order: the one text every shell gives a --sort without a view
+# that has rows to order.
+SORT_WITH_RECORDS = "--sort orders --stats and --tracker rows; records come in scan order"
 # Detection.evidence keys that count proving pages per family, in detect's tie order.
 EVIDENCE_KEYS = {fam: layout.evidence for fam, layout in LAYOUTS.items()}
 

@@ -473,3 +473,20 @@ def test_garbage_logs_the_cli_s_warnings(plugin_class, tmp_path, caplog):
             "unlikely"
         ),
     ]
+
+
+def test_sort_is_refused_for_records_as_in_the_cli(plugin_class, caplog):
+    """Records come in scan order: a sort the plugin would ignore is an error, as in the
+    CLI; --stats rows follow it."""
+    dump = DUMPS / "win7-x86.raw"
+    _, plugin = construct(plugin_class, dump, sort="tag")
+    _, rows = grid_rows(plugin)
+    assert rows == []
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "pooltagscan: --sort orders --stats and --tracker rows; records come in scan order"
+    ]
+    _, plugin = construct(plugin_class, dump, stats=True, sort="tag")
+    columns, rows = grid_rows(plugin)
+    tags = [row[columns.index("Tag")] for row in rows]
+    assert len(tags) > 20 and tags == sorted(tags)

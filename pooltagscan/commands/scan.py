@@ -30,7 +30,7 @@ from pooltagscan.render.stats import StatsWriter, summary_line
 from pooltagscan.render.summary import scan_line
 from pooltagscan.render.tracker import write_tracker
 from pooltagscan.render.yarahits import write_hits
-from pooltagscan.scan import prepare, run
+from pooltagscan.scan import SORT_WITH_RECORDS, prepare, run
 from pooltagscan.stats import SORT_KEYS
 from pooltagscan.summary import ScanSummary, collect_records, collect_stats
 from pooltagscan.tags.database import TagDatabase
@@ -153,7 +153,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     if args.sort is not None and not (args.stats or args.tracker):
         # Sorting records would hold a whole dump's records in memory; say so rather
         # than ignore the option.
-        raise UsageError("--sort orders --stats and --tracker rows; records come in scan order")
+        raise UsageError(SORT_WITH_RECORDS)
     args.sort = args.sort or "bytes"
     outputs.check_opened()
     out = outputs.stream("-o")
