@@ -62,6 +62,7 @@ def _pooltagscan() -> Any:
         import pooltagscan.scan
         import pooltagscan.scanner.engine
         import pooltagscan.stats
+        import pooltagscan.summary
         import pooltagscan.tags.database
         import pooltagscan.tracking
         import pooltagscan.workers
@@ -382,10 +383,12 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
     def _stats_rows(
         self, pts: Any, prepared: Any, record_filter: Any, db: Any, jobs: int
     ) -> Iterator[tuple[int, tuple]]:
-        stats = pts.stats.TagStats()
         totals = pts.tracking.TrackerTotals()
-        for records in pts.scan.run(prepared, record_filter, jobs, self._progress, totals.add):
-            stats.add(records)
+        # As the CLI's --stats: workers ship per-tag counters, not records.
+        summary = pts.summary.ScanSummary(prepared.image.scanned_bytes)
+        stats = pts.summary.collect_stats(
+            prepared, summary, record_filter, jobs, self._progress, totals.add
+        )
         rows = stats.rows(db.describe, self._option("sort", "bytes"))
         pts.tracking.attach(rows, totals)
         absent = renderers.NotApplicableValue
@@ -405,8 +408,7 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
         self, pts: Any, prepared: Any, _filter: Any, db: Any, jobs: int
     ) -> Iterator[tuple[int, tuple]]:
         totals = pts.tracking.TrackerTotals()
-        for _ in pts.scan.run(prepared, None, jobs, self._progress, totals.add):
-            pass
+        pts.summary.collect_tracker(prepared, totals.add, jobs, self._progress)
         if not totals.found:
             vollog.warning(f"pooltagscan: {prepared.image.path}: no pool tracker table found")
         for row in totals.rows(db.describe, self._option("sort", "bytes")):

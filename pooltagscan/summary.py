@@ -116,6 +116,25 @@ def collect_stats(
     return stats
 
 
+def _no_records(records: np.ndarray) -> None:
+    """What a scan worker ships when only the tracker rows are wanted: no records."""
+    return
+
+
+def collect_tracker(
+    prepared: PreparedScan,
+    tracker: TrackerSink,
+    jobs: int = 1,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Scan only for the tracker-table rows `tracker` receives (the `--tracker` view):
+    workers ship those rows and nothing of the records."""
+    for _ in scan_image(
+        prepared.image, prepared.config, jobs, progress, tracker=tracker, reduce=_no_records
+    ):
+        pass
+
+
 @dataclass(frozen=True)
 class BatchCounts:
     """The summary's numbers of one batch: records and bytes the filters kept, and the

@@ -30,9 +30,9 @@ from pooltagscan.render.stats import StatsWriter, summary_line
 from pooltagscan.render.summary import scan_line
 from pooltagscan.render.tracker import write_tracker
 from pooltagscan.render.yarahits import write_hits
-from pooltagscan.scan import SORT_WITH_RECORDS, prepare, run
+from pooltagscan.scan import SORT_WITH_RECORDS, prepare
 from pooltagscan.stats import SORT_KEYS
-from pooltagscan.summary import ScanSummary, collect_records, collect_stats
+from pooltagscan.summary import ScanSummary, collect_records, collect_stats, collect_tracker
 from pooltagscan.tags.database import TagDatabase
 from pooltagscan.tracking import TrackerTotals
 from pooltagscan.tracking import attach as attach_tracker
@@ -226,8 +226,7 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                     note(args, f"{path}: {remark}")
             elif args.tracker:
                 totals = TrackerTotals()
-                for _ in run(prepared, None, args.jobs, bar, tracker=totals.add):
-                    pass
+                collect_tracker(prepared, totals.add, args.jobs, bar)
                 bar.close()
                 summary.finish()
                 rows = totals.rows(db.describe, args.sort)
