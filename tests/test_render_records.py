@@ -103,6 +103,13 @@ def test_writers_equal_json_and_csv_modules_on_samples(sample_records, monkeypat
     monkeypatch.setattr(render, "TEXT_ROWS", 97)
     monkeypatch.setattr(render, "CACHE_LIMIT", 50)
     check_all_formats(records, db, extra)
+    # The C join of offsets and fragments and the Python join give the same table too.
+    meta = {"architecture": "x64", "max_address": int(records["offset"].max())}
+    table = written("table", uneven(records), db, extra, meta)
+    monkeypatch.setattr(render, "native", None)
+    check_all_formats(records, db, extra)
+    assert written("table", uneven(records), db, extra, meta) == table
+    assert table.count("\n") == records.size + 1
 
 
 def odd_records() -> np.ndarray:

@@ -34,6 +34,7 @@ from pooltagscan.records import (
     STATE_NAMES,
     TagNames,
 )
+from pooltagscan.scanner.native import native
 from pooltagscan.tags.database import TagDatabase
 
 FORMATS = ("table", "jsonl", "json", "csv")
@@ -105,10 +106,14 @@ class LineBuilder:
         make: FragmentMaker,
         offset_text: Callable[[list[int]], Any] | None = None,
         entries: bool = True,
+        hex_width: Callable[[], int] | None = None,
     ) -> None:
         self.names = names
         self.make = make
         self.offset_text = offset_text or (lambda offsets: map(str, offsets))
+        # Offsets in hex right-aligned in this many columns (what `offset_text` writes),
+        # else in decimal: how the C join writes them.
+        self.hex_width = hex_width
         self.entries = entries  # whether big-pool lines show their table entry
         self.head = ""
         self._reset()
@@ -201,8 +206,24 @@ class LineBuilder:
         rows = self._row_fragments(records)
         offsets = records["offset"]
         lead = self.head if first_head is None else first_head
+        width = self.hex_width() if self.hex_width is not None else 0
         for start in range(0, count, TEXT_ROWS):
             stop = min(start + TEXT_ROWS, count)
+            if native is not None:
+                # The C join: no Python object per offset (None: a fragment is not ASCII).
+                trim = len(self.head) if stop == count else 0
+                text = native.join_rows(
+                    np.ascontiguousarray(offsets[start:stop]),
+                    rows[start:stop].tolist(),
+                    self.hex_width is not None,
+                    width,
+                    lead,
+                    trim,
+                )
+                if text is not None:
+                    yield text
+                    lead = ""
+                    continue
             parts: list[Any] = [None] * (2 * (stop - start))
             parts[0::2] = self.offset_text(offsets[start:stop].tolist())
             parts[1::2] = rows[start:stop].tolist()
@@ -404,7 +425,9 @@ class TableWriter(RecordWriter):
         self, out: TextIO, extra: dict[str, Any] | None = None, db: TagDatabase | None = None
     ):
         super().__init__(out, extra, db)
-        self._lines = LineBuilder(self.names, self._fragment, self._addresses, entries=False)
+        self._lines = LineBuilder(
+            self.names, self._fragment, self._addresses, entries=False, hex_width=self._width
+        )
         self._addr = 18
         self._rows = 0
 
@@ -415,6 +438,9 @@ class TableWriter(RecordWriter):
         self._rows = 0
         if "dump" in meta and self.extra:
             self.out.write(f"== {meta['dump']}\n")
+
+    def _width(self) -> int:
+        return self._addr
 
     def _addresses(self, offsets: list[int]) -> Any:
         return map(f"{{:>#{self._addr}x}}".format, offsets)

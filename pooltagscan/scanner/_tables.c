@@ -777,12 +777,133 @@ static PyObject *segment_records(PyObject *self, PyObject *args)
     return pair(records, flags);
 }
 
+static const char PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* The text of v into the end of `end` (room for 20 characters before it): decimal, or
+ * `0x` and lower-case hex; returns where it starts. Two decimal digits per division. */
+static inline char *number_text(uint64_t v, int hex, char *end)
+{
+    char *at = end;
+    if (hex) {
+        do {
+            unsigned d = (unsigned)(v & 15);
+            *--at = (char)(d < 10 ? '0' + d : 'a' + d - 10);
+            v >>= 4;
+        } while (v);
+        *--at = 'x';
+        *--at = '0';
+        return at;
+    }
+    while (v >= 100) {
+        unsigned pair = (unsigned)(v % 100);
+        v /= 100;
+        at -= 2;
+        memcpy(at, PAIRS + 2 * pair, 2);
+    }
+    if (v >= 10) {
+        at -= 2;
+        memcpy(at, PAIRS + 2 * v, 2);
+    } else {
+        *--at = (char)('0' + v);
+    }
+    return at;
+}
+
+#define NUMBER_ROOM 24
+
+/* join_rows(offsets, rows, hex, width, lead, trim) -> str or None
+ * The text of a batch of record lines (render/records.py's LineBuilder): `lead`, then
+ * for each record its offset (decimal, or `0x` hex right-aligned in `width` columns when
+ * `hex`) followed by its row fragment (rows: a list of str, one per offset), the last
+ * fragment shortened by `trim` characters. None when a fragment is not ASCII (a tag
+ * file's words may not be): the caller joins in Python then. The offsets are written
+ * once into a scratch buffer while the text is measured, then copied: no Python object
+ * per record. */
+static PyObject *join_rows(PyObject *self, PyObject *args)
+{
+    PyObject *offsets_obj, *rows, *lead;
+    int hex, width;
+    Py_ssize_t trim;
+    if (!PyArg_ParseTuple(args, "OO!iiUn", &offsets_obj, &PyList_Type, &rows, &hex, &width,
+                          &lead, &trim))
+        return NULL;
+    if (width < 0 || width > NUMBER_ROOM || trim < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad width or trim");
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(lead))
+        Py_RETURN_NONE;
+    Py_buffer view;
+    if (PyObject_GetBuffer(offsets_obj, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    Py_ssize_t n = view.len / 8;
+    if (view.len % 8 || PyList_GET_SIZE(rows) != n) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "offsets and rows do not match");
+        return NULL;
+    }
+    const uint64_t *offsets = view.buf;
+    char *scratch = PyMem_Malloc(n * NUMBER_ROOM + 1);
+    uint8_t *sizes = PyMem_Malloc(n + 1);
+    if (!scratch || !sizes) {
+        PyMem_Free(scratch);
+        PyMem_Free(sizes);
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t total = PyUnicode_GET_LENGTH(lead);
+    PyObject *out = NULL;
+    int ascii = 1;
+    for (Py_ssize_t i = 0; i < n && ascii; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        ascii = PyUnicode_Check(row) && PyUnicode_IS_ASCII(row);
+        char *end = scratch + (i + 1) * NUMBER_ROOM;
+        char *start = number_text(offsets[i], hex, end);
+        Py_ssize_t len = end - start;
+        if (hex && len < width) {
+            memset(end - width, ' ', width - len);
+            len = width;
+        }
+        sizes[i] = (uint8_t)len;
+        total += len + (ascii ? PyUnicode_GET_LENGTH(row) : 0);
+    }
+    if (ascii) {
+        Py_ssize_t last = n ? PyUnicode_GET_LENGTH(PyList_GET_ITEM(rows, n - 1)) : 0;
+        trim = trim < last ? trim : last;
+        out = PyUnicode_New(total - trim, 127);
+    }
+    if (out) {
+        char *at = (char *)PyUnicode_1BYTE_DATA(out);
+        memcpy(at, PyUnicode_1BYTE_DATA(lead), PyUnicode_GET_LENGTH(lead));
+        at += PyUnicode_GET_LENGTH(lead);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            memcpy(at, scratch + (i + 1) * NUMBER_ROOM - sizes[i], sizes[i]);
+            at += sizes[i];
+            PyObject *row = PyList_GET_ITEM(rows, i);
+            Py_ssize_t size = PyUnicode_GET_LENGTH(row) - (i == n - 1 ? trim : 0);
+            memcpy(at, PyUnicode_1BYTE_DATA(row), size);
+            at += size;
+        }
+    }
+    PyMem_Free(scratch);
+    PyMem_Free(sizes);
+    PyBuffer_Release(&view);
+    if (!ascii)
+        Py_RETURN_NONE;
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"probe_pages", probe_pages, METH_VARARGS,
      "Per page: which big-page table layouts its first entries fit, and whether it may "
      "hold pool tracker table entries."},
     {"segment_records", segment_records, METH_VARARGS,
      "The segment-heap scanner's records of a window of contiguous pages."},
+    {"join_rows", join_rows, METH_VARARGS,
+     "The text of a batch of record lines: offsets interleaved with row fragments."},
     {"legacy_records", legacy_records, METH_VARARGS,
      "The legacy scanner's records of a window of contiguous pages."},
     {"legacy_walk", legacy_walk, METH_VARARGS,

@@ -93,3 +93,22 @@ def test_chain_walks_agree():
             layout = LAYOUTS[family]
             fast = sorted_chunks(legacy._native_walk(words, layout))
             assert fast == sorted_chunks(legacy._numpy_walk(words, layout)), (name, family)
+
+
+def test_join_rows_writes_offsets_as_python_does():
+    """The C join of record lines: decimal and right-aligned hex offsets exactly as
+    str() and format() write them, the last fragment trimmed, None for non-ASCII text."""
+    rng = np.random.default_rng(3)
+    offsets = np.concatenate(
+        [np.array([0, 9, 10, 99, 100, 2**64 - 1], np.uint64),
+         rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64, endpoint=True)]
+    )  # fmt: skip
+    rows = [f",{i}\n" for i in range(offsets.size)]
+    decimal = native.native.join_rows(offsets, rows, False, 0, "L", 2)
+    assert decimal == ("L" + "".join(f"{int(o)}{r}" for o, r in zip(offsets, rows)))[:-2]
+    hexed = native.native.join_rows(offsets, rows, True, 14, "", 0)
+    assert hexed == "".join(f"{int(o):>#14x}{r}" for o, r in zip(offsets, rows))
+    assert native.native.join_rows(offsets[:2], ["a", "caf\u00e9"], False, 0, "", 0) is None
+    assert native.native.join_rows(offsets[:0], [], False, 0, "head", 0) == "head"
+    with pytest.raises(ValueError):
+        native.native.join_rows(offsets[:3], rows[:2], False, 0, "", 0)
