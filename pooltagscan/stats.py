@@ -33,6 +33,7 @@ from pooltagscan.records import (
     SOURCE_PAGE,
     TagNames,
 )
+from pooltagscan.uniques import unique_inverse
 
 # Counter columns per tag, in this order. The first nine are the original ones (see the
 # module docstring); the invariants the tests hold:
@@ -130,29 +131,6 @@ def _class_counters() -> tuple[np.ndarray, np.ndarray]:
 _COUNT_OF_CLASS, _BYTES_OF_CLASS = _class_counters()
 
 
-def _tag_index(tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(tags, return_inverse=True) at a third of its cost: a window repeats a
-    few dozen tags tens of thousands of times, so the inverse comes from a lookup table
-    indexed by a multiplicative hash that is collision-free on the distinct tags (a sort
-    finds them), with np.unique's own argsort as the fallback."""
-    tags = np.ascontiguousarray(tags, np.uint32)
-    ordered = np.sort(tags)
-    first = np.empty(ordered.size, bool)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    uniq = ordered[first]
-    bits = max(4, int(uniq.size).bit_length() + 3)
-    if bits <= 20:
-        for factor in (0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F):
-            shift = np.uint32(32 - bits)
-            slot = (uniq * np.uint32(factor)) >> shift
-            if np.unique(slot).size == uniq.size:
-                table = np.zeros(1 << bits, np.int64)
-                table[slot] = np.arange(uniq.size)
-                return uniq, table[(tags * np.uint32(factor)) >> shift]
-    return np.unique(tags, return_inverse=True)
-
-
 def _class_codes(records: np.ndarray) -> np.ndarray:
     code = np.zeros(records.size, np.int64)
     for name, radix in zip(_CLASS_FIELDS, _CLASS_RADIX):
@@ -178,7 +156,7 @@ class TagStats:
         the records when only the statistics are wanted (see merge)."""
         if not records.size:
             return np.empty(0, np.uint32), np.zeros((0, len(COLUMNS)), np.int64)
-        tags, inverse = _tag_index(records["tag"])
+        tags, inverse = unique_inverse(records["tag"])
         cell = inverse.reshape(-1).astype(np.int64) * _CLASSES + _class_codes(records)
         cells = tags.size * _CLASSES
         blocks = np.bincount(cell, minlength=cells).reshape(tags.size, _CLASSES)

@@ -26,6 +26,7 @@ from pooltagscan.scan import contrary_family, prepare
 from pooltagscan.stats import COLUMNS, LEGACY_COLUMNS, TRACKER_COLUMNS, TagStats
 from pooltagscan.summary import ScanSummary, collect_stats
 from pooltagscan.tags.database import TagDatabase
+from pooltagscan.uniques import unique_inverse
 
 NP, P, UNK_POOL = 0, 1, 2
 ALLOC, FREE, UNDEC = 0, 1, 2
@@ -510,15 +511,15 @@ def test_human_sizes():
 
 
 @pytest.mark.parametrize("distinct", [1, 7, 60, 3000, 200_000])
-def test_tag_index_equals_numpy_unique(distinct):
-    """The hashed inverse of the counters is np.unique's, also when the hashes collide
-    (random full-width tags) or the table would be too large (the fallback)."""
-    from pooltagscan.stats import _tag_index
-
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_unique_inverse_equals_numpy_unique(distinct, dtype):
+    """The hashed inverse of the counters and the record writers is np.unique's, also
+    when the hashes collide (random full-width values) or the table would be too large
+    (the fallback)."""
     rng = np.random.default_rng(distinct)
-    pool = rng.integers(0, 1 << 32, distinct, dtype=np.uint32)
-    tags = pool[rng.integers(0, distinct, 300_000)]
-    uniq, inverse = _tag_index(tags)
-    want_uniq, want_inverse = np.unique(tags, return_inverse=True)
+    pool = rng.integers(0, np.iinfo(dtype).max, distinct, dtype=dtype, endpoint=True)
+    values = pool[rng.integers(0, distinct, 300_000)]
+    uniq, inverse = unique_inverse(values)
+    want_uniq, want_inverse = np.unique(values, return_inverse=True)
     assert uniq.tolist() == want_uniq.tolist()
     assert inverse.tolist() == want_inverse.tolist()

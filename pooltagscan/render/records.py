@@ -36,6 +36,7 @@ from pooltagscan.records import (
 )
 from pooltagscan.scanner.native import native
 from pooltagscan.tags.database import TagDatabase
+from pooltagscan.uniques import unique_inverse
 
 FORMATS = ("table", "jsonl", "json", "csv")
 
@@ -155,7 +156,7 @@ class LineBuilder:
         sizes = records["size"].astype(np.uint64)
         if int(sizes.max()) < 1 << 23:
             packed = tag_keys | (code << np.uint64(33)) | (sizes << np.uint64(41))
-            unique, index = np.unique(packed, return_inverse=True)
+            unique, index = unique_inverse(packed)
             pos = np.searchsorted(self._keys, unique)
             known = pos < self._keys.size
             known[known] = self._keys[pos[known]] == unique[known]
