@@ -34,7 +34,8 @@ def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shift = kind.type(kind.itemsize * 8 - bits)
         for factor in _FACTORS[kind.itemsize]:
             slot = (uniq * kind.type(factor)) >> shift
-            if np.unique(slot).size == uniq.size:
+            taken = np.sort(slot)
+            if not np.any(taken[1:] == taken[:-1]):
                 table = np.zeros(1 << bits, np.int64)
                 table[slot] = np.arange(uniq.size)
                 return uniq, table[(values * kind.type(factor)) >> shift]
