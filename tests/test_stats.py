@@ -21,9 +21,10 @@ from test_cli import pooltagscan
 from pooltagscan.inputs import open_image
 from pooltagscan.layouts import Family
 from pooltagscan.records import RECORD_DTYPE, SOURCE_BIGPOOL, SOURCE_PAGE
-from pooltagscan.render.stats import TABLE_LEGEND, stats_document, stats_table, summary_line
+from pooltagscan.render.stats import TABLE_LEGEND, stats_table, summary_line
 from pooltagscan.scan import contrary_family, prepare
 from pooltagscan.stats import COLUMNS, LEGACY_COLUMNS, TRACKER_COLUMNS, TagStats
+from pooltagscan.stats_document import stats_document
 from pooltagscan.summary import ScanSummary, collect_stats
 from pooltagscan.tags.database import TagDatabase
 from pooltagscan.uniques import unique_inverse

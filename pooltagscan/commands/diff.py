@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from typing import TYPE_CHECKING
 
 from pooltagscan.commands.common import (
@@ -18,7 +16,8 @@ from pooltagscan.commands.common import (
 )
 from pooltagscan.diff import DIFF_SORTS, VIEW_STATS, VIEW_TRACKER, diff, load_snapshot, mismatch
 from pooltagscan.progress import ProgressBar
-from pooltagscan.render.table import format_table
+from pooltagscan.render.diff import DiffView
+from pooltagscan.render.writers import formats, write_view
 from pooltagscan.tags.database import TagDatabase
 
 if TYPE_CHECKING:
@@ -47,7 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="compare the kernel's own counters (PoolTrackTable) of two dumps, like "
         "PoolMon; saved `scan --tracker --format json` files are tracker views anyway",
     )
-    parser.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table")
+    parser.add_argument(
+        "--format", choices=formats("table", "json", "jsonl", "csv"), default="table"
+    )
     add_dump_options(parser)
     add_output_options(parser)
     parser.set_defaults(func=run_command, inputs=inputs)
@@ -77,52 +78,5 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     out = outputs.stream("-o")
     if args.changed:
         rows = [r for r in rows if r.delta_allocs or r.delta_bytes]
-    if args.format == "json":
-        json.dump(
-            {
-                "kind": "pooltagscan-diff",
-                "view": snaps[0].view,
-                "old": snaps[0].source,
-                "new": snaps[1].source,
-                "tags": [r.as_dict() for r in rows],
-            },
-            out,
-            indent=1,
-        )
-        out.write("\n")
-    elif args.format == "jsonl":
-        out.writelines(json.dumps(r.as_dict()) + "\n" for r in rows)
-    elif args.format == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        fields = list(rows[0].as_dict()) if rows else ["tag"]
-        writer.writerow(fields)
-        writer.writerows(r.as_dict().values() for r in rows)
-    else:
-        headers = (
-            "Tag",
-            "Old Allocs",
-            "New Allocs",
-            "Δ Allocs",
-            "Old Bytes",
-            "New Bytes",
-            "Δ Bytes",
-            "Owner",
-            "Description",
-        )
-        body = [
-            (
-                r.tag,
-                r.old_allocs,
-                r.new_allocs,
-                f"{r.delta_allocs:+d}",
-                r.old_bytes,
-                r.new_bytes,
-                f"{r.delta_bytes:+d}",
-                r.owner,
-                r.description,
-            )
-            for r in rows
-        ]
-        right = [False] + [True] * 6 + [False, False]
-        out.write(format_table(headers, body, right, max_width={7: 14, 8: 30}) + "\n")
+    write_view(args.format, out, DiffView(*snaps, rows))
     return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from pooltagscan.commands.common import (
@@ -16,10 +17,11 @@ from pooltagscan.commands.common import (
     named,
     note,
 )
-from pooltagscan.drivers import FORMATS
+from pooltagscan.drivers.render import FORMATS, DriversView
 from pooltagscan.files import file_id
 from pooltagscan.outputs import refusal
 from pooltagscan.parallel import default_jobs
+from pooltagscan.render.writers import write_view
 from pooltagscan.tags.patterns import TagMatcher
 
 if TYPE_CHECKING:
@@ -92,7 +94,6 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         expand_paths,
         scan_batch,
     )
-    from pooltagscan.drivers.render import make_writer
     from pooltagscan.drivers.yarascan import RuleSet
 
     check_jobs(args)
@@ -113,28 +114,34 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         status = EXIT_INPUT
     for remark in expansion.notes:
         note(args, remark)
-    writer = make_writer(args.format, out)
-    analysed = with_tags = unresolved = 0
-    for result in scan_batch(expansion.files, rules, args.jobs):
-        if isinstance(result, DriverFailure):
-            error(str(result))
-            writer.failure(result)
-            status = EXIT_INPUT
-            continue
-        assert isinstance(result, DriverReport)
-        analysed += 1
-        unresolved += len(result.unresolved)
-        for remark in result.notes:
-            note(args, f"{result.path}: {remark}")
-        findings = [f for f in result.findings if _wanted(matcher, f)]
-        if findings:
-            with_tags += 1
-        if findings or matcher is None:
-            writer.driver(result, findings)
-    writer.end()
+    counts = {"analysed": 0, "with_tags": 0, "unresolved": 0}
+    failures: list[DriverFailure] = []
+
+    def results() -> Iterator[tuple[DriverReport, list[Finding]]]:
+        nonlocal status
+        for result in scan_batch(expansion.files, rules, args.jobs):
+            if isinstance(result, DriverFailure):
+                error(str(result))
+                failures.append(result)
+                status = EXIT_INPUT
+                continue
+            assert isinstance(result, DriverReport)
+            counts["analysed"] += 1
+            counts["unresolved"] += len(result.unresolved)
+            for remark in result.notes:
+                note(args, f"{result.path}: {remark}")
+            findings = [f for f in result.findings if _wanted(matcher, f)]
+            if findings:
+                counts["with_tags"] += 1
+            if findings or matcher is None:
+                yield result, findings
+
+    view = DriversView(results(), failures)
+    write_view(args.format, out, view)
+    analysed, with_tags, unresolved = counts["analysed"], counts["with_tags"], counts["unresolved"]
     if analysed:
         outputs.keep = True
-    summary = f"{analysed} driver(s) analysed, {with_tags} with tags, {writer.count} record(s)"
+    summary = f"{analysed} driver(s) analysed, {with_tags} with tags, {view.count} record(s)"
     if unresolved:
         summary += f"; {unresolved} pool API call(s) whose tag was not recovered (--format json)"
     if status != EXIT_OK:

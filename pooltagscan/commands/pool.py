@@ -23,7 +23,8 @@ from pooltagscan.errors import one_line
 from pooltagscan.inputs import open_image
 from pooltagscan.poolview import AddressError, check_address, find, parse_address
 from pooltagscan.progress import ProgressBar
-from pooltagscan.render.poolview import FORMATS, headline, write_pool_view
+from pooltagscan.render.poolview import FORMATS, PoolPageView, headline
+from pooltagscan.render.writers import write_view
 from pooltagscan.scan import prepare
 from pooltagscan.tags.database import TagDatabase
 
@@ -91,7 +92,8 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         finally:
             bar.close()
         image.check_unchanged()
-        write_pool_view(args.format, outputs.stream("-o"), view, prepared.metadata(), args.hexdump)
+        page = PoolPageView(view, prepared.metadata(), args.hexdump)
+        write_view(args.format, outputs.stream("-o"), page)
         if view.holding is None:
             # The result of the search, not a note: shown even with -q.
             print(f"{PROG}: {one_line(headline(view, args.dump))}", file=sys.stderr)

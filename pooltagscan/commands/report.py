@@ -19,6 +19,7 @@ from pooltagscan.commands.common import (
     warn_forced_layout,
 )
 from pooltagscan.progress import ProgressBar
+from pooltagscan.render.writers import formats, write_view
 from pooltagscan.tags.database import TagDatabase
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="OLD",
         help="earlier dump or saved `scan --stats --format json`: adds growth",
     )
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument("--format", choices=formats("table", "json", "csv"), default="table")
     parser.add_argument(
         "--rules",
         action="append",
@@ -77,7 +78,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     db = TagDatabase.load(args.pooltag)
     from pooltagscan.commands.drivers import guard_expansion
     from pooltagscan.report.build import make_report  # loads the driver analysis
-    from pooltagscan.report.text import write_report
+    from pooltagscan.report.text import ReportView
 
     bar = ProgressBar(
         f"scanning {os.path.basename(args.dump)}", enabled=False if args.quiet else None
@@ -100,7 +101,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         warn_forced_layout(args, args.dump, args.layout, report.meta.get("evidence") or {})
     for problem in report.problems:
         error(problem)
-    write_report(args.format, outputs.stream("-o"), report)
+    write_view(args.format, outputs.stream("-o"), ReportView(report))
     if args.html:
         from pooltagscan.report.html import write_html
 

@@ -26,10 +26,12 @@ from pooltagscan.provenance import FileDigest
 from pooltagscan.provenance import document as provenance
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
 from pooltagscan.render.records import FORMATS, make_writer
-from pooltagscan.render.stats import StatsWriter, summary_line
+from pooltagscan.render.stats import StatsView, summary_line
 from pooltagscan.render.summary import scan_line
-from pooltagscan.render.tracker import write_tracker
-from pooltagscan.render.yarahits import write_hits
+from pooltagscan.render.tracker import TrackerView
+from pooltagscan.render.writers import make_writer as make_view_writer
+from pooltagscan.render.writers import write_view
+from pooltagscan.render.yarahits import YaraHitsView
 from pooltagscan.scan import SORT_WITH_RECORDS, prepare
 from pooltagscan.stats import SORT_KEYS
 from pooltagscan.summary import ScanSummary, collect_records, collect_stats, collect_tracker
@@ -159,7 +161,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     out = outputs.stream("-o")
     several = len(args.dumps) > 1
     if args.stats:
-        writer = StatsWriter(args.format, out, several)
+        writer = make_view_writer(args.format, out)  # one csv header for every dump
     elif args.tracker or rules:
         writer = None
     else:
@@ -218,7 +220,9 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                     hits = (
                         h for h in hits if h.tag is not None and record_filter.tags.matches(h.tag)
                     )
-                count = write_hits(args.format, out, hits, meta, path if several else None)
+                count = write_view(
+                    args.format, out, YaraHitsView(hits, meta, path if several else None)
+                )
                 bar.close()
                 summary.finish()
                 found = f"{count:,} YARA hit{'s' if count != 1 else ''}"
@@ -232,7 +236,10 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 rows = totals.rows(db.describe, args.sort)
                 if digest is not None:
                     meta["provenance"] = provenance([digest.result()])
-                write_tracker(args.format, out, totals, rows, meta, path if several else None)
+                # A session per dump: the csv header comes again above each dump's rows.
+                write_view(
+                    args.format, out, TrackerView(totals, rows, meta, path if several else None)
+                )
                 found = f"{len(rows):,} tracked tags, {totals.pages} table pages"
                 if not totals.found:
                     note(args, f"{path}: no pool tracker table found")
@@ -252,7 +259,8 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                     )
                 if digest is not None:
                     meta["provenance"] = provenance([digest.result()])
-                writer.write(rows, stats.totals(), meta, summary)
+                dump = meta.get("dump", "") if several else None
+                writer.write(StatsView(rows, stats.totals(), meta, summary, dump))
             else:
                 assert writer is not None
                 if several:

@@ -1,4 +1,7 @@
-"""Output of `pooltagscan drivers`: table, json, jsonl, csv and PoolMon's localtag.txt.
+"""The view of `pooltagscan drivers`: table, json, jsonl, csv and PoolMon's localtag.txt.
+
+The four common formats are the shared writers of render.writers; localtag.txt is this
+view's own format, a writer registered on the view.
 
 One record per (driver, tag, API, call site). Machine formats carry RVAs as integers
 (json, jsonl); the human ones (table, csv) as hex text. `tag` follows the `scan`
@@ -15,17 +18,25 @@ a dash after a space, a leading `//`) are written as `\\xNN` escapes.
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Sequence
-from typing import Any, TextIO
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from pooltagscan.drivers import FORMATS
-from pooltagscan.drivers.attribution import DriverFailure, DriverReport, Finding
-from pooltagscan.render.table import format_table
+from pooltagscan.render.view import Column, Table, View
+from pooltagscan.render.writers import Writer, formats
 from pooltagscan.tags.patterns import is_printable_byte
 
-__all__ = ["FIELDS", "FORMATS", "DriverWriter", "finding_record", "localtag_tag", "make_writer"]
+if TYPE_CHECKING:
+    # Types only: the command lists its formats without loading the analysis.
+    from pooltagscan.drivers.attribution import DriverFailure, DriverReport, Finding
+
+__all__ = [
+    "FIELDS",
+    "FORMATS",
+    "DriversView",
+    "LocaltagWriter",
+    "finding_record",
+    "localtag_tag",
+]
 
 FIELDS = (
     "driver",
@@ -70,105 +81,100 @@ def _hex(value: int) -> str:
     return f"{value:#x}"
 
 
-class DriverWriter:
-    """`driver()` once per analysed driver with the findings to show, `end()` once."""
+def _csv_cells(report: DriverReport, finding: Finding) -> list[Any]:
+    """A finding's csv row: RVAs as hex text, the protected bit as `yes`."""
+    record = finding_record(report, finding)
+    record["site"] = _hex(finding.site)
+    record["api_site"] = _hex(finding.api_site)
+    record["source"] = _hex(finding.source)
+    record["via"] = " ".join(_hex(v) for v in finding.via)
+    record["protected"] = "yes" if finding.protected else ""
+    record["rule"] = finding.rule or ""
+    return [record[name] for name in FIELDS]
 
-    def __init__(self, out: TextIO):
-        self.out = out
+
+def _driver_document(report: DriverReport, findings: Sequence[Finding]) -> dict[str, Any]:
+    """One analysed driver in the JSON document, with what stayed open."""
+    return {
+        "driver": report.name,
+        "path": report.path,
+        "arch": report.arch,
+        "pool_apis": list(report.pool_apis),
+        "call_sites": report.call_sites,
+        "untagged_frees": report.untagged_frees,
+        "findings": [finding_record(report, f) for f in findings],
+        "unresolved": [
+            {"api": u.api, "site": u.site, "reasons": list(u.reasons), "partial": u.partial}
+            for u in report.unresolved
+        ],
+        "notes": list(report.notes),
+    }
+
+
+TABLE_COLUMNS = (
+    *(Column(h) for h in ("Tag", "P", "Driver", "Arch", "API", "Evidence", "Conf")),
+    Column("Sites", width=40),
+    Column("Via"),
+)
+
+
+class DriversView(View):
+    """The findings of a batch of drivers, driver by driver as the analysis ends.
+
+    A row is (report, findings to show). jsonl and csv give one record per finding
+    (call site); the JSON document one item per driver, then the files that could not
+    be analysed; the table one row per driver, tag, API and kind of evidence, with the
+    row's call sites together. `count` is how many findings went by.
+    """
+
+    fields = FIELDS
+    rows_key = "drivers"
+    stream_json = True
+
+    def __init__(
+        self,
+        results: Iterable[tuple[DriverReport, Sequence[Finding]]],
+        failures: Sequence[DriverFailure] = (),
+    ) -> None:
+        super().__init__(self._counted(results))
+        self.failures = failures  # filled while the batch runs: read after the rows
         self.count = 0
 
-    def driver(self, report: DriverReport, findings: Sequence[Finding]) -> None:
-        raise NotImplementedError
+    def _counted(
+        self, results: Iterable[tuple[DriverReport, Sequence[Finding]]]
+    ) -> Iterator[tuple[DriverReport, Sequence[Finding]]]:
+        for report, findings in results:
+            self.count += len(findings)
+            yield report, findings
 
-    def failure(self, failure: DriverFailure) -> None:
-        """A file that could not be analysed (already reported on stderr)."""
+    def records(self, row: tuple[DriverReport, Sequence[Finding]]) -> Iterable[dict[str, Any]]:
+        report, findings = row
+        return [finding_record(report, f) for f in findings]
 
-    def end(self) -> None:
-        pass
+    def csv_rows(self, row: tuple[DriverReport, Sequence[Finding]]) -> Iterable[Sequence[Any]]:
+        report, findings = row
+        return [_csv_cells(report, f) for f in findings]
 
+    def json_items(self, row: tuple[DriverReport, Sequence[Finding]]) -> Iterable[dict[str, Any]]:
+        return (_driver_document(*row),)
 
-class JsonlWriter(DriverWriter):
-    def driver(self, report: DriverReport, findings: Sequence[Finding]) -> None:
-        self.out.write("".join(json.dumps(finding_record(report, f)) + "\n" for f in findings))
-        self.count += len(findings)
+    def trailer(self, count: int) -> dict[str, Any]:
+        failures = [{"path": f.path, "problem": f.problem} for f in self.failures]
+        return {"failures": failures, "count": self.count}
 
+    def table(self) -> Table:
+        return Table(TABLE_COLUMNS, self._table_rows(), empty="no pool tags found")
 
-class CsvWriter(DriverWriter):
-    def __init__(self, out: TextIO):
-        super().__init__(out)
-        self._csv = csv.writer(out, lineterminator="\n")
-        self._csv.writerow(FIELDS)
-
-    def driver(self, report: DriverReport, findings: Sequence[Finding]) -> None:
-        for finding in findings:
-            record = finding_record(report, finding)
-            record["site"] = _hex(finding.site)
-            record["api_site"] = _hex(finding.api_site)
-            record["source"] = _hex(finding.source)
-            record["via"] = " ".join(_hex(v) for v in finding.via)
-            record["protected"] = "yes" if finding.protected else ""
-            record["rule"] = finding.rule or ""
-            self._csv.writerow(record[name] for name in FIELDS)
-        self.count += len(findings)
-
-
-class JsonWriter(DriverWriter):
-    """One document: every analysed driver with its findings and what stayed open."""
-
-    def __init__(self, out: TextIO):
-        super().__init__(out)
-        self._first = True
-        self._failures: list[DriverFailure] = []
-        self.out.write('{"drivers": [')
-
-    def driver(self, report: DriverReport, findings: Sequence[Finding]) -> None:
-        document = {
-            "driver": report.name,
-            "path": report.path,
-            "arch": report.arch,
-            "pool_apis": list(report.pool_apis),
-            "call_sites": report.call_sites,
-            "untagged_frees": report.untagged_frees,
-            "findings": [finding_record(report, f) for f in findings],
-            "unresolved": [
-                {"api": u.api, "site": u.site, "reasons": list(u.reasons), "partial": u.partial}
-                for u in report.unresolved
-            ],
-            "notes": list(report.notes),
-        }
-        self.out.write(("\n  " if self._first else ",\n  ") + json.dumps(document))
-        self._first = False
-        self.count += len(findings)
-
-    def failure(self, failure: DriverFailure) -> None:
-        self._failures.append(failure)
-
-    def end(self) -> None:
-        failures = [{"path": f.path, "problem": f.problem} for f in self._failures]
-        self.out.write(f'\n], "failures": {json.dumps(failures)}, "count": {self.count}}}\n')
-
-
-class TableWriter(DriverWriter):
-    """Aligned columns, one row per driver, tag, API and kind of evidence; the call
-    sites of the row are listed together (json/jsonl/csv give one record per site)."""
-
-    HEADERS = ("Tag", "P", "Driver", "Arch", "API", "Evidence", "Conf", "Sites", "Via")
-    SITES_WIDTH = 40
-
-    def __init__(self, out: TextIO):
-        super().__init__(out)
-        self._rows: list[tuple[str, ...]] = []
-
-    def driver(self, report: DriverReport, findings: Sequence[Finding]) -> None:
-        groups: dict[tuple, tuple[list[int], list[int]]] = {}
-        for f in findings:
-            key = (f.raw, f.tag, f.protected, f.api, f.evidence, f.confidence)
-            sites, via = groups.setdefault(key, ([], []))
-            sites.append(f.site)
-            via.extend(v for v in f.via if v not in via)
-        for (_raw, tag, protected, api, evidence, confidence), (sites, via) in groups.items():
-            self._rows.append(
-                (
+    def _table_rows(self) -> Iterator[tuple[str, ...]]:
+        for report, findings in self.rows:
+            groups: dict[tuple, tuple[list[int], list[int]]] = {}
+            for f in findings:
+                key = (f.raw, f.tag, f.protected, f.api, f.evidence, f.confidence)
+                sites, via = groups.setdefault(key, ([], []))
+                sites.append(f.site)
+                via.extend(v for v in f.via if v not in via)
+            for (_raw, tag, protected, api, evidence, confidence), (sites, via) in groups.items():
+                yield (
                     tag,
                     "*" if protected else "",
                     report.name,
@@ -179,15 +185,6 @@ class TableWriter(DriverWriter):
                     " ".join(_hex(s) for s in sorted(set(sites))),
                     " ".join(_hex(v) for v in via),
                 )
-            )
-        self.count += len(findings)
-
-    def end(self) -> None:
-        if not self._rows:
-            self.out.write("no pool tags found\n")
-            return
-        widths = {7: self.SITES_WIDTH}
-        self.out.write(format_table(self.HEADERS, self._rows, max_width=widths) + "\n")
 
 
 def localtag_tag(raw: bytes) -> str:
@@ -212,39 +209,41 @@ def localtag_tag(raw: bytes) -> str:
     return "".join(out)
 
 
-class LocaltagWriter(DriverWriter):
-    """PoolMon localtag.txt: `Tag - driver.sys - APIs [confidence]`, sorted by tag."""
+class LocaltagWriter(Writer):
+    """PoolMon localtag.txt: `Tag - driver.sys - APIs [confidence]`, sorted by tag; a
+    format of the drivers view only."""
 
-    def __init__(self, out: TextIO):
-        super().__init__(out)
-        self._entries: dict[tuple[bytes, str], tuple[set[str], str]] = {}
+    def write(self, view: View) -> int:
+        entries: dict[tuple[bytes, str], tuple[set[str], str]] = {}
+        count = 0
+        for count, (report, findings) in enumerate(view.rows, 1):
+            self._add(entries, report, findings)
+        self._write(entries)
+        return count
 
-    def driver(self, report: DriverReport, findings: Sequence[Finding]) -> None:
+    def _add(
+        self,
+        entries: dict[tuple[bytes, str], tuple[set[str], str]],
+        report: DriverReport,
+        findings: Sequence[Finding],
+    ) -> None:
         for f in findings:
             # The protected bit is not part of the tag a database lists.
             raw = f.raw if not f.protected else f.raw[:3] + bytes([f.raw[3] & 0x7F])
             key = (raw, report.name)
-            apis, best = self._entries.get(key, (set(), "low"))
+            apis, best = entries.get(key, (set(), "low"))
             apis.add(f.api)
             if _CONFIDENCE_ORDER[f.confidence] < _CONFIDENCE_ORDER[best]:
                 best = f.confidence
-            self._entries[key] = (apis, best)
-        self.count += len(findings)
+            entries[key] = (apis, best)
 
-    def end(self) -> None:
+    def _write(self, entries: dict[tuple[bytes, str], tuple[set[str], str]]) -> None:
         lines = ["rem Pool tags attributed to drivers by `pooltagscan drivers`\n"]
-        for (raw, driver), (apis, best) in sorted(self._entries.items()):
+        for (raw, driver), (apis, best) in sorted(entries.items()):
             tag = localtag_tag(raw)
             lines.append(f"{tag:<4} - {driver} - {', '.join(sorted(apis))} [{best}]\n")
         self.out.write("".join(lines))
 
 
-def make_writer(fmt: str, out: TextIO) -> DriverWriter:
-    writers = {
-        "table": TableWriter,
-        "json": JsonWriter,
-        "jsonl": JsonlWriter,
-        "csv": CsvWriter,
-        "localtag": LocaltagWriter,
-    }
-    return writers[fmt](out)
+DriversView.formats = {"localtag": LocaltagWriter}
+FORMATS = formats("table", "json", "jsonl", "csv", "localtag", view=DriversView)

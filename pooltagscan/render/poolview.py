@@ -1,18 +1,21 @@
-"""Text and JSON views of `pooltagscan pool` (see pooltagscan.poolview)."""
+"""The view of `pooltagscan pool`, in text and JSON (see pooltagscan.poolview)."""
 
 from __future__ import annotations
 
-import json
-from typing import Any, TextIO
+from typing import Any
 
 from pooltagscan.poolview import PoolBlock, PoolView
 from pooltagscan.render.hexdump import hexdump_lines
-from pooltagscan.render.table import format_table
+from pooltagscan.render.view import Column, Table, View
+from pooltagscan.render.writers import formats
 
-FORMATS = ("table", "json")
-HEADERS = ("", "Address", "Size", "PrevSize", "State", "Pool", "Tag", "Confidence", "Owner",
-           "Description")  # fmt: skip
-RIGHT = (False, True, True, True, False, False, False, False, False, False)
+FORMATS = formats("table", "json")
+_COLUMNS = (
+    Column(""),
+    *(Column(h, right=True) for h in ("Address", "Size", "PrevSize")),
+    *(Column(h) for h in ("State", "Pool", "Tag", "Confidence", "Owner")),
+    Column("Description", width=48),
+)
 
 
 def headline(view: PoolView, dump: str) -> str:
@@ -61,21 +64,33 @@ def _row(block: PoolBlock) -> list[str]:
     ]
 
 
-def render_table(view: PoolView, dump: str, hexdump: bool) -> str:
-    lines = [headline(view, dump)] if view.holding is not None else []
-    if view.blocks:
-        if view.holding is None:
+class PoolPageView(View):
+    """The block holding an address and the blocks of its page (`pool`): a JSON
+    document, or a headline above the `!pool`-like table and the hexdump below it."""
+
+    json_indent = 2
+
+    def __init__(self, view: PoolView, meta: dict[str, Any], hexdump: bool) -> None:
+        super().__init__(view.blocks)
+        self.view, self.meta, self.hexdump = view, meta, hexdump
+
+    def document(self) -> dict[str, Any]:
+        return as_document(self.view, self.meta, self.hexdump)
+
+    def table(self) -> Table:
+        view, dump = self.view, self.meta["dump"]
+        lines = [headline(view, dump)] if view.holding is not None else []
+        if view.blocks and view.holding is None:
             lines.append(f"page {view.page:#x} of {dump} (no block holds {view.address:#x}):")
-        lines.append(
-            format_table(HEADERS, [_row(b) for b in view.blocks], RIGHT, max_width={9: 48})
-        )
-    if hexdump and view.holding is not None:
-        lines.append("")
-        lines.append(f"block {view.holding.offset:#x}, {view.holding.size:#x} bytes:")
-        lines.extend(f"({note})" for note in view.data_notes)
-        if view.data:
-            lines.extend(hexdump_lines(view.holding.offset, view.data))
-    return "\n".join(lines) + "\n" if lines else ""
+        after = []
+        if self.hexdump and view.holding is not None:
+            after.append("")
+            after.append(f"block {view.holding.offset:#x}, {view.holding.size:#x} bytes:")
+            after.extend(f"({note})" for note in view.data_notes)
+            if view.data:
+                after.extend(hexdump_lines(view.holding.offset, view.data))
+        rows = [_row(b) for b in view.blocks]
+        return Table(_COLUMNS, rows, preamble=lines, postscript=after, empty="")
 
 
 def as_document(view: PoolView, meta: dict[str, Any], hexdump: bool) -> dict[str, Any]:
@@ -98,13 +113,3 @@ def as_document(view: PoolView, meta: dict[str, Any], hexdump: bool) -> dict[str
             "notes": view.data_notes,
         }
     return doc
-
-
-def write_pool_view(
-    fmt: str, out: TextIO, view: PoolView, meta: dict[str, Any], hexdump: bool
-) -> None:
-    if fmt == "json":
-        json.dump(as_document(view, meta, hexdump), out, indent=2)
-        out.write("\n")
-    else:
-        out.write(render_table(view, meta["dump"], hexdump))

@@ -34,11 +34,13 @@ from pooltagscan.records import (
     STATE_NAMES,
     TagNames,
 )
+from pooltagscan.render.writers import formats
 from pooltagscan.scanner.native import native
 from pooltagscan.tags.database import TagDatabase
 from pooltagscan.uniques import unique_inverse
 
-FORMATS = ("table", "jsonl", "json", "csv")
+# The registry's formats, written here by the specialised record writers below.
+FORMATS = formats("table", "jsonl", "json", "csv")
 
 # Rows whose text is joined and written at once: about 2.5 MB of jsonl, which stays in
 # the CPU caches (a batch-sized string of 25 MB took twice as long).

@@ -1,19 +1,19 @@
-"""Renderers of the per-tag statistics view (`scan --stats`)."""
+"""The per-tag statistics view (`scan --stats`): its records, its table and legend.
+
+The JSON document is the saved-statistics schema that `diff` and `report --baseline`
+read back: it lives with the statistics (pooltagscan.stats_document), and this view only
+hands it to the json writer."""
 
 from __future__ import annotations
 
-import csv
-import json
-from typing import Any, TextIO
+from collections.abc import Iterable
+from typing import Any
 
-from pooltagscan.render.table import format_table
+from pooltagscan.render.view import Column, Table, View
+from pooltagscan.render.writers import render_table
 from pooltagscan.stats import COLUMNS, TRACKER_COLUMNS, TagRow
+from pooltagscan.stats_document import stats_document
 from pooltagscan.summary import ScanSummary
-
-STATS_KIND = "pooltagscan-stats"
-# Version 1 still: later keys (the new counters, `summary`) were only added, and `diff`
-# reads documents of every version by the original nine counters.
-STATS_VERSION = 1
 
 # Said above the table, not in a footer: a reader meets the columns before the rows.
 TABLE_LEGEND = (
@@ -32,75 +32,33 @@ TABLE_LEGEND = (
 )
 
 
-def stats_document(
-    rows: list[TagRow],
-    totals: dict[str, int],
-    meta: dict[str, Any],
-    summary: ScanSummary | None = None,
-) -> dict:
-    """The JSON form; `diff` reads it back, so its keys are a contract too."""
-    doc = {
-        "kind": STATS_KIND,
-        "version": STATS_VERSION,
-        **meta,
-    }
-    if summary is not None:
-        doc["summary"] = summary.as_dict()
-    doc["totals"] = totals
-    doc["tags"] = [r.as_dict() for r in rows]
-    return doc
+class StatsView(View):
+    """The per-tag statistics of one dump: the document `diff` reads back, one record
+    per tag, and the `!poolused`-like table."""
 
+    fields = ("tag", *COLUMNS, *TRACKER_COLUMNS, "owner", "description")
 
-class StatsWriter:
-    """Writes the statistics of one dump after another to one output.
-
-    With several dumps (`several`), every row says which dump it belongs to: a leading
-    `dump` field in jsonl and csv (whose header is written once), a `== DUMP` line above
-    each table; json writes one document per dump, which names its dump anyway.
-    """
-
-    def __init__(self, fmt: str, out: TextIO, several: bool = False):
-        self.fmt, self.out, self.several = fmt, out, several
-        self._csv = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
-        self._header = False
-
-    def write(
+    def __init__(
         self,
         rows: list[TagRow],
         totals: dict[str, int],
         meta: dict[str, Any],
         summary: ScanSummary | None = None,
+        dump: str | None = None,
     ) -> None:
-        lead = {"dump": meta.get("dump", "")} if self.several else {}
-        if self.fmt == "json":
-            json.dump(stats_document(rows, totals, meta, summary), self.out, indent=1)
-            self.out.write("\n")
-        elif self.fmt == "jsonl":
-            self.out.writelines(json.dumps({**lead, **r.as_dict()}) + "\n" for r in rows)
-        elif self._csv is not None:
-            if not self._header:
-                self._csv.writerow(
-                    [*lead, "tag", *COLUMNS, *TRACKER_COLUMNS, "owner", "description"]
-                )
-                self._header = True
-            self._csv.writerows(
-                [
-                    *lead.values(),
-                    r.tag,
-                    *(r.counters[c] for c in COLUMNS),
-                    *_csv_tracker(r),
-                    r.owner,
-                    r.description,
-                ]
-                for r in rows
-            )
-        else:
-            if self.several:
-                self.out.write(f"== {meta.get('dump', '')}\n")
-            self.out.write(stats_table(rows, totals) + "\n")
+        """`dump` names the dump on every record (and above the table) when a run
+        scans several; the JSON document names its dump anyway."""
+        super().__init__(rows, {"dump": dump} if dump is not None else None, dump)
+        self.totals, self.meta, self.summary = totals, meta, summary
 
-    def finish(self) -> None:
-        """Called once after the last dump (nothing is held back)."""
+    def records(self, row: TagRow) -> Iterable[dict[str, Any]]:
+        return (row.as_dict(),)
+
+    def document(self) -> dict[str, Any]:
+        return stats_document(list(self.rows), self.totals, self.meta, self.summary)
+
+    def table(self) -> Table:
+        return _stats_table(list(self.rows), self.totals)
 
 
 # (heading, counter) of the table; csv and json carry every counter.
@@ -113,11 +71,6 @@ TABLE_COLUMNS = (
     ("Undecided", "undecided"),
     ("Big Bytes", "big_bytes"),
 )
-
-
-def _csv_tracker(row: TagRow) -> list[Any]:
-    t = row.tracker or {}
-    return ["" if t.get(c) is None else t[c] for c in TRACKER_COLUMNS]
 
 
 TRACKER_LEGEND = (
@@ -133,6 +86,11 @@ TRACKER_LEGEND = (
 
 
 def stats_table(rows: list[TagRow], totals: dict[str, int]) -> str:
+    """The table of `scan --stats` as text (without its last newline)."""
+    return render_table(_stats_table(rows, totals))[:-1]
+
+
+def _stats_table(rows: list[TagRow], totals: dict[str, int]) -> Table:
     """The `!poolused`-like table, under the legend that defines its words; fits about
     120 columns (owner and description are cut), so some counters are left to csv/json.
     With a tracker table in the dump, the kernel's count of each tag stands beside it."""
@@ -158,9 +116,9 @@ def stats_table(rows: list[TagRow], totals: dict[str, int]) -> str:
         body.append(total + ("", f"{len(rows)} tags"))
         right = [False] + [True] * (len(headers) - 3) + [False, False]
         widths = {len(headers) - 2: 12, len(headers) - 1: 28}
-    table = format_table(headers, body, right, max_width=widths)
+    columns = [Column(h, r, widths.get(i)) for i, (h, r) in enumerate(zip(headers, right))]
     legend = TABLE_LEGEND + (TRACKER_LEGEND if tracked else ())
-    return "\n".join(legend) + "\n\n" + table
+    return Table(columns, body, preamble=(*legend, ""))
 
 
 def _tracker_cells(row: TagRow) -> tuple[str, str, str]:

@@ -1,12 +1,15 @@
-"""Renderers of `scan --yara` hits: where a pattern is, and which pool tag holds it."""
+"""The view of `scan --yara` hits: where a pattern is, and which pool tag holds it.
+
+Hits come while the scan runs, so every format streams them: one JSON item per line, a
+table of fixed widths whose heading comes with the first hit.
+"""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import Any
 
+from pooltagscan.render.view import Column, Table, View
 from pooltagscan.yarascan import YaraHit
 
 FIELDS = (
@@ -26,43 +29,56 @@ FIELDS = (
     "after",
     "context",
 )
+_COLUMNS = (
+    Column("Address", right=True, width=14),
+    Column("Rule", width=28, cut=""),
+    Column("String", width=10, cut="", sep=" "),
+    Column("Tag", width=6, cut=None, sep=" "),
+    Column("Allocation", right=True, width=14, sep=" "),
+    Column("+Off", right=True, width=7, sep=" "),
+    Column("Context [match]"),
+)
 
 
-def write_hits(
-    fmt: str, out: TextIO, hits: Iterable[YaraHit], meta: dict[str, Any], dump: str | None = None
-) -> int:
-    """Stream hits in `fmt`; returns how many were written."""
-    extra = {"dump": dump} if dump else {}
-    count = 0
-    if fmt == "json":
-        out.write(json.dumps(meta)[:-1] + ', "yara_hits": [')
-        for count, hit in enumerate(hits, 1):
-            out.write(("\n  " if count == 1 else ",\n  ") + json.dumps({**extra, **hit.as_dict()}))
-        out.write(f'\n], "count": {count}}}\n')
-    elif fmt == "jsonl":
-        for count, hit in enumerate(hits, 1):
-            out.write(json.dumps({**extra, **hit.as_dict()}) + "\n")
-    elif fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([*extra, *FIELDS])
-        for count, hit in enumerate(hits, 1):
-            writer.writerow([*extra.values(), *hit.as_dict().values()])
-    else:
-        if dump:
-            out.write(f"== {dump}\n")
-        header = (
-            f"{'Address':>14}  {'Rule':<28} {'String':<10} {'Tag':<6} {'Allocation':>14} "
-            f"{'+Off':>7}  Context [match]\n"
+class YaraHitsView(View):
+    """YARA hits of one dump, as they are found; `dump` names the dump on every hit (and
+    above the table) when a run scans several."""
+
+    fields = FIELDS
+    rows_key = "yara_hits"
+    stream_json = True
+
+    def __init__(
+        self, hits: Iterable[YaraHit], meta: dict[str, Any], dump: str | None = None
+    ) -> None:
+        super().__init__(hits, {"dump": dump} if dump else None, dump or None)
+        self.meta = meta
+
+    def records(self, row: YaraHit) -> Iterable[dict[str, Any]]:
+        return (row.as_dict(),)
+
+    def head(self) -> dict[str, Any]:
+        return self.meta
+
+    def table(self) -> Table:
+        return Table(
+            _COLUMNS,
+            (_cells(hit) for hit in self.rows),
+            empty="no YARA hits",
+            fixed=True,
+            dashes=False,
+            rstrip=False,
         )
-        for count, hit in enumerate(hits, 1):
-            if count == 1:
-                out.write(header)
-            alloc = f"{hit.allocation:#x}" if hit.allocation is not None else "-"
-            off = f"+{hit.offset_in_allocation:#x}" if hit.allocation is not None else "-"
-            out.write(
-                f"{hit.address:>#14x}  {hit.rule[:28]:<28} {hit.string[:10]:<10} "
-                f"{hit.tag or '-':<6} {alloc:>14} {off:>7}  {hit.context}\n"
-            )
-        if count == 0:
-            out.write("no YARA hits\n")
-    return count
+
+
+def _cells(hit: YaraHit) -> tuple[str, ...]:
+    held = hit.allocation is not None
+    return (
+        f"{hit.address:#x}",
+        hit.rule,
+        hit.string,
+        hit.tag or "-",
+        f"{hit.allocation:#x}" if held else "-",
+        f"+{hit.offset_in_allocation:#x}" if held else "-",
+        hit.context,
+    )

@@ -1,11 +1,12 @@
-"""The report as text (fits a 100-column terminal), JSON and CSV."""
+"""The view of the attribution report: text (fits a 100-column terminal), JSON and CSV."""
 
 from __future__ import annotations
 
-import csv
-import json
-from typing import TextIO
+from collections.abc import Iterable, Sequence
+from typing import Any
 
+from pooltagscan.render.view import Column, Table, View
+from pooltagscan.render.writers import render_table
 from pooltagscan.report.model import (
     ATTRIBUTED,
     KNOWN,
@@ -40,106 +41,112 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def text_report(report: Report, width: int = WIDTH) -> str:
-    m = report.meta
-    counts = {
-        s: sum(r.status == s for r in report.rows)
-        for s in (ATTRIBUTED, UNKNOWN, KNOWN, UNCONFIRMED)
-    }
-    head = [
-        f"Dump     {m['dump']}",
-        (
-            f"         {m['format']}, {m.get('architecture') or 'architecture unknown'}, layout "
-            f"{m['layout']}, {m['scanned_bytes'] / 2**20:.1f} MiB scanned in {m['scan_seconds']:.1f} s"
-        ),
-        f"sha256   {m['sha256']}",
-        (
-            f"Tags     {len(report.rows)}: {counts[ATTRIBUTED]} attributed to a scanned driver, "
-            f"{counts[UNKNOWN]} unknown, {counts[KNOWN]} in the tag database,"
-        ),
-        f"         {counts[UNCONFIRMED]} unconfirmed (unknown, seen only in low-confidence records)",
-        f"Drivers  {len(report.drivers)} analysed"
-        + (f", {len(report.problems)} problem(s)" if report.problems else ""),
-        "",
-    ]
-    growth = any(r.growth_allocs is not None for r in report.rows)
-    cols = [
-        ("Tag", 10, "<"),
-        ("Status", 11, "<"),
-        ("Allocs", 7, ">"),
-        ("Bytes", 8, ">"),
-        ("Pool", 4, "<"),
-    ]
-    if growth:
-        cols.append(("Growth", 8, ">"))
-    cols.append(("Owner/driver", 18, "<"))
-    used = sum(w for _, w, _ in cols) + 2 * len(cols)
-    cols.append(("Description", max(10, width - used), "<"))
-
-    def line(cells: list[str]) -> str:
-        out = []
-        for text, (_, w, align) in zip(cells, cols):
-            text = text if len(text) <= w else text[: w - 1] + "…"
-            out.append(f"{text:{align}{w}}")
-        return "  ".join(out).rstrip()
-
-    body = [line([name for name, _, _ in cols]), line(["-" * w for _, w, _ in cols])]
-    for r in report.rows:
-        cells = [r.tag, r.status, str(r.allocs), _human(r.bytes), _pools(r)]
-        if growth:
-            cells.append(f"{r.growth_allocs:+d}")
-        cells += [_who(r), r.description]
-        body.append(line(cells))
-    return "\n".join(head + body)
+CSV_FIELDS = (
+    "tag",
+    "status",
+    "allocs",
+    "bytes",
+    "nonpaged_allocs",
+    "paged_allocs",
+    "free_allocs",
+    "growth_allocs",
+    "growth_bytes",
+    "owner",
+    "description",
+    "candidate_drivers",
+    "undecided",
+    "low_confidence",
+    "small_bytes",
+    "big_bytes",
+)
 
 
-def write_report(fmt: str, out: TextIO, report: Report) -> None:
-    if fmt == "json":
-        json.dump(report.as_dict(), out, indent=1)
-        out.write("\n")
-    elif fmt == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(
+class ReportView(View):
+    """Every tag of the dump with its likely owner: the whole report as JSON, one csv row
+    per tag, or a text of fixed columns under the dump's particulars."""
+
+    fields = CSV_FIELDS
+
+    def __init__(self, report: Report, width: int = WIDTH) -> None:
+        super().__init__(report.rows)
+        self.report, self.width = report, width
+
+    def document(self) -> dict[str, Any]:
+        return self.report.as_dict()
+
+    def csv_rows(self, row: ReportRow) -> Iterable[Sequence[Any]]:
+        c = row.counters
+        return (
             [
-                "tag",
-                "status",
-                "allocs",
-                "bytes",
-                "nonpaged_allocs",
-                "paged_allocs",
-                "free_allocs",
-                "growth_allocs",
-                "growth_bytes",
-                "owner",
-                "description",
-                "candidate_drivers",
-                "undecided",
-                "low_confidence",
-                "small_bytes",
-                "big_bytes",
-            ]
+                row.tag,
+                row.status,
+                row.allocs,
+                row.bytes,
+                c["nonpaged_allocs"],
+                c["paged_allocs"],
+                c["free_allocs"],
+                row.growth_allocs,
+                row.growth_bytes,
+                row.owner,
+                row.description,
+                ";".join(f"{x.driver}:{x.api}:{x.confidence}" for x in row.candidates),
+                c.get("undecided", 0),
+                c.get("low_confidence", 0),
+                c.get("small_bytes", 0),
+                c.get("big_bytes", 0),
+            ],
         )
+
+    def table(self) -> Table:
+        """Fits `width` columns: the description takes what the others leave."""
+        report, m = self.report, self.report.meta
+        counts = {
+            s: sum(r.status == s for r in report.rows)
+            for s in (ATTRIBUTED, UNKNOWN, KNOWN, UNCONFIRMED)
+        }
+        head = [
+            f"Dump     {m['dump']}",
+            (
+                f"         {m['format']}, {m.get('architecture') or 'architecture unknown'}, "
+                f"layout {m['layout']}, {m['scanned_bytes'] / 2**20:.1f} MiB scanned in "
+                f"{m['scan_seconds']:.1f} s"
+            ),
+            f"sha256   {m['sha256']}",
+            (
+                f"Tags     {len(report.rows)}: {counts[ATTRIBUTED]} attributed to a scanned "
+                f"driver, {counts[UNKNOWN]} unknown, {counts[KNOWN]} in the tag database,"
+            ),
+            (
+                f"         {counts[UNCONFIRMED]} unconfirmed (unknown, seen only in "
+                "low-confidence records)"
+            ),
+            f"Drivers  {len(report.drivers)} analysed"
+            + (f", {len(report.problems)} problem(s)" if report.problems else ""),
+            "",
+        ]
+        growth = any(r.growth_allocs is not None for r in report.rows)
+        cols = [
+            Column("Tag", width=10),
+            Column("Status", width=11),
+            Column("Allocs", right=True, width=7),
+            Column("Bytes", right=True, width=8),
+            Column("Pool", width=4),
+        ]
+        if growth:
+            cols.append(Column("Growth", right=True, width=8))
+        cols.append(Column("Owner/driver", width=18))
+        used = sum(c.width or 0 for c in cols) + 2 * len(cols)
+        cols.append(Column("Description", width=max(10, self.width - used)))
+        body = []
         for r in report.rows:
-            c = r.counters
-            writer.writerow(
-                [
-                    r.tag,
-                    r.status,
-                    r.allocs,
-                    r.bytes,
-                    c["nonpaged_allocs"],
-                    c["paged_allocs"],
-                    c["free_allocs"],
-                    r.growth_allocs,
-                    r.growth_bytes,
-                    r.owner,
-                    r.description,
-                    ";".join(f"{x.driver}:{x.api}:{x.confidence}" for x in r.candidates),
-                    c.get("undecided", 0),
-                    c.get("low_confidence", 0),
-                    c.get("small_bytes", 0),
-                    c.get("big_bytes", 0),
-                ]
-            )
-    else:
-        out.write(text_report(report) + "\n")
+            cells = [r.tag, r.status, str(r.allocs), _human(r.bytes), _pools(r)]
+            if growth:
+                cells.append(f"{r.growth_allocs:+d}")
+            cells += [_who(r), r.description]
+            body.append(cells)
+        return Table(cols, body, preamble=head, fixed=True)
+
+
+def text_report(report: Report, width: int = WIDTH) -> str:
+    """The report as text (without its last newline)."""
+    return render_table(ReportView(report, width).table())[:-1]
