@@ -162,11 +162,11 @@ def test_cli_formats_agree(tmp_path):
     assert flat == records
     pooltags = document["drivers"][0]
     assert pooltags["untagged_frees"] == 1
-    (partly,) = pooltags["unresolved"]
-    assert (partly["api"], partly["partial"]) == ("ExAllocatePoolWithTag", True)
-    # The known miss: MyAlloc's tag is, for one caller, a helper's return value.
-    assert len(partly["reasons"]) == 1
-    assert partly["reasons"][0].startswith("result or leftover of a call at ")
+    # Every call site resolved: MyAlloc's tag is, for one caller, a helper's return
+    # value, followed into the helper (medium confidence).
+    assert pooltags["unresolved"] == []
+    (returned,) = [r for r in records if r["tag"] == "PtRv"]
+    assert (returned["evidence"], returned["confidence"]) == ("return", "medium")
     assert document["drivers"][2]["pool_apis"] == [] and document["drivers"][2]["findings"] == []
 
     rows = list(csv.reader(io.StringIO(run(*files, "--format", "csv").stdout)))

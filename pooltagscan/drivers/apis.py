@@ -16,10 +16,15 @@ What is deliberately not in the table:
   `ExAllocatePoolPriorityUninitialized`: wdm.h defines them as inline helpers, not
   kernel exports, so no driver imports them. Their code ends in a call to one of the
   exports below (see `INLINE_HELPERS`), which is where their tags are found.
-- APIs that take the tag inside a structure (`NdisAllocateNetBufferListPool`'s
-  `NET_BUFFER_LIST_POOL_PARAMETERS.PoolTag`, FltMgr context registrations) and KMDF's
-  `WdfMemoryCreate`, which is reached through a function table rather than an import:
-  the argument-tracking approach does not apply to them.
+- FltMgr context registrations (`FLT_CONTEXT_REGISTRATION.PoolTag`): the structure is
+  reached only through `FLT_REGISTRATION`, a static graph of pointers, not an argument.
+
+APIs that take the tag inside a structure have `field_offset`: the tag argument is
+then a pointer to the structure and the tag sits at that offset in it (the offsets are
+the public WDK headers' layouts, cited at each entry). KMDF's functions are not
+imports: drivers call them through the `WdfFunctions` table, by the index its public
+header wdffuncenum.h gives (`WDF_APIS`). Names a driver may resolve at run time
+(`MmGetSystemRoutineAddress`, `VideoPortGetProcAddress`...) are the names of this table.
 
 For the free APIs a tag of 0 is the documented "no tag" (`ExFreePool` is
 `ExFreePoolWithTag(P, 0)`), so `zero_is_untagged` marks them: such a call frees an
@@ -34,12 +39,17 @@ from types import MappingProxyType
 
 __all__ = [
     "ALLOCATE",
+    "CALLBACK_RESOLVER_MODULES",
     "FREE",
     "INLINE_HELPERS",
     "KERNEL_MODULES",
     "LOOKASIDE",
     "POOL_APIS",
+    "RESOLVER_APIS",
+    "WDF_APIS",
+    "WDF_BIND",
     "PoolApi",
+    "WdfBind",
     "lookup",
     "module_key",
 ]
@@ -78,6 +88,15 @@ class PoolApi:
     tag_index: int
     x86_slot: int
     x86_stack_bytes: int
+    #: When set, argument `tag_index` points to a structure whose ULONG tag is at this
+    #: offset (x64, x86): the two differ when pointers precede the field.
+    field_offset: tuple[int, int] | None = None
+
+    def field(self, is64: bool) -> int | None:
+        """Offset of the tag in the structure the argument points to, or None."""
+        if self.field_offset is None:
+            return None
+        return self.field_offset[0 if is64 else 1]
 
     @property
     def zero_is_untagged(self) -> bool:
@@ -86,9 +105,15 @@ class PoolApi:
 
 
 def _api(
-    name: str, modules: tuple[str, ...], kind: str, tag: int, slot: int, stack: int
+    name: str,
+    modules: tuple[str, ...],
+    kind: str,
+    tag: int,
+    slot: int,
+    stack: int,
+    field: tuple[int, int] | None = None,
 ) -> PoolApi:
-    return PoolApi(name, modules, kind, tag, slot, stack)
+    return PoolApi(name, modules, kind, tag, slot, stack, field)
 
 
 # (name, modules, kind, x64 tag index, x86 tag slot, x86 argument bytes) - the signatures
@@ -137,7 +162,69 @@ _TABLE = (
     _api("VideoPortAllocatePool", _VIDEOPRT, ALLOCATE, 3, 3, 16),
     # HwDeviceExtension, NumberOfBytes, Tag, BufferPointer
     _api("StorPortAllocatePool", _STORPORT, ALLOCATE, 2, 2, 16),
+    # DriverObject, Tag, USHORT Size
+    _api("NdisAllocateGenericObject", _NDIS, ALLOCATE, 1, 1, 12),
+    # NdisHandle, PNET_BUFFER_LIST_POOL_PARAMETERS. ndis.h (NDIS 6.0): Header
+    # (NDIS_OBJECT_HEADER, 4 bytes), UCHAR ProtocolId, BOOLEAN fAllocateNetBuffer,
+    # USHORT ContextSize, ULONG PoolTag (offset 8), ULONG DataSize.
+    _api("NdisAllocateNetBufferListPool", _NDIS, LOOKASIDE, 1, 1, 8, (8, 8)),
+    # NdisHandle, PNET_BUFFER_POOL_PARAMETERS. ndis.h: Header (4 bytes), ULONG PoolTag
+    # (offset 4), ULONG DataSize.
+    _api("NdisAllocateNetBufferPool", _NDIS, LOOKASIDE, 1, 1, 8, (4, 4)),
 )
+
+#: KMDF functions that take a pool tag, by their index in the `WdfFunctions` table
+#: (wdffuncenum.h, KMDF 1.x: the enumeration only grows at its end). Every entry takes
+#: the driver's `WdfDriverGlobals` first, so the tag index counts it.
+WDF_APIS: MappingProxyType[int, PoolApi] = MappingProxyType(
+    {
+        # DriverGlobals, DriverObject, RegistryPath, DriverAttributes, DriverConfig,
+        # Driver. wdfdriver.h: WDF_DRIVER_CONFIG {ULONG Size; PFN EvtDriverDeviceAdd;
+        # PFN EvtDriverUnload; ULONG DriverInitFlags; ULONG DriverPoolTag;}: the tag
+        # at 28 on x64 (two pointers after a padded ULONG), 16 on x86.
+        116: _api("WdfDriverCreate", (), LOOKASIDE, 4, 4, 24, (28, 16)),
+        # DriverGlobals, Attributes, PoolType, PoolTag, BufferSize, Memory, Buffer
+        192: _api("WdfMemoryCreate", (), ALLOCATE, 3, 3, 28),
+        # DriverGlobals, LookasideAttributes, BufferSize, PoolType, MemoryAttributes,
+        # PoolTag, Lookaside
+        198: _api("WdfLookasideListCreate", (), LOOKASIDE, 5, 5, 28),
+        # WdfMemoryCreatePreallocated (193) takes no tag: the driver's buffer is used.
+    }
+)
+
+
+@dataclass(frozen=True)
+class WdfBind:
+    """`WdfVersionBind(DriverObject, RegistryPath, PWDF_BIND_INFO BindInfo, Globals)`,
+    which the KMDF stub calls to fill the driver's function table. wdfldr.h:
+    WDF_BIND_INFO {ULONG Size; PWCHAR Component; WDF_VERSION Version (3 ULONGs);
+    ULONG FuncCount; WDFFUNC **FuncTable; PVOID Module;}: FuncTable, the address of
+    the driver's `WdfFunctions` variable, is at 32 on x64 and 24 on x86."""
+
+    module: str = "wdfldr.sys"
+    name: str = "WdfVersionBind"
+    bind_info_index: int = 2  # x64 argument index and x86 stack slot
+    x86_stack_bytes: int = 16
+    func_table_offset: tuple[int, int] = (32, 24)
+
+
+WDF_BIND = WdfBind()
+
+#: Routines that return the address of a routine named by a string: (module, name,
+#: whether the name is a UNICODE_STRING rather than an ANSI string).
+#: VideoPortGetProcAddress is not exported: miniports get it from
+#: VIDEO_PORT_CONFIG_INFO, so any call through a pointer may be it (ANSI names only).
+RESOLVER_APIS: MappingProxyType[tuple[str, str], bool] = MappingProxyType(
+    {
+        **{(module, "MmGetSystemRoutineAddress"): True for module in _NT},
+        ("fltmgr.sys", "FltGetRoutineAddress"): False,
+        ("ndis.sys", "NdisGetRoutineAddress"): True,
+    }
+)
+
+#: Modules whose importers may get a name resolver as a callback rather than an
+#: import (VideoPort: `VIDEO_PORT_CONFIG_INFO.VideoPortGetProcAddress`).
+CALLBACK_RESOLVER_MODULES = frozenset(_VIDEOPRT)
 
 #: API name -> entry.
 POOL_APIS: MappingProxyType[str, PoolApi] = MappingProxyType({a.name: a for a in _TABLE})

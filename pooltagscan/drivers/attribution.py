@@ -14,11 +14,29 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import capstone
 from capstone import x86 as cs_x86
 
-from pooltagscan.drivers.apis import POOL_APIS, PoolApi, lookup, module_key
-from pooltagscan.drivers.dataflow import DIRECT, GLOBAL, WRAPPER, SiteResult, TagResolver
+from pooltagscan.drivers.apis import (
+    CALLBACK_RESOLVER_MODULES,
+    POOL_APIS,
+    RESOLVER_APIS,
+    WDF_BIND,
+    PoolApi,
+    lookup,
+    module_key,
+)
+from pooltagscan.drivers.dataflow import (
+    DATA,
+    DIRECT,
+    GLOBAL,
+    RETURN,
+    WRAPPER,
+    SiteResult,
+    TagResolver,
+)
 from pooltagscan.drivers.disasm import MAX_INSTRUCTIONS, NO_FALLTHROUGH, CodeIndex
+from pooltagscan.drivers.indirect import data_references, find_indirect
 from pooltagscan.drivers.pe import DriverImage, load_image, read_file
 from pooltagscan.drivers.yarascan import RuleSet, is_tag_like
 from pooltagscan.errors import InputError
@@ -40,8 +58,18 @@ __all__ = [
 ]
 
 YARA = "yara"
-#: Confidence of each kind of evidence.
-CONFIDENCE = {DIRECT: "high", WRAPPER: "high", GLOBAL: "medium", YARA: "low"}
+#: Confidence of each kind of evidence: an immediate at the call (or at a wrapper's
+#: call) is high; a global's values, a read-only constant loaded from data, and a value
+#: a helper function returns are medium (the value reaches the call by a route a
+#: static view proves less directly); the YARA fallback is low.
+CONFIDENCE = {
+    DIRECT: "high",
+    WRAPPER: "high",
+    GLOBAL: "medium",
+    DATA: "medium",
+    RETURN: "medium",
+    YARA: "low",
+}
 
 # How far before a call site the YARA fallback looks for tag-like immediates.
 _FALLBACK_WINDOW = 96
@@ -116,6 +144,9 @@ class DriverReport:
     untagged_frees: int = 0  # free calls passing tag 0, i.e. ExFreePool (see apis.py)
     unresolved: list[Unresolved] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Pool APIs called without being imported: resolved by name at run time
+    #: (MmGetSystemRoutineAddress, VideoPortGetProcAddress) or through the KMDF table.
+    indirect_apis: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -147,12 +178,27 @@ class AnalysisContext:
 # -- one file ---------------------------------------------------------------------------
 
 
-def _pool_slots(
-    image: DriverImage, context: AnalysisContext, report: DriverReport
-) -> dict[int, PoolApi]:
+@dataclass
+class _Imports:
+    """The IAT slots that matter: pool APIs, name resolvers, the KMDF bind routine."""
+
+    pool: dict[int, PoolApi] = field(default_factory=dict)
+    resolvers: dict[int, bool] = field(default_factory=dict)  # slot -> takes UNICODE_STRING
+    binds: set[int] = field(default_factory=set)
+    all_slots: frozenset[int] = frozenset()
+    callbacks: bool = False  # may get a resolver as a callback (a VideoPort miniport)
+
+    @property
+    def indirect(self) -> bool:
+        """Whether pool APIs may be reached without an import."""
+        return bool(self.resolvers or self.binds or self.callbacks)
+
+
+def _pool_slots(image: DriverImage, context: AnalysisContext, report: DriverReport) -> _Imports:
     imports = image.imports()
     image.check_kernel_imports(imports)
-    slots: dict[int, PoolApi] = {}
+    found = _Imports(all_slots=frozenset(entry.slot for entry in imports))
+    slots = found.pool
     unresolved_ordinals: dict[str, list[int]] = {}
     for entry in imports:
         name = entry.name
@@ -160,9 +206,18 @@ def _pool_slots(
             name = context.ordinal_name(entry.module, image.arch, entry.ordinal)
             if name is None and module_key(entry.module) in _PROVIDERS:
                 unresolved_ordinals.setdefault(entry.module, []).append(entry.ordinal)
+        if module_key(entry.module) in CALLBACK_RESOLVER_MODULES:
+            found.callbacks = True
         api = lookup(entry.module, name) if name else None
         if api is not None:
             slots[entry.slot] = api
+        elif name:
+            module = module_key(entry.module)
+            wide = RESOLVER_APIS.get((module, name))
+            if wide is not None:
+                found.resolvers[entry.slot] = wide
+            elif (module, name) == (WDF_BIND.module, WDF_BIND.name):
+                found.binds.add(entry.slot)
     for module, ordinals in unresolved_ordinals.items():
         listed = ", ".join(str(o) for o in sorted(ordinals))
         report.notes.append(
@@ -170,7 +225,7 @@ def _pool_slots(
             f"{module} ({image.arch}) in the same batch"
         )
     report.pool_apis = tuple(sorted({api.name for api in slots.values()}))
-    return slots
+    return found
 
 
 def _fallback(index: CodeIndex, rules: RuleSet, result: SiteResult, api: PoolApi) -> list[Finding]:
@@ -203,6 +258,8 @@ def _fallback(index: CodeIndex, rules: RuleSet, result: SiteResult, api: PoolApi
         insn = index.decode(index.starts[last])
         if insn is None or insn.mnemonic not in ("mov", "push"):
             continue
+        if _used_as_operand(index, insn, site):
+            continue
         for operand in insn.operands:
             if operand.type != cs_x86.X86_OP_IMM or not -(2**31) <= operand.imm < 2**32:
                 continue
@@ -215,17 +272,75 @@ def _fallback(index: CodeIndex, rules: RuleSet, result: SiteResult, api: PoolApi
     return findings
 
 
+# Instructions that pass a value on unchanged: a register used first by one of these may
+# still be carrying a tag to the call; used first by anything else (a compare, a hash
+# step, arithmetic) it is a signature, a seed or a number.
+_COPIES = frozenset({"mov", "push", "xchg", "movsxd"})
+
+
+def _used_as_operand(index: CodeIndex, insn, site: int) -> bool:
+    """Whether the register `insn` loads with an immediate is first read, before
+    `site`, by an instruction that computes with it rather than copies it."""
+    operands = insn.operands
+    if insn.mnemonic != "mov" or not operands or operands[0].type != cs_x86.X86_OP_REG:
+        return False
+    register = index.register_name(operands[0].reg)
+    family = _register_family(register)
+    position = index.index_of(insn.address)
+    if position is None:
+        return False
+    cursor = position + 1
+    while cursor < len(index.starts) and index.starts[cursor] < site:
+        later = index.decode(index.starts[cursor])
+        if later is None:
+            return False
+        try:
+            read, written = later.regs_access()
+        except capstone.CsError:  # no details for some forms
+            return False
+        if any(_register_family(index.register_name(r)) == family for r in read):
+            return later.mnemonic not in _COPIES
+        if any(_register_family(index.register_name(r)) == family for r in written):
+            return False
+        cursor += 1
+    return False
+
+
+def _register_family(name: str) -> str:
+    """`eax`/`ax`/`al` -> `rax`, `r8d` -> `r8` (enough to compare two registers)."""
+    if name[:1] == "r" and name[1:2].isdigit():
+        return name.rstrip("dwb")
+    core = name[1:] if name[:1] in ("e", "r") and len(name) == 3 else name
+    return {"al": "ax", "bl": "bx", "cl": "cx", "dl": "dx", "ah": "ax", "bh": "bx",
+            "ch": "cx", "dh": "dx", "sil": "si", "dil": "di"}.get(core, core)  # fmt: skip
+
+
 def analyze_image(image: DriverImage, context: AnalysisContext) -> DriverReport:
     """Attribute the tags of one validated image."""
     report = DriverReport(image.path, image.arch)
     if not context.rules.imports_pool_api(image.data):
         return report
-    slots = _pool_slots(image, context, report)
-    if not slots:
+    imported = _pool_slots(image, context, report)
+    slots = imported.pool
+    if not slots and not imported.indirect:
         return report
-    index = CodeIndex(image, slots, skip=image.import_data_ranges())
+    index = CodeIndex(
+        image,
+        {*slots, *imported.resolvers, *imported.binds},
+        skip=image.import_data_ranges(),
+    )
     resolver = TagResolver(index, slots)
-    sites = index.api_sites + resolver.register_sites()
+    resolver.reference_finder = lambda targets: data_references(image, index, targets)
+    sites = [site for site in index.api_sites if site.slot in slots]
+    sites += resolver.register_sites()
+    if imported.indirect:
+        indirect = find_indirect(
+            image, index, resolver, imported.resolvers, imported.binds, imported.all_slots
+        )
+        slots.update(indirect.slots)  # the resolver reads the same mapping
+        resolver.add_call_targets(indirect.targets)
+        sites += indirect.sites
+        report.indirect_apis = indirect.api_names
     found: dict[tuple, Finding] = {}
     for site in sites:
         api = slots[site.slot]

@@ -13,7 +13,10 @@ jump predecessors, until an instruction defines that location:
   the end (`tag | PROTECTED_POOL` in a free wrapper); `sbb r, r` starts the branchless
   select idiom (`cond ? A : B` compiled as sbb/and/add) and yields both outcomes;
 - `mov loc, [global]` ends with the global's address: its initial value in the image
-  and the constants the code stores into it are the tags;
+  and the constants the code stores into it are the tags (evidence `global`; `data`
+  when the variable lies in a read-only section, a constant the compiler did not fold);
+- `call F` where the location is the return register and F is a function of the
+  driver: the values F returns (`mov eax, imm; ret`) are followed (evidence `return`);
 - reaching a function entry with a location the caller sets (an argument register or a
   stack slot above the return address) ends with "parameter of function F": the
   resolver then repeats the walk at every direct caller of F (wrappers, and import
@@ -33,7 +36,7 @@ each, not once per path through them.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import capstone
@@ -42,11 +45,26 @@ from capstone import x86 as cs_x86
 from pooltagscan.drivers.apis import PoolApi
 from pooltagscan.drivers.disasm import NO_FALLTHROUGH, ApiSite, CodeIndex
 
-__all__ = ["DIRECT", "GLOBAL", "WRAPPER", "TagResolver", "TagValue", "Value"]
+__all__ = [
+    "DATA",
+    "DIRECT",
+    "GLOBAL",
+    "RETURN",
+    "WRAPPER",
+    "TagResolver",
+    "TagValue",
+    "Value",
+]
 
 DIRECT, WRAPPER, GLOBAL = "direct", "wrapper", "global"
+#: A read-only initialised constant loaded into the tag argument, and a tag returned by
+#: a helper function: both weaker than an immediate at the call (see attribution.py).
+DATA, RETURN = "data", "return"
+_MAX_RETURN_DEPTH = 2  # helpers returning what other helpers return
 
 _MASK = 0xFFFFFFFF
+_SCN_MEM_WRITE = 0x80000000
+_HIGH_HALF = ("hi32", 0)  # pending: the upper 32 bits of a 64-bit value
 _MAX_DISTANCE = 400  # instructions along one path
 _MAX_STATES = 5000  # states visited by one backward walk
 _MAX_OPS = 8  # pending arithmetic steps (more means a loop is changing the value)
@@ -103,7 +121,11 @@ class Value:
     `kind` is "const" (`value` is the constant with pending arithmetic applied, `where`
     the instruction that set it), "global" (`value` is the variable's RVA), "param"
     (`value` is the function entry, `location` where the caller puts the argument),
-    or "unknown" (`reason` says why).
+    "return" (`value` is a function of the driver whose return value it is), or
+    "unknown" (`reason` says why). Walks for a pointer (`TagResolver.pointer_values`)
+    also give "address" (`value` an RVA: `lea r, [rip+X]`), "stack" (`value` the
+    offset from the stack pointer at the instruction `where`: `lea r, [rsp+N]`) and
+    "frame" (`value` the offset from the frame pointer: `lea r, [ebp-N]`).
     """
 
     kind: str
@@ -187,6 +209,16 @@ class TagResolver:
         self._callee_pops: dict[int, int | None] = {}
         self._clobbers: dict[int, frozenset[str]] = {}
         self._register_targets: dict[int, int] = {}  # `call reg` site -> IAT slot
+        self._want_address = False  # a walk for a pointer: `lea` gives an address
+        #: Finds the instructions naming some addresses (set by the caller: see
+        #: indirect.data_references); used for stores into global structures.
+        self.reference_finder: Callable[[set[int]], list[int]] | None = None
+        self._returns: dict[tuple, list[tuple[int, int]]] = {}
+
+    def add_call_targets(self, targets: Mapping[int, int]) -> None:
+        """Indirect call sites whose target is known (site -> key of `pool_slots`), so
+        that x86 walks know how many argument bytes those callees pop."""
+        self._register_targets.update(targets)
 
     # -- argument locations --------------------------------------------------------------
 
@@ -300,7 +332,14 @@ class TagResolver:
     def _source(self, insn: capstone.CsInsn, operand, ops: tuple):
         """The value an instruction copies from `operand` (a Value or a new location)."""
         if operand.type == _IMM:
-            return Value("const", apply_ops(operand.imm & _MASK, ops), where=insn.address)
+            immediate = operand.imm
+            if ops and ops[0] == _HIGH_HALF:
+                # The tag is the upper half of a 64-bit store (`movabs rax, imm64`
+                # then `mov [rsp+N-4], rax`: compilers merge adjacent fields).
+                immediate, ops = immediate >> 32, ops[1:]
+            return Value("const", apply_ops(immediate & _MASK, ops), where=insn.address)
+        if ops and _HIGH_HALF in ops:
+            return self._unknown(insn, "upper half of a computed value")
         if operand.type == _REG:
             family = self._family(operand.reg)
             if family is None or family == "rsp" or operand.size < 4:
@@ -328,6 +367,10 @@ class TagResolver:
         mnemonic = insn.mnemonic
         if mnemonic == "call":
             if family in self._volatile and family in self._call_clobbers(insn):
+                if family == "rax":
+                    target = self._direct_target(insn)
+                    if target is not None and self.index.thunk_slot(target) is None:
+                        return [Value("return", target, where=insn.address, ops=ops)]
                 return [self._unknown(insn, "result or leftover of a call")]
             return [(("reg", family), ops)]
         if not self._writes(insn, family):
@@ -382,6 +425,14 @@ class TagResolver:
         if mnemonic == "lea" and source is not None:
             mem = source.mem
             base = self._family(mem.base) if mem.base else None
+            if self._want_address and not mem.index and not mem.segment:
+                if mem.base == cs_x86.X86_REG_RIP:
+                    target = insn.address + insn.size + mem.disp
+                    return [Value("address", target, where=insn.address)]
+                if base == "rsp":
+                    return [Value("stack", mem.disp, where=insn.address)]
+                if base == "rbp":
+                    return [Value("frame", mem.disp, where=insn.address)]
             if base and base != "rsp" and mem.base != cs_x86.X86_REG_RIP and not mem.index:
                 return [(("reg", base), (("add", mem.disp & _MASK),) + ops)]
             return [self._unknown(insn, "an address")]
@@ -436,6 +487,8 @@ class TagResolver:
             if insn.mnemonic in _ARITHMETIC and source is not None and source.type == _IMM:
                 return [(location, ((insn.mnemonic, source.imm & _MASK),) + ops)]
             return [self._unknown(insn, "stack slot computed")]
+        if start == offset - 4 and size == 8 and insn.mnemonic == "mov" and len(operands) > 1:
+            return [self._source(insn, operands[1], (_HIGH_HALF, *ops))]
         if start < offset + 4 and offset < start + max(size, 1):
             return [self._unknown(insn, "stack slot partly overwritten")]
         return None
@@ -488,6 +541,12 @@ class TagResolver:
             return [self._unknown(insn, "frame pointer changed")]
         written = self._memory_write(insn, base, offset, location, ops)
         return written if written is not None else [(location, ops)]
+
+    def _direct_target(self, insn: capstone.CsInsn) -> int | None:
+        operand = insn.operands[0] if insn.operands else None
+        if operand is None or operand.type != _IMM:
+            return None
+        return operand.imm & _MASK
 
     # -- registers across calls ----------------------------------------------------------
 
@@ -554,7 +613,9 @@ class TagResolver:
         gives it away, and push-style code is assumed to be cdecl.
         """
         operand = insn.operands[0] if insn.operands else None
-        slot = None
+        slot = self._register_targets.get(insn.address)
+        if slot is not None:
+            operand = None  # a resolved indirect call: the table says
         if operand is not None and operand.type == _IMM:
             target = operand.imm & _MASK
             slot = self.index.thunk_slot(target)
@@ -646,12 +707,201 @@ class TagResolver:
             stores.append((initial, rva))
         return stores
 
+    def pointer_values(self, rva: int, location: Location) -> list[Value]:
+        """What a pointer argument can be at `rva`: "address" (a static RVA), "stack"
+        (a stack address) or other outcomes of `walk`. x86 code writes a static
+        address as an immediate (`push offset X`, `mov [esp+N], X`): such constants
+        inside the image become addresses."""
+        self._want_address = True
+        try:
+            values = self.walk(rva, location)
+        finally:
+            self._want_address = False
+        result = []
+        for value in values:
+            if value.kind == "const" and not value.ops and not self.is64:
+                address = (value.value - self.image.image_base) & _MASK
+                if self.image.section_at(address) is not None:
+                    value = Value("address", address, where=value.where)
+            result.append(value)
+        return result
+
+    def _field_values(self, site: ApiSite, api: PoolApi, result: SiteResult) -> None:
+        """Tags stored into the structure whose address is the tag argument."""
+        offset = api.field(self.is64)
+        assert offset is not None
+        for pointer in self.pointer_values(site.rva, self.argument(api, site.jump)):
+            if pointer.kind == "address":
+                field_rva = pointer.value + offset
+                evidence = self._global_evidence(field_rva)
+                stores = []
+                if self.reference_finder is not None:
+                    references = self.reference_finder({field_rva, field_rva - 4})
+                    stores = self.struct_stores(field_rva, references)
+                found = [
+                    item
+                    for item in self.global_values(field_rva)
+                    if not (stores and item[0] == 0 and item[1] == field_rva)
+                ]
+                found = list(dict.fromkeys(found + stores))
+                if not found:
+                    result.failures.append(f"structure field {field_rva:#x} holds no constant")
+                for constant, _where in found:
+                    result.values.append(
+                        TagValue(constant, evidence, site.rva, site.rva, field_rva)
+                    )
+            elif pointer.kind in ("stack", "frame"):
+                slot: Location = ("frm", "rbp", pointer.value + offset)
+                if pointer.kind == "stack":
+                    delta = self._stack_delta(pointer.where, site.rva)
+                    if delta is None:
+                        result.failures.append("stack pointer changes between a structure's "
+                                               "address and the call")  # fmt: skip
+                        continue
+                    slot = ("stk", pointer.value - delta + offset)
+                for value in self.walk(site.rva, slot):
+                    if value.kind == "const":
+                        result.values.append(
+                            TagValue(value.value, DIRECT, site.rva, site.rva, value.where)
+                        )
+                    elif value.kind == "global":
+                        for constant, _where in self.global_values(value.value):
+                            evidence = self._global_evidence(value.value)
+                            item = TagValue(
+                                apply_ops(constant, value.ops), evidence, site.rva, site.rva,
+                                value.value,
+                            )  # fmt: skip
+                            result.values.append(item)
+                    else:
+                        result.failures.append(value.reason or f"structure field: {value.kind}")
+            else:
+                result.failures.append(
+                    pointer.reason or "structure pointer is not a static or stack address"
+                )
+
+    def _stack_delta(self, start: int, end: int) -> int | None:
+        """How the stack pointer moves from the instruction at `start` to the one at
+        `end` along the straight line between them (pushes, pops, `sub/add rsp`, x86
+        callee-popped arguments), or None when that cannot be told."""
+        index = self.index
+        first, last = index.index_of(start), index.index_of(end)
+        if first is None or last is None or not 0 <= last - first <= _MAX_DISTANCE:
+            return None
+        delta = 0
+        for cursor in range(first, last):
+            insn = index.decode(index.starts[cursor])
+            if insn is None:
+                return None
+            mnemonic = insn.mnemonic
+            operands = insn.operands
+            if mnemonic == "push":
+                delta -= self.ptr
+            elif mnemonic == "pop":
+                delta += self.ptr
+            elif mnemonic == "call":
+                delta += 0 if self.is64 else self._x86_callee_pops(insn)
+            elif (
+                mnemonic in ("sub", "add")
+                and len(operands) == 2
+                and operands[0].type == _REG
+                and self._family(operands[0].reg) == "rsp"
+            ):
+                if operands[1].type != _IMM:
+                    return None
+                delta += operands[1].imm if mnemonic == "add" else -operands[1].imm
+            elif mnemonic in _SP_SPECIAL or self._writes(insn, "rsp"):
+                return None
+        return delta
+
+    def struct_stores(self, field_rva: int, references: list[int]) -> list[tuple[int, int]]:
+        """(value, where) of constants that instructions in `references` store into
+        the 4 bytes at `field_rva` (a dword store there, or the upper half of a qword
+        store 4 bytes below), following a stored register back to its immediate."""
+        found = []
+        for rva in references:
+            insn = self.index.decode(rva)
+            if insn is None or insn.mnemonic != "mov" or len(insn.operands) != 2:
+                continue
+            destination, source = insn.operands
+            if destination.type != _MEM:
+                continue
+            mem = destination.mem
+            if mem.index or mem.segment:
+                continue
+            if mem.base == cs_x86.X86_REG_RIP:
+                address = (insn.address + insn.size + mem.disp) & _MASK
+            elif mem.base == 0 and not self.is64:
+                address = (mem.disp - self.image.image_base) & _MASK
+            else:
+                continue
+            if address == field_rva and destination.size >= 4:
+                ops: tuple = ()
+            elif address == field_rva - 4 and destination.size == 8:
+                ops = (_HIGH_HALF,)
+            else:
+                continue
+            if source.type == _IMM:
+                value = self._source(insn, source, ops)
+                outcomes = [value]
+            elif source.type == _REG and self._family(source.reg):
+                outcomes = self.walk(rva, ("reg", self._family(source.reg)), ops)
+            else:
+                continue
+            found.extend((v.value, v.where) for v in outcomes if v.kind == "const")
+        return found
+
+    def _global_evidence(self, rva: int) -> str:
+        """`data` for a variable in a read-only section that no code writes."""
+        section = self.image.section_at(rva)
+        if (
+            section is not None
+            and not section.characteristics & _SCN_MEM_WRITE
+            and rva not in self.index.const_stores
+        ):
+            return DATA
+        return GLOBAL
+
+    def returned_values(self, function: int, ops: tuple, depth: int = 0) -> list[tuple[int, int]]:
+        """(constant, where) pairs a function of the driver returns in eax/rax."""
+        key = (function, ops)
+        cached = self._returns.get(key)
+        if cached is not None:
+            return cached
+        self._returns[key] = []  # a recursive helper returns nothing more
+        found: list[tuple[int, int]] = []
+        index = self.index
+        position = index.index_of(function)
+        if position is not None and depth <= _MAX_RETURN_DEPTH:
+            limit = min(len(index.starts), position + 20000)
+            for cursor in range(position, limit):
+                if not self._spend(1):
+                    break
+                rva = index.starts[cursor]
+                if cursor != position and index.is_function_start(rva):
+                    break
+                if not index.flags[cursor] & NO_FALLTHROUGH:
+                    continue
+                insn = index.decode(rva)
+                if insn is None or insn.mnemonic != "ret":
+                    continue
+                for value in self.walk(rva, ("reg", "rax"), ops):
+                    if value.kind == "const":
+                        found.append((value.value, value.where))
+                    elif value.kind == "return":
+                        found.extend(self.returned_values(value.value, value.ops, depth + 1))
+        found = list(dict.fromkeys(found))
+        self._returns[key] = found
+        return found
+
     def resolve(self, site: ApiSite, api: PoolApi) -> SiteResult:
         """All tag constants that reach `site`, following wrappers and globals."""
         result = SiteResult(site)
+        if api.field(self.is64) is not None:
+            self._field_values(site, api, result)
+            return result
         found = self._values_at(site.rva, self.argument(api, site.jump), (), 0, frozenset())
         for (value, kind, call, source, api_site), via in found.values.items():
-            evidence = GLOBAL if kind == GLOBAL else WRAPPER if via else DIRECT
+            evidence = kind if kind in (GLOBAL, DATA, RETURN) else WRAPPER if via else DIRECT
             result.values.append(
                 TagValue(value, evidence, call, site.rva if api_site is None else api_site,
                          source, via)
@@ -682,9 +932,16 @@ class TagResolver:
                 found = self.global_values(value.value)
                 if not found:
                     failures.append(f"global {value.value:#x} holds no known constant")
+                evidence = self._global_evidence(value.value)
                 for constant, _where in found:
-                    item = (apply_ops(constant, value.ops), GLOBAL, call, value.value, None)
+                    item = (apply_ops(constant, value.ops), evidence, call, value.value, None)
                     values.setdefault(item, ())
+            elif value.kind == "return":
+                returned = self.returned_values(value.value, value.ops)
+                if not returned:
+                    failures.append(f"the function at {value.value:#x} returns no known constant")
+                for constant, where in returned:
+                    values.setdefault((constant, RETURN, call, where, None), ())
             elif value.kind == "param":
                 self._from_callers(value, call, depth, path, values, failures)
             else:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yara
 
-from pooltagscan.drivers.apis import POOL_APIS
+from pooltagscan.drivers.apis import POOL_APIS, RESOLVER_APIS, WDF_BIND
 from pooltagscan.errors import InputError
 from pooltagscan.rulefiles import check_rule_file
 
@@ -69,6 +69,14 @@ def pool_import_rule_source() -> str:
     names = sorted(POOL_APIS)
     module_pattern = "|".join(re.escape(m).replace("\\.", r"\.") for m in modules)
     name_pattern = "|".join(names)
+    resolver_modules = "|".join(
+        re.escape(m).replace("\\.", r"\.") for m in sorted({m for m, _ in RESOLVER_APIS})
+    )
+    resolver_names = "|".join(sorted({n for _, n in RESOLVER_APIS}))
+    strings = "".join(
+        f'        $name{number} = "{name}" ascii wide\n' for number, name in enumerate(names)
+    )
+    bind_module = re.escape(WDF_BIND.module).replace("\\.", r"\.")
     return (
         "/*\n"
         " * Generated from pooltagscan/drivers/apis.py by\n"
@@ -92,6 +100,28 @@ def pool_import_rule_source() -> str:
         f"                function.name matches /^({name_pattern})$/\n"
         "            )\n"
         "        )\n"
+        "}\n"
+        "\n"
+        "rule resolves_pool_api : pool_import\n"
+        "{\n"
+        "    meta:\n"
+        '        description = "names a pool API and imports a routine that resolves names '
+        '(or is a VideoPort miniport, which gets VideoPortGetProcAddress as a callback)"\n'
+        "    strings:\n"
+        f"{strings}"
+        "    condition:\n"
+        "        any of ($name*) and (\n"
+        f"            pe.imports(/^({resolver_modules})$/i, /^({resolver_names})$/) or\n"
+        "            pe.imports(/^videoprt\\.sys$/i, /./)\n"
+        "        )\n"
+        "}\n"
+        "\n"
+        "rule kmdf_driver : pool_import\n"
+        "{\n"
+        "    meta:\n"
+        '        description = "binds to KMDF, whose function table has pool APIs"\n'
+        "    condition:\n"
+        f"        pe.imports(/^{bind_module}$/i, /^{WDF_BIND.name}$/)\n"
         "}\n"
     )
 

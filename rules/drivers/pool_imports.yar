@@ -16,7 +16,53 @@ rule imports_pool_api : pool_import
             module.library_name matches /^(fltmgr\.sys|ndis\.sys|ntkrnlmp\.exe|ntkrnlpa\.exe|ntkrpamp\.exe|ntoskrnl\.exe|storport\.sys|videoprt\.sys)$/i and
             for any function in module.functions : (
                 defined function.ordinal or
-                function.name matches /^(ExAllocateCacheAwareRundownProtection|ExAllocatePool2|ExAllocatePool3|ExAllocatePoolWithQuotaTag|ExAllocatePoolWithTag|ExAllocatePoolWithTagPriority|ExFreePool2|ExFreePoolWithTag|ExInitializeLookasideListEx|ExInitializeNPagedLookasideList|ExInitializePagedLookasideList|FltAllocatePoolAlignedWithTag|FltFreePoolAlignedWithTag|FsRtlAllocatePoolWithQuotaTag|FsRtlAllocatePoolWithTag|MmAllocateMappingAddress|MmFreeMappingAddress|NdisAllocateMemoryWithTag|NdisAllocateMemoryWithTagPriority|NdisFreeMemoryWithTag|NdisFreeMemoryWithTagPriority|StorPortAllocatePool|VideoPortAllocatePool)$/
+                function.name matches /^(ExAllocateCacheAwareRundownProtection|ExAllocatePool2|ExAllocatePool3|ExAllocatePoolWithQuotaTag|ExAllocatePoolWithTag|ExAllocatePoolWithTagPriority|ExFreePool2|ExFreePoolWithTag|ExInitializeLookasideListEx|ExInitializeNPagedLookasideList|ExInitializePagedLookasideList|FltAllocatePoolAlignedWithTag|FltFreePoolAlignedWithTag|FsRtlAllocatePoolWithQuotaTag|FsRtlAllocatePoolWithTag|MmAllocateMappingAddress|MmFreeMappingAddress|NdisAllocateGenericObject|NdisAllocateMemoryWithTag|NdisAllocateMemoryWithTagPriority|NdisAllocateNetBufferListPool|NdisAllocateNetBufferPool|NdisFreeMemoryWithTag|NdisFreeMemoryWithTagPriority|StorPortAllocatePool|VideoPortAllocatePool)$/
             )
         )
+}
+
+rule resolves_pool_api : pool_import
+{
+    meta:
+        description = "names a pool API and imports a routine that resolves names (or is a VideoPort miniport, which gets VideoPortGetProcAddress as a callback)"
+    strings:
+        $name0 = "ExAllocateCacheAwareRundownProtection" ascii wide
+        $name1 = "ExAllocatePool2" ascii wide
+        $name2 = "ExAllocatePool3" ascii wide
+        $name3 = "ExAllocatePoolWithQuotaTag" ascii wide
+        $name4 = "ExAllocatePoolWithTag" ascii wide
+        $name5 = "ExAllocatePoolWithTagPriority" ascii wide
+        $name6 = "ExFreePool2" ascii wide
+        $name7 = "ExFreePoolWithTag" ascii wide
+        $name8 = "ExInitializeLookasideListEx" ascii wide
+        $name9 = "ExInitializeNPagedLookasideList" ascii wide
+        $name10 = "ExInitializePagedLookasideList" ascii wide
+        $name11 = "FltAllocatePoolAlignedWithTag" ascii wide
+        $name12 = "FltFreePoolAlignedWithTag" ascii wide
+        $name13 = "FsRtlAllocatePoolWithQuotaTag" ascii wide
+        $name14 = "FsRtlAllocatePoolWithTag" ascii wide
+        $name15 = "MmAllocateMappingAddress" ascii wide
+        $name16 = "MmFreeMappingAddress" ascii wide
+        $name17 = "NdisAllocateGenericObject" ascii wide
+        $name18 = "NdisAllocateMemoryWithTag" ascii wide
+        $name19 = "NdisAllocateMemoryWithTagPriority" ascii wide
+        $name20 = "NdisAllocateNetBufferListPool" ascii wide
+        $name21 = "NdisAllocateNetBufferPool" ascii wide
+        $name22 = "NdisFreeMemoryWithTag" ascii wide
+        $name23 = "NdisFreeMemoryWithTagPriority" ascii wide
+        $name24 = "StorPortAllocatePool" ascii wide
+        $name25 = "VideoPortAllocatePool" ascii wide
+    condition:
+        any of ($name*) and (
+            pe.imports(/^(fltmgr\.sys|ndis\.sys|ntkrnlmp\.exe|ntkrnlpa\.exe|ntkrpamp\.exe|ntoskrnl\.exe)$/i, /^(FltGetRoutineAddress|MmGetSystemRoutineAddress|NdisGetRoutineAddress)$/) or
+            pe.imports(/^videoprt\.sys$/i, /./)
+        )
+}
+
+rule kmdf_driver : pool_import
+{
+    meta:
+        description = "binds to KMDF, whose function table has pool APIs"
+    condition:
+        pe.imports(/^wdfldr\.sys$/i, /^WdfVersionBind$/)
 }

@@ -19,7 +19,7 @@
 #                                    addresses hoisted into a register and `call reg`
 #   -fno-asynchronous-unwind-tables  (x86 only) no DWARF unwind data; x64 keeps its
 #                                    .pdata, which the scanner uses for function starts
-# ExAllocatePool2/3, ExFreePool2, FltMgr, VideoPort (x64) and StorPort have no MinGW
+# ExAllocatePool2/3, ExFreePool2, FltMgr, VideoPort (x64), StorPort and WdfLdr have no MinGW
 # import library: defs/*.def describe them and dlltool makes one (-k drops the x86
 # @N stdcall suffix from the imported name, as Microsoft's import libraries do).
 set -euo pipefail
@@ -55,23 +55,26 @@ done
 build() {
     local arch="$1" src="$2" out="$3"
     shift 3
-    local libs=()
+    local libs=() pdb=()
     for lib in "$@"; do
         case "$lib" in
         -l*) libs+=("$lib") ;;
+        --pdb=*) pdb=("-Wl,$lib") ;;
         *) libs+=("$WORK/lib$lib.$arch.a") ;;
         esac
     done
     if [ "$arch" = x64 ]; then
         x86_64-w64-mingw32-gcc "${CFLAGS[@]}" -mno-stack-arg-probe -I"$DDK" -c "src/$src" \
             -o "$WORK/$src.$arch.o"
-        x86_64-w64-mingw32-gcc "${LDFLAGS[@]}" -Wl,--image-base,0x140000000 \
-            -Wl,--entry,DriverEntry "$WORK/$src.$arch.o" -o "$out" "${libs[@]}"
+        (cd "$WORK" && x86_64-w64-mingw32-gcc "${LDFLAGS[@]}" \
+            -Wl,--image-base,0x140000000 -Wl,--entry,DriverEntry ${pdb[@]+"${pdb[@]}"} \
+            "$WORK/$src.$arch.o" -o "$HERE/$out" "${libs[@]}")
     else
         i686-w64-mingw32-gcc "${CFLAGS[@]}" -fno-asynchronous-unwind-tables -I"$DDK" \
             -c "src/$src" -o "$WORK/$src.$arch.o"
-        i686-w64-mingw32-gcc "${LDFLAGS[@]}" -Wl,--image-base,0x10000 \
-            -Wl,--entry,_DriverEntry@8 "$WORK/$src.$arch.o" -o "$out" "${libs[@]}"
+        (cd "$WORK" && i686-w64-mingw32-gcc "${LDFLAGS[@]}" \
+            -Wl,--image-base,0x10000 -Wl,--entry,_DriverEntry@8 ${pdb[@]+"${pdb[@]}"} \
+            "$WORK/$src.$arch.o" -o "$HERE/$out" "${libs[@]}")
     fi
 }
 
@@ -80,6 +83,13 @@ for arch in x64 x86; do
     build "$arch" pooltags.c "pooltags_$arch.sys" ntoskrnl_extra -lntoskrnl -lhal
     build "$arch" multiapi.c "multiapi_$arch.sys" fltmgr videoprt storport -lndis -lntoskrnl
     build "$arch" nopool.c "nopool_$arch.sys" -lntoskrnl
+    build "$arch" dynamic.c "dynamic_$arch.sys" -lntoskrnl
+    build "$arch" structs.c "structs_$arch.sys" -lndis -lntoskrnl
+    build "$arch" kmdf.c "kmdf_$arch.sys" wdfldr -lntoskrnl
+    build "$arch" videocb.c "videocb_$arch.sys" videoprt
+    build "$arch" helpers.c "helpers_$arch.sys" -lntoskrnl
+    # The PDB path (with tag-like text) goes into the debug directory's CodeView record.
+    build "$arch" negative.c "negative_$arch.sys" -lntoskrnl "--pdb=NgPd_negative_$arch.pdb"
 done
 
 # By-ordinal import, and the stand-in exporter that makes the ordinal resolvable.
