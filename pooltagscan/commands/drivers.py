@@ -89,7 +89,9 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     from pooltagscan.drivers.attribution import (
         DriverFailure,
         DriverReport,
+        DriverSkipped,
         expand_paths,
+        folder_notes,
         scan_batch,
     )
     from pooltagscan.drivers.render import make_writer
@@ -115,7 +117,11 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         note(args, remark)
     writer = make_writer(args.format, out)
     analysed = with_tags = unresolved = 0
-    for result in scan_batch(expansion.files, rules, args.jobs):
+    seen: list[DriverReport | DriverFailure | DriverSkipped] = []
+    for result in scan_batch(expansion.files, rules, args.jobs, walked=expansion.walked):
+        seen.append(result)
+        if isinstance(result, DriverSkipped):
+            continue  # counted per folder below
         if isinstance(result, DriverFailure):
             error(str(result))
             writer.failure(result)
@@ -132,6 +138,8 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         if findings or matcher is None:
             writer.driver(result, findings)
     writer.end()
+    for remark in folder_notes(expansion, seen):
+        note(args, remark)
     if analysed:
         outputs.keep = True
     summary = f"{analysed} driver(s) analysed, {with_tags} with tags, {writer.count} record(s)"

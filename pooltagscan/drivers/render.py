@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from pooltagscan.drivers import FORMATS
 from pooltagscan.drivers.attribution import DriverFailure, DriverReport, Finding
+from pooltagscan.errors import one_line
 from pooltagscan.render.table import format_table
 from pooltagscan.tags.patterns import is_printable_byte
 
@@ -42,6 +43,7 @@ FIELDS = (
     "via",
     "source",
     "rule",
+    "sha256",
 )
 _CONFIDENCE_ORDER = {"high": 0, "medium": 1, "low": 2}
 
@@ -63,6 +65,7 @@ def finding_record(report: DriverReport, finding: Finding) -> dict[str, Any]:
         "via": list(finding.via),
         "source": finding.source,
         "rule": finding.rule,
+        "sha256": report.info.sha256 if report.info else None,
     }
 
 
@@ -108,6 +111,7 @@ class CsvWriter(DriverWriter):
             record["via"] = " ".join(_hex(v) for v in finding.via)
             record["protected"] = "yes" if finding.protected else ""
             record["rule"] = finding.rule or ""
+            record["sha256"] = record["sha256"] or ""
             self._csv.writerow(record[name] for name in FIELDS)
         self.count += len(findings)
 
@@ -126,6 +130,7 @@ class JsonWriter(DriverWriter):
             "driver": report.name,
             "path": report.path,
             "arch": report.arch,
+            **(report.info.as_dict() if report.info else {}),
             "pool_apis": list(report.pool_apis),
             "call_sites": report.call_sites,
             "untagged_frees": report.untagged_frees,
@@ -213,7 +218,14 @@ def localtag_tag(raw: bytes) -> str:
 
 
 class LocaltagWriter(DriverWriter):
-    """PoolMon localtag.txt: `Tag - driver.sys - APIs [confidence]`, sorted by tag."""
+    """PoolMon localtag.txt: `Tag - driver.sys - APIs [confidence]`, sorted by tag.
+
+    The driver is the file's base name (PoolMon's Driver column; a relative path could
+    hold the ` - ` separator). PoolMon reads a tag as four literal characters, so a tag
+    whose text needs an `\\xNN` escape (a non-printable byte, or one our own database
+    parser reads specially) is written as a `//` comment line, never as an entry
+    PoolMon would misread: the JSON output keeps its exact bytes.
+    """
 
     def __init__(self, out: TextIO):
         super().__init__(out)
@@ -223,7 +235,7 @@ class LocaltagWriter(DriverWriter):
         for f in findings:
             # The protected bit is not part of the tag a database lists.
             raw = f.raw if not f.protected else f.raw[:3] + bytes([f.raw[3] & 0x7F])
-            key = (raw, report.name)
+            key = (raw, one_line(report.basename))  # a file name may hold a newline
             apis, best = self._entries.get(key, (set(), "low"))
             apis.add(f.api)
             if _CONFIDENCE_ORDER[f.confidence] < _CONFIDENCE_ORDER[best]:
@@ -235,7 +247,10 @@ class LocaltagWriter(DriverWriter):
         lines = ["rem Pool tags attributed to drivers by `pooltagscan drivers`\n"]
         for (raw, driver), (apis, best) in sorted(self._entries.items()):
             tag = localtag_tag(raw)
-            lines.append(f"{tag:<4} - {driver} - {', '.join(sorted(apis))} [{best}]\n")
+            line = f"{tag:<4} - {driver} - {', '.join(sorted(apis))} [{best}]"
+            if "\\x" in tag:  # a backslash is itself escaped, so this is an escape
+                line = f"// {line} (tag not printable as text: PoolMon cannot read it)"
+            lines.append(line + "\n")
         self.out.write("".join(lines))
 
 
