@@ -30,6 +30,7 @@ VERSION_KEYS = ("FileVersion", "CompanyName", "OriginalFilename", "ProductName")
 MAX_RESOURCE_BYTES = 32 * 1024 * 1024
 _MAX_VALUE_CHARS = 256  # a version string longer than this is cut (it is meant for a UI)
 _DIR_RESOURCE = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_RESOURCE"]
+_RT_VERSION = pefile.RESOURCE_TYPE["RT_VERSION"]
 _MACHINE_NAMES = {0x14C: "I386", 0x8664: "AMD64"}
 
 
@@ -100,10 +101,21 @@ def version_strings(pe: pefile.PE, notes: list[str]) -> dict[str, str]:
     try:
         pe.parse_data_directories(directories=[_DIR_RESOURCE])
         found = _strings(pe)
+        # pefile passes over a version resource it cannot parse without a word; say so.
+        # (A readable one has at least a StringFileInfo or VarFileInfo block.)
+        broken = _has_version_entry(pe) and not any(getattr(pe, "FileInfo", None) or ())
     except Exception as exc:  # noqa: BLE001 - pefile on hostile input can raise anything
         notes.append(f"version resource unreadable ({type(exc).__name__}: {one_line(str(exc))})")
         return {}
+    if broken:
+        notes.append("version resource unreadable (malformed VS_VERSIONINFO), not reported")
     return found
+
+
+def _has_version_entry(pe: pefile.PE) -> bool:
+    """Whether the resource tree's top level lists an RT_VERSION entry."""
+    directory = getattr(pe, "DIRECTORY_ENTRY_RESOURCE", None)
+    return any(entry.id == _RT_VERSION for entry in getattr(directory, "entries", ()))
 
 
 def _strings(pe: pefile.PE) -> dict[str, str]:
