@@ -19,7 +19,7 @@ from setuptools.command.build_py import build_py
 RULES = Path(__file__).resolve().parent / "rules"
 
 
-class build_py_with_rules(build_py):  # noqa: N801 - setuptools command naming
+class BuildPyWithRules(build_py):
     """build_py, plus the rule files copied into the built package."""
 
     def run(self) -> None:
@@ -33,4 +33,4 @@ class build_py_with_rules(build_py):  # noqa: N801 - setuptools command naming
             shutil.copyfile(source, destination)
 
 
-setup(cmdclass={"build_py": build_py_with_rules})
+setup(cmdclass={"build_py": BuildPyWithRules})
