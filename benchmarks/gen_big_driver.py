@@ -14,8 +14,9 @@ from the generator, not from the tool. Four translation units are compiled in
 parallel (gcc -O2) and linked into one native-subsystem image with .pdata on x64.
 
 Built files are cached under benchmarks/out/drivers/ (gitignored), named by the
-generator's parameters and a hash of this script, so a benchmark run rebuilds only what
-changed. A 10 MB driver is never committed; the benchmark builds it on first use.
+generator's parameters and a hash of the C sources and compiler flags, so a benchmark
+run rebuilds only what changed. A 10 MB driver is never committed; the benchmark
+builds it on first use.
 """
 
 from __future__ import annotations
@@ -182,15 +183,18 @@ def _run(command: list[str]) -> None:
         raise SystemExit(f"{command[0]} failed:\n{tail}")
 
 
-def _script_hash() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+def _source_hash(units: list[str], arch: str) -> str:
+    """Names the cached build: the C it is made from and how it is compiled."""
+    digest = hashlib.sha256(json.dumps([units, _CFLAGS, _LDFLAGS, arch]).encode())
+    return digest.hexdigest()[:12]
 
 
 def build(functions: int, arch: str = "x64", seed: int = 11, out: Path = OUT) -> Path:
     """The driver for these parameters (built now, or from the cache); its ground truth is
     `<driver>.json` beside it: {"tags": [...], "code_bytes": N, ...}."""
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"big_{functions}_{arch}_{seed}_{_script_hash()}.sys"
+    units, tags = generate(functions, seed)
+    target = out / f"big_{functions}_{arch}_{seed}_{_source_hash(units, arch)}.sys"
     if target.is_file() and target.with_suffix(".json").is_file():
         return target
     prefix = "x86_64-w64-mingw32-" if arch == "x64" else "i686-w64-mingw32-"
@@ -199,7 +203,6 @@ def build(functions: int, arch: str = "x64", seed: int = 11, out: Path = OUT) ->
             f"{prefix}gcc not found: apt-get install -y gcc-mingw-w64-x86-64 "
             "gcc-mingw-w64-i686 binutils-mingw-w64"
         )
-    units, tags = generate(functions, seed)
     with tempfile.TemporaryDirectory(prefix="bigdrv-") as tmp:
         work = Path(tmp)
         definition = work / "extra.def"
