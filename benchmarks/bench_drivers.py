@@ -1,16 +1,26 @@
-"""Driver attribution throughput: `pooltagscan drivers` over a batch of driver files.
+"""Driver attribution throughput: `pooltagscan drivers` over a batch of driver files, and
+over real-size drivers.
 
-Builds a folder of N driver files (default 500) by copying the sample drivers of
+Part one builds a folder of N driver files (default 500) by copying the sample drivers of
 samples/drivers/ round-robin (x64 and x86; with --include-real also the WinDivert and
 WinPmem drivers the tests cached, when present), then times the real command on it,
-end to end (process start, folder walk, YARA, disassembly, data flow, output):
+end to end (process start, folder walk, YARA, disassembly, data flow, output).
+
+Part two (skipped with --no-real-size) times real-size drivers generated from our own C by
+gen_big_driver.py and built with MinGW-w64 (cached under benchmarks/out/drivers/): a batch
+of four drivers with a few hundred KB of code each (x64 and x86), and one x64 driver with
+about 10 MB of code (--big-functions). Each run's tags are compared with the generator's
+ground truth.
 
     python benchmarks/bench_drivers.py [--count 500] [--jobs N] [--include-real]
+                                       [--no-real-size] [--big-functions 50000]
 
 Each copy is analysed from scratch (nothing is cached between files), so identical
 copies cost what different drivers of the same size would. Prints the seconds, drivers
-per second, and the number of records, and checks every copy gave its expected tags.
-The target is 500 files in under 30 seconds on the 2-core machine, using all cores.
+per second, MB of code per second (bytes of executable sections, 10^6 per MB), and the
+number of records, and checks every file gave its expected tags. The target is 500
+files in under 30 seconds on the 2-core machine, using all cores, and at least 3 MB of
+code per second on the real-size drivers.
 """
 
 from __future__ import annotations
@@ -63,6 +73,56 @@ def expected_tags(files: list[Path]) -> dict[str, set[str]]:
     return expected
 
 
+def _code_bytes(path: Path) -> int:
+    from gen_big_driver import code_bytes
+
+    return code_bytes(path)
+
+
+def _run_cli(paths: list[Path], jobs: int | None) -> tuple[float, subprocess.CompletedProcess]:
+    command = [sys.executable, "-m", "pooltagscan", "drivers", *map(str, paths)]
+    command += ["--format", "jsonl"] + (["--jobs", str(jobs)] if jobs else [])
+    start = time.perf_counter()
+    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True)
+    return time.perf_counter() - start, result
+
+
+def real_size(jobs: int | None, big_functions: int) -> bool:
+    """Time the generated real-size drivers; False when a run's tags were wrong."""
+    sys.path.insert(0, str(HERE))
+    from gen_big_driver import build
+
+    mid = [build(2000, arch, seed) for seed in (11, 12) for arch in ("x64", "x86")]
+    big = [build(big_functions, "x64", 11)]
+    ok = True
+    for title, paths in (("few-hundred-KB batch", mid), ("large driver", big)):
+        seconds, result = _run_cli(paths, jobs)
+        if result.returncode != 0:
+            print(result.stderr, file=sys.stderr)
+            return False
+        found: dict[str, set[str]] = {}
+        for line in result.stdout.splitlines():
+            record = json.loads(line)
+            found.setdefault(record["path"], set()).add(record["tag"])
+        code = sum(_code_bytes(p) for p in paths)
+        sizes = ", ".join(f"{_code_bytes(p) / 1e6:.2f}" for p in paths)
+        print(
+            f"{title}: {len(paths)} driver(s) ({sizes} MB of code) in {seconds:.2f} s: "
+            f"{len(paths) / seconds:.2f} drivers/s, {code / 1e6 / seconds:.2f} MB of code/s, "
+            f"{len(result.stdout.splitlines())} records"
+        )
+        for path in paths:
+            truth = set(json.loads(path.with_suffix(".json").read_text())["tags"])
+            tags = found.get(str(path), set())
+            if tags != truth:
+                ok = False
+                print(
+                    f"{path.name}: {len(truth - tags)} tags missed, {len(tags - truth)} extra",
+                    file=sys.stderr,
+                )
+    return ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=500, help="driver files in the batch")
@@ -70,7 +130,17 @@ def main() -> int:
     parser.add_argument(
         "--include-real", action="store_true", help="also copy the cached real drivers"
     )
+    parser.add_argument(
+        "--no-real-size", action="store_true", help="skip the generated real-size drivers"
+    )
+    parser.add_argument(
+        "--big-functions",
+        type=int,
+        default=50000,
+        help="functions of the large generated driver (50000: about 10 MB of code)",
+    )
     args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
     files = sources(args.include_real)
     expected = expected_tags(files)
     with tempfile.TemporaryDirectory(prefix="pooltagscan-bench-") as tmp:
@@ -100,15 +170,19 @@ def main() -> int:
         for name, source in origin.items()
         if source in expected and found.get(name, set()) != expected[source]
     ]
+    code = sum(_code_bytes(files[n % len(files)]) for n in range(args.count))
     print(
         f"{args.count} driver files ({len(files)} distinct) in {seconds:.2f} s: "
-        f"{args.count / seconds:.1f} drivers/s, {len(result.stdout.splitlines())} records, "
+        f"{args.count / seconds:.1f} drivers/s, {code / 1e6 / seconds:.2f} MB of code/s, "
+        f"{len(result.stdout.splitlines())} records, "
         f"jobs={args.jobs or 'all cores'} ({os.cpu_count()} CPUs)"
     )
     if wrong:
         print(f"{len(wrong)} copies gave unexpected tags, e.g. {wrong[:3]}", file=sys.stderr)
         return 1
     print("every copy gave exactly its ground-truth tags")
+    if not args.no_real_size and not real_size(args.jobs, args.big_functions):
+        return 1
     return 0
 
 

@@ -159,3 +159,38 @@ def test_real_drivers_through_the_cli(real_drivers):
         record = json.loads(line)
         found.setdefault(record["driver"], set()).add(record["tag"])
     assert found == {name: spec[3] for name, spec in DRIVERS.items()}
+
+
+# name -> (TimeDateStamp as ISO UTC, version resource strings), read from the files with
+# pefile by hand; winpmem has no version resource.
+_WINDIVERT_VERSION = {
+    "FileVersion": "1.1.8 built by: WinDDK",
+    "CompanyName": "Basil",
+    "OriginalFilename": "WinDivert.sys",
+    "ProductName": "WinDivert driver",
+}
+IDENTITY = {
+    "WinDivert32.sys": ("2015-07-28T13:55:32Z", "0x014c (I386)", _WINDIVERT_VERSION),
+    "WinDivert64.sys": ("2015-07-28T13:55:14Z", "0x8664 (AMD64)", _WINDIVERT_VERSION),
+    "winpmem_x86.sys": ("2015-03-04T09:52:30Z", "0x014c (I386)", {}),
+    "winpmem_x64.sys": ("2015-03-04T09:52:18Z", "0x8664 (AMD64)", {}),
+}
+
+
+def test_real_drivers_identity_in_json(real_drivers):
+    result = subprocess.run(
+        [sys.executable, "-m", "pooltagscan", "drivers", str(real_drivers), "--format", "json"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    documents = {d["driver"]: d for d in json.loads(result.stdout)["drivers"]}
+    assert {
+        name: (d["timestamp"], d["machine"], d["version"]) for name, d in documents.items()
+    } == IDENTITY
+    assert {name: d["sha256"] for name, d in documents.items()} == {
+        name: spec[1] for name, spec in DRIVERS.items()
+    }

@@ -91,7 +91,9 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     from pooltagscan.drivers.attribution import (
         DriverFailure,
         DriverReport,
+        DriverSkipped,
         expand_paths,
+        folder_notes,
         scan_batch,
     )
     from pooltagscan.drivers.yarascan import RuleSet
@@ -116,10 +118,14 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         note(args, remark)
     counts = {"analysed": 0, "with_tags": 0, "unresolved": 0}
     failures: list[DriverFailure] = []
+    seen: list[DriverReport | DriverFailure | DriverSkipped] = []
 
     def results() -> Iterator[tuple[DriverReport, list[Finding]]]:
         nonlocal status
-        for result in scan_batch(expansion.files, rules, args.jobs):
+        for result in scan_batch(expansion.files, rules, args.jobs, walked=expansion.walked):
+            seen.append(result)
+            if isinstance(result, DriverSkipped):
+                continue  # counted per folder below
             if isinstance(result, DriverFailure):
                 error(str(result))
                 failures.append(result)
@@ -138,6 +144,8 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
 
     view = DriversView(results(), failures)
     write_view(args.format, out, view)
+    for remark in folder_notes(expansion, seen):
+        note(args, remark)
     analysed, with_tags, unresolved = counts["analysed"], counts["with_tags"], counts["unresolved"]
     if analysed:
         outputs.keep = True

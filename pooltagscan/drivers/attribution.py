@@ -11,7 +11,7 @@ per file in input order. Nothing here prints.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import capstone
@@ -36,8 +36,9 @@ from pooltagscan.drivers.dataflow import (
     TagResolver,
 )
 from pooltagscan.drivers.disasm import MAX_INSTRUCTIONS, NO_FALLTHROUGH, CodeIndex
+from pooltagscan.drivers.fileinfo import FileInfo, file_info
 from pooltagscan.drivers.indirect import data_references, find_indirect
-from pooltagscan.drivers.pe import DriverImage, load_image, read_file
+from pooltagscan.drivers.pe import DriverImage, NotADriver, load_image, read_file
 from pooltagscan.drivers.yarascan import RuleSet, is_tag_like
 from pooltagscan.errors import InputError
 from pooltagscan.tags.patterns import tag_from_bytes
@@ -49,6 +50,7 @@ __all__ = [
     "AnalysisContext",
     "DriverFailure",
     "DriverReport",
+    "DriverSkipped",
     "Finding",
     "Unresolved",
     "analyze_file",
@@ -147,9 +149,19 @@ class DriverReport:
     #: Pool APIs called without being imported: resolved by name at run time
     #: (MmGetSystemRoutineAddress, VideoPortGetProcAddress) or through the KMDF table.
     indirect_apis: tuple[str, ...] = ()
+    # How rows name the file (set by scan_batch): its path relative to the folder it was
+    # found in, or the path as given; empty means "the path".
+    label: str = ""
+    info: FileInfo | None = None  # sha256, PE timestamp, machine, version resource
 
     @property
     def name(self) -> str:
+        """What rows call the file: unique within a batch, unlike the base name (a
+        DriverStore has one `foo.sys` per package version folder)."""
+        return self.label or self.path
+
+    @property
+    def basename(self) -> str:
         return os.path.basename(self.path)
 
 
@@ -162,6 +174,15 @@ class DriverFailure:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class DriverSkipped:
+    """A file found by a folder walk that is a PE image but not a kernel driver (a
+    user-mode DLL or EXE, an EFI image; `pe.NotADriver`): counted, not an error."""
+
+    path: str
+    reason: str
 
 
 @dataclass
@@ -318,6 +339,7 @@ def _register_family(name: str) -> str:
 def analyze_image(image: DriverImage, context: AnalysisContext) -> DriverReport:
     """Attribute the tags of one validated image."""
     report = DriverReport(image.path, image.arch)
+    report.info = file_info(image.data, image.pe, report.notes)
     if not context.rules.imports_pool_api(image.data):
         return report
     imported = _pool_slots(image, context, report)
@@ -409,28 +431,53 @@ def analyze_file(path: str, context: AnalysisContext) -> DriverReport:
 
 @dataclass
 class Expansion:
-    """The files a list of paths names, what could not be used, and what was passed over."""
+    """The files a list of paths names, what could not be used, and what was passed over.
+
+    `walked` maps each file found inside a folder to its path relative to that folder
+    (how rows name it); files named directly are not in it. `folders` counts the
+    regular files seen under each folder argument (for "empty folder" / "no driver").
+    """
 
     files: list[str] = field(default_factory=list)
     failures: list[DriverFailure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    walked: dict[str, str] = field(default_factory=dict)
+    folders: dict[str, int] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)  # walked file -> folder argument
+
+
+_PE_PROBE_BYTES = 4096
 
 
 def _is_pe_candidate(path: str) -> bool:
+    """Whether a file found in a folder should be analysed: a PE image (MZ header, and
+    the PE signature where the header says), or anything named `.sys`, which is meant to
+    be a driver and so is reported when it is not one."""
+    if path.lower().endswith(".sys"):
+        return True
     try:
         with open(path, "rb") as handle:
-            return handle.read(2) == b"MZ"
+            head = handle.read(_PE_PROBE_BYTES)
     except OSError:
         return True  # let the analysis report why it cannot be read
+    if head[:2] != b"MZ":
+        return False
+    if len(head) < 64:
+        return True  # a cut MZ file: the analysis says how it is broken
+    pe_offset = int.from_bytes(head[0x3C:0x40], "little")
+    if pe_offset + 4 > len(head):
+        return True  # a header this far in (or past the end): the analysis decides
+    return head[pe_offset : pe_offset + 4] == b"PE\0\0"
 
 
 def expand_paths(paths: Iterable[str]) -> Expansion:
     """Files named directly, plus every file under named folders (recursively).
 
     A file named on the command line is always analysed, so a wrong one is reported.
-    Inside folders only files starting with the `MZ` signature are taken: a DriverStore
-    or a copy of System32\\drivers also holds .inf, .cat and .mui files that are not
-    worth an error line each; how many were passed over is noted instead.
+    Inside folders only PE images and `.sys` files are taken: a DriverStore or a copy of
+    System32\\drivers also holds .inf, .cat and .mui files that are not worth an error
+    line each; how many were passed over is noted instead. (PE images that are not
+    kernel drivers are passed over later, by the analysis: see `scan_batch`.)
     """
     result = Expansion()
     for path in paths:
@@ -440,18 +487,58 @@ def expand_paths(paths: Iterable[str]) -> Expansion:
             else:
                 result.files.append(path)
             continue
-        passed_over = 0
+        passed_over = seen = 0
         for root, dirs, names in os.walk(path, onerror=lambda exc: _walk_error(exc, result)):
             dirs.sort()
             for name in sorted(names):
                 full = os.path.join(root, name)
-                if os.path.isfile(full) and _is_pe_candidate(full):
+                if not os.path.isfile(full):
+                    passed_over += 1
+                    continue
+                seen += 1
+                if _is_pe_candidate(full):
                     result.files.append(full)
+                    result.walked[full] = os.path.relpath(full, path)
+                    result.origin[full] = path
                 else:
                     passed_over += 1
+        result.folders[path] = seen
         if passed_over:
             result.notes.append(f"{path}: {passed_over} file(s) without a PE header passed over")
     return result
+
+
+def folder_notes(
+    expansion: Expansion, results: Iterable[DriverReport | DriverFailure | DriverSkipped]
+) -> list[str]:
+    """One line per folder argument about what its walk found besides drivers.
+
+    `results` are the batch's results (any order). Says how many PE images were passed
+    over as not kernel drivers, and says so when a folder is empty or held no driver,
+    so a wrong folder does not end silently with "0 drivers analysed".
+    """
+    skipped: dict[str, int] = dict.fromkeys(expansion.folders, 0)
+    drivers: dict[str, int] = dict.fromkeys(expansion.folders, 0)
+    for result in results:
+        folder = expansion.origin.get(result.path)
+        if folder is None:
+            continue
+        if isinstance(result, DriverSkipped):
+            skipped[folder] += 1
+        else:
+            drivers[folder] += 1
+    notes = []
+    for folder, seen in expansion.folders.items():
+        if skipped[folder]:
+            notes.append(
+                f"{folder}: {skipped[folder]} file(s) that are not kernel drivers skipped "
+                "(user-mode, EFI or native user-mode images)"
+            )
+        if not seen:
+            notes.append(f"{folder}: empty folder, no driver to analyse")
+        elif not drivers[folder]:
+            notes.append(f"{folder}: no kernel driver among its {seen} file(s)")
+    return notes
 
 
 def _walk_error(exc: OSError, result: Expansion) -> None:
@@ -491,9 +578,13 @@ def _init_worker(rule_files: Sequence[str], ordinals: dict) -> None:
     _WORKER_CONTEXT = AnalysisContext(RuleSet(rule_files), ordinals)
 
 
-def _analyze_or_fail(path: str, context: AnalysisContext) -> DriverReport | DriverFailure:
+def _analyze_or_fail(
+    path: str, context: AnalysisContext
+) -> DriverReport | DriverFailure | DriverSkipped:
     try:
         return analyze_file(path, context)
+    except NotADriver as exc:
+        return DriverSkipped(path, exc.problem)
     except InputError as exc:
         return DriverFailure(path, exc.problem)
     except Exception as exc:
@@ -504,26 +595,45 @@ def _analyze_or_fail(path: str, context: AnalysisContext) -> DriverReport | Driv
         return DriverFailure(path, f"analysis failed ({type(exc).__name__}: {exc})")
 
 
-def _worker(path: str) -> DriverReport | DriverFailure:
+def _worker(path: str) -> DriverReport | DriverFailure | DriverSkipped:
     assert _WORKER_CONTEXT is not None
     return _analyze_or_fail(path, _WORKER_CONTEXT)
 
 
 def scan_batch(
-    files: Sequence[str], rules: RuleSet, jobs: int = 1
-) -> Iterator[DriverReport | DriverFailure]:
+    files: Sequence[str],
+    rules: RuleSet,
+    jobs: int = 1,
+    walked: Mapping[str, str] | None = None,
+) -> Iterator[DriverReport | DriverFailure | DriverSkipped]:
     """Analyse `files` (already expanded), yielding results in input order.
 
-    Worker processes compile the same rule files again (compiled YARA rules cannot be
-    sent to them); the caller builds `rules` first so a bad rule file stops the
-    command before any work starts.
+    `walked` maps the files a folder walk found to their paths relative to the folder
+    (`Expansion.walked`): their reports are labelled with it, and those that are PE
+    images but not kernel drivers come back as `DriverSkipped`. Every other file is
+    labelled with its path as given, and not being a driver is a `DriverFailure`: the
+    user named it. Worker processes compile the same rule files again (compiled YARA
+    rules cannot be sent to them); the caller builds `rules` first so a bad rule file
+    stops the command before any work starts.
     """
+    walked = walked or {}
     ordinals = ordinal_exports(files)
     if jobs <= 1 or len(files) < _MIN_PARALLEL_FILES:
         context = AnalysisContext(rules, ordinals)
-        for path in files:
-            yield _analyze_or_fail(path, context)
-        return
-    yield from ordered_map(
-        _worker, files, jobs, initializer=_init_worker, initargs=(rules.user_files, ordinals)
-    )
+        results: Iterable = (_analyze_or_fail(path, context) for path in files)
+    else:
+        results = ordered_map(
+            _worker, files, jobs, initializer=_init_worker, initargs=(rules.user_files, ordinals)
+        )
+    try:
+        for path, result in zip(files, results):
+            label = walked.get(path)
+            if isinstance(result, DriverSkipped) and label is None:
+                result = DriverFailure(path, result.reason)
+            elif isinstance(result, DriverReport):
+                result.label = label or path
+            yield result
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stops the workers at once when the caller stops early

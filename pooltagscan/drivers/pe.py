@@ -26,6 +26,7 @@ __all__ = [
     "MAX_IMAGE_BYTES",
     "DriverImage",
     "ImportEntry",
+    "NotADriver",
     "Section",
     "load_image",
     "read_file",
@@ -58,6 +59,7 @@ _SUBSYSTEMS = {
 }
 _EFI_SUBSYSTEMS = {10: "EFI application", 11: "EFI boot service driver", 12: "EFI runtime driver"}
 _NATIVE = 1
+_SUBSYSTEM_OFFSET = 68  # in the optional header, the same for PE32 and PE32+
 _USER_MODE_MODULES = frozenset({"ntdll.dll", "kernel32.dll", "kernelbase.dll", "user32.dll"})
 
 _SCN_CNT_CODE = 0x20
@@ -78,6 +80,16 @@ _PEFILE_ERRORS = (
     AttributeError,
     OverflowError,
 )
+
+
+class NotADriver(InputError):
+    """A well-formed PE image that is not kernel-mode code: a user-mode DLL or EXE, an
+    EFI image, a native user-mode program (smss.exe).
+
+    Kept apart from other input errors because a folder walk passes such files over
+    (a DriverStore holds the user-mode half of each driver package next to the .sys),
+    while a file named on the command line is still an error.
+    """
 
 
 @dataclass(frozen=True)
@@ -269,7 +281,7 @@ class DriverImage:
         modules = {module_key(e.module) for e in entries}
         if modules & _USER_MODE_MODULES and not modules & KERNEL_MODULES:
             which = min(modules & _USER_MODE_MODULES)
-            raise InputError(
+            raise NotADriver(
                 self.path, f"native user-mode image (imports {which}), not a kernel driver"
             )
 
@@ -323,6 +335,11 @@ def check_head(path: str, head: bytes, size: int) -> str:
         return ""  # a header this far in is odd but legal; load_image decides
     if bytes(head[pe_offset : pe_offset + 4]) != b"PE\0\0":
         raise InputError(path, "not a PE image (MZ header without a PE signature)")
+    (optional_size,) = struct.unpack_from("<H", head, pe_offset + 20)
+    subsystem_at = pe_offset + 24 + _SUBSYSTEM_OFFSET
+    if optional_size >= _SUBSYSTEM_OFFSET + 2 and subsystem_at + 2 <= len(head):
+        # Before the machine: an ARM64 user-mode DLL is "not a driver", not "unsupported".
+        check_subsystem(path, struct.unpack_from("<H", head, subsystem_at)[0])
     (machine,) = struct.unpack_from("<H", head, pe_offset + 4)
     arch = _MACHINES.get(machine)
     if arch is None:
@@ -333,6 +350,19 @@ def check_head(path: str, head: bytes, size: int) -> str:
             "only x86 and x64 drivers are analysed",
         )
     return arch
+
+
+def check_subsystem(path: str, subsystem: int) -> None:
+    """NotADriver unless the optional header's subsystem is native (what a .sys states)."""
+    if subsystem in _EFI_SUBSYSTEMS:
+        raise NotADriver(
+            path, f"EFI image ({_EFI_SUBSYSTEMS[subsystem]}), not a Windows kernel driver"
+        )
+    if subsystem != _NATIVE:
+        kind = _SUBSYSTEMS.get(subsystem)
+        if kind is None:
+            raise NotADriver(path, f"not a kernel driver (unknown subsystem {subsystem})")
+        raise NotADriver(path, f"user-mode image ({kind} subsystem), not a kernel driver")
 
 
 def load_image(path: str, data: bytes | None = None) -> DriverImage:
@@ -356,16 +386,7 @@ def load_image(path: str, data: bytes | None = None) -> DriverImage:
             f"malformed PE: {arch} machine with a "
             f"{'PE32+' if optional.Magic == 0x20B else 'PE32'} optional header",
         )
-    subsystem = optional.Subsystem
-    if subsystem in _EFI_SUBSYSTEMS:
-        raise InputError(
-            path, f"EFI image ({_EFI_SUBSYSTEMS[subsystem]}), not a Windows kernel driver"
-        )
-    if subsystem != _NATIVE:
-        kind = _SUBSYSTEMS.get(subsystem)
-        if kind is None:
-            raise InputError(path, f"not a kernel driver (unknown subsystem {subsystem})")
-        raise InputError(path, f"user-mode image ({kind} subsystem), not a kernel driver")
+    check_subsystem(path, optional.Subsystem)
     sections = []
     for raw in pe.sections:
         name = one_line(raw.Name.rstrip(b"\0").decode("latin-1"))

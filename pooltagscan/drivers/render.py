@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pooltagscan.errors import one_line
 from pooltagscan.render.view import Column, Table, View
 from pooltagscan.render.writers import Writer, formats
 from pooltagscan.tags.patterns import is_printable_byte
@@ -53,6 +54,7 @@ FIELDS = (
     "via",
     "source",
     "rule",
+    "sha256",
 )
 _CONFIDENCE_ORDER = {"high": 0, "medium": 1, "low": 2}
 
@@ -74,6 +76,7 @@ def finding_record(report: DriverReport, finding: Finding) -> dict[str, Any]:
         "via": list(finding.via),
         "source": finding.source,
         "rule": finding.rule,
+        "sha256": report.info.sha256 if report.info else None,
     }
 
 
@@ -90,6 +93,7 @@ def _csv_cells(report: DriverReport, finding: Finding) -> list[Any]:
     record["via"] = " ".join(_hex(v) for v in finding.via)
     record["protected"] = "yes" if finding.protected else ""
     record["rule"] = finding.rule or ""
+    record["sha256"] = record["sha256"] or ""
     return [record[name] for name in FIELDS]
 
 
@@ -99,7 +103,10 @@ def _driver_document(report: DriverReport, findings: Sequence[Finding]) -> dict[
         "driver": report.name,
         "path": report.path,
         "arch": report.arch,
+        **(report.info.as_dict() if report.info else {}),
         "pool_apis": list(report.pool_apis),
+        # Pool APIs called without an import: resolved by name at run time or via KMDF.
+        "indirect_apis": list(report.indirect_apis),
         "call_sites": report.call_sites,
         "untagged_frees": report.untagged_frees,
         "findings": [finding_record(report, f) for f in findings],
@@ -211,7 +218,14 @@ def localtag_tag(raw: bytes) -> str:
 
 class LocaltagWriter(Writer):
     """PoolMon localtag.txt: `Tag - driver.sys - APIs [confidence]`, sorted by tag; a
-    format of the drivers view only."""
+    format of the drivers view only.
+
+    The driver is the file's base name (PoolMon's Driver column; a relative path could
+    hold the ` - ` separator). PoolMon reads a tag as four literal characters, so a tag
+    whose text needs an `\\xNN` escape (a non-printable byte, or one our own database
+    parser reads specially) is written as a `//` comment line, never as an entry
+    PoolMon would misread: the JSON output keeps its exact bytes.
+    """
 
     def write(self, view: View) -> int:
         entries: dict[tuple[bytes, str], tuple[set[str], str]] = {}
@@ -230,7 +244,7 @@ class LocaltagWriter(Writer):
         for f in findings:
             # The protected bit is not part of the tag a database lists.
             raw = f.raw if not f.protected else f.raw[:3] + bytes([f.raw[3] & 0x7F])
-            key = (raw, report.name)
+            key = (raw, one_line(report.basename))  # a file name may hold a newline
             apis, best = entries.get(key, (set(), "low"))
             apis.add(f.api)
             if _CONFIDENCE_ORDER[f.confidence] < _CONFIDENCE_ORDER[best]:
@@ -241,7 +255,10 @@ class LocaltagWriter(Writer):
         lines = ["rem Pool tags attributed to drivers by `pooltagscan drivers`\n"]
         for (raw, driver), (apis, best) in sorted(entries.items()):
             tag = localtag_tag(raw)
-            lines.append(f"{tag:<4} - {driver} - {', '.join(sorted(apis))} [{best}]\n")
+            line = f"{tag:<4} - {driver} - {', '.join(sorted(apis))} [{best}]"
+            if "\\x" in tag:  # a backslash is itself escaped, so this is an escape
+                line = f"// {line} (tag not printable as text: PoolMon cannot read it)"
+            lines.append(line + "\n")
         self.out.write("".join(lines))
 
 

@@ -12,9 +12,10 @@ A rule's YARA tag says what it is for:
   to an instruction with a printable 4-byte immediate becomes a low-confidence tag.
 
 Our own rules live in the repository's top-level `rules/drivers/` folder, the one place
-they are kept. `pool_imports.yar` there is generated from the API table
-(`pool_import_rule_source()`, a test keeps the two identical). When the package runs
-from an installation without that folder, the prefilter falls back to the same rule
+they are kept; the build (setup.py) copies them into the package as
+`pooltagscan/_rules/drivers/`, so an installed wheel has them too. `pool_imports.yar`
+is generated from the API table (`pool_import_rule_source()`, a test keeps the two
+identical). Should neither folder be there, the prefilter falls back to the same rule
 text built in memory, and the YARA fallback is off unless the user names rule files
 with `--rules` (or points `POOLTAGSCAN_RULES` at a folder of them). Users' rule files
 follow the same tag convention; a rule with neither tag is an error, because it would
@@ -54,13 +55,17 @@ _PREFILTER_FILE = "pool_imports.yar"
 
 def builtin_rules_dir() -> Path | None:
     """The folder of our own rule files: `$POOLTAGSCAN_RULES`, else the checkout's
-    `rules/drivers/` beside the package (there when running from the source tree or an
-    editable install), else None."""
+    `rules/drivers/` beside the package (running from the source tree or an editable
+    install: the checkout is the truth, never a stale copy), else the copy installed
+    with the package (`pooltagscan/_rules/drivers/`, a wheel install), else None."""
     configured = os.environ.get(RULES_ENV)
     if configured:
         return Path(configured)
-    candidate = Path(__file__).resolve().parents[2] / "rules" / "drivers"
-    return candidate if candidate.is_dir() else None
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package.parent / "rules" / "drivers", package / "_rules" / "drivers"):
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def pool_import_rule_source() -> str:
@@ -184,8 +189,8 @@ class RuleSet:
         self.immediates = yara.compile(filepaths=immediate_files) if immediate_files else None
         if self.immediates is None:
             self.notes.append(
-                "no tag_immediate YARA rules found (the repository's rules/drivers/ folder is not "
-                "installed with the package): the low-confidence fallback is off; "
+                "no tag_immediate YARA rules found (neither the checkout's rules/drivers/ nor "
+                "the installed pooltagscan/_rules/drivers/): the low-confidence fallback is off; "
                 f"use --rules or set {RULES_ENV}"
             )
 

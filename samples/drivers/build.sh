@@ -100,9 +100,17 @@ x86_64-w64-mingw32-gcc -shared -nostdlib -s -Wl,--subsystem,native -Wl,--no-inse
     -Wl,--image-base,0x140000000 -Wl,--entry,FakeEntry "$WORK/fake_ntoskrnl.o" \
     defs/fake_ntoskrnl.def -o ordinal/ntoskrnl.exe
 
+# A driver with a version resource (the file identity `drivers --format json` reports).
+mkdir -p version
+x86_64-w64-mingw32-windres src/versioned.rc -O coff -o "$WORK/versioned.res.o"
+x86_64-w64-mingw32-gcc "${CFLAGS[@]}" -mno-stack-arg-probe -I"$DDK" -c src/nopool.c \
+    -o "$WORK/versioned.o"
+x86_64-w64-mingw32-gcc "${LDFLAGS[@]}" -Wl,--image-base,0x140000000 -Wl,--entry,DriverEntry \
+    "$WORK/versioned.o" "$WORK/versioned.res.o" -o version/versioned_x64.sys -lntoskrnl
+
 # A user-mode DLL: a bad input (not a kernel driver).
 x86_64-w64-mingw32-gcc -O2 -Wall -Werror -shared -nostdlib -s -Wl,--no-insert-timestamp \
     -Wl,--entry,DllMain -fno-asynchronous-unwind-tables src/usermode.c \
     -o bad/usermode_x64.dll -lkernel32
 
-ls -l ./*.sys ordinal/* bad/*
+ls -l ./*.sys ordinal/* bad/* version/*
