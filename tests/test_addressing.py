@@ -198,7 +198,7 @@ def test_search_rejects_hostile_tables(tmp_path):
 
 # ------------------------------------------------------------------ x86 PAE
 
-PDPT_PAGE, PDPT_AT = 2, 0x40
+PDPT_PAGE, PDPT_AT = 20, 0x40  # after PD3: PD3's first entries name the same directories
 PDS = (3, 4, 9, 12)  # not consecutive: the search must not rely on Windows' layout
 PAE_VA = 0x8123_4000
 PAE_LARGE = 0xC480_0000

@@ -90,7 +90,7 @@ def mapped_row(family: str) -> dict:
         )
 
     rows = [r for r in manifest["kernel_mappings"] if r["page_size"] == PAGE and alone(r)]
-    return sorted(rows, key=lambda r: None not in r["pages"])[0]
+    return min(rows, key=lambda r: None not in r["pages"])
 
 
 @pytest.mark.parametrize("family", sorted(PAGED))

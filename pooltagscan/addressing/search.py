@@ -36,6 +36,7 @@ from pooltagscan.inputs.base import MemoryImage
 
 WINDOW_BYTES = 32 << 20
 MIN_KERNEL_ENTRIES = 2  # present kernel-half entries (besides the self-map) a root needs
+PDPTE_RESERVED = 0x1E6
 MAX_CANDIDATES = 4096  # self-referencing pages kept for checking (a system has ~100s)
 # Where the self-map entry may sit, per mode: (first index, last index + 1).
 SELF_MAP_RANGE = {X64: (0x100, 0x1FF), PAE: (3, 4), X86: (0x300, 0x301)}
@@ -179,8 +180,10 @@ def find_pdpt(image: MemoryImage, directories: tuple[int | None, ...],
     mask = FRAME64 | PRESENT
 
     def matches(data: bytes) -> bool:
+        # PDPTE bits 1, 2, 5-8 are reserved (must be 0): this also tells the PDPT from
+        # PD3's first four entries, which name the same four directories (RW, A, D set).
         got = struct.unpack("<4Q", data)
-        return all((g & mask) == w for g, w in zip(got, want))
+        return all((g & mask) == w and not g & PDPTE_RESERVED for g, w in zip(got, want))
 
     pd0 = directories[0]
     if pd0 is not None and pd0 >= PAGE_SIZE:
