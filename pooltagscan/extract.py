@@ -17,10 +17,12 @@ manifests are written as the run goes. What is read:
 - a block found by its header: `size` bytes from the header on; in a physical dump a
   block is cut at its page's end (the next physical page is unrelated memory; such a
   block is counted in `clipped`);
-- a big-pool allocation: its address is a kernel virtual address, which a physical dump
-  cannot be read at without address translation, so there it is skipped and counted
-  (`skipped_bigpool`); a kernel minidump's space is virtual, so there it is read, the
-  bytes the minidump does not hold reading as zeros.
+- a big-pool allocation: its address is a kernel virtual address. A kernel minidump's
+  space is virtual, so there it is read, the bytes the minidump does not hold reading as
+  zeros. A physical dump is read through the kernel's page tables when they are found
+  (`addressing`): pages they do not map or the dump does not hold are written as zeros
+  and counted in the row's `missing` (bytes) and the run's `missing_bytes`. Without
+  page tables such allocations are skipped and counted (`skipped_bigpool`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pooltagscan.addressing import PageTables, read_virtual
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs.base import MemoryImage
 from pooltagscan.layouts import PAGE_SIZE
@@ -55,6 +58,7 @@ MANIFEST_FIELDS = (
     "confidence",
     "protected",
     "entry",
+    "missing",
 )
 CHUNK_BYTES = 1 << 20
 _SAFE = frozenset((string.ascii_letters + string.digits + "-_").encode())
@@ -79,6 +83,8 @@ class ExtractResult:
     skipped_bigpool: int = 0  # big-pool allocations at virtual addresses of a physical dump
     clipped: int = 0  # blocks cut at their page's end (physical dumps)
     short: int = 0  # allocations the dump held fewer bytes of than their size
+    translated: int = 0  # big-pool allocations read through the kernel page tables
+    missing_bytes: int = 0  # ... bytes of theirs written as zeros (unmapped or not held)
     names: set[str] = field(default_factory=set, repr=False)  # big-pool files, for repeats
 
     def summary(self) -> dict[str, int]:
@@ -88,6 +94,8 @@ class ExtractResult:
             "skipped_bigpool": self.skipped_bigpool,
             "clipped": self.clipped,
             "short": self.short,
+            "translated_bigpool": self.translated,
+            "missing_bytes": self.missing_bytes,
         }
 
 
@@ -138,6 +146,17 @@ def _chunks(image: MemoryImage, address: int, length: int, digest) -> Iterator[b
         yield data
 
 
+def _translated_chunks(
+    image: MemoryImage, tables: PageTables, address: int, length: int, digest, missing: list[int]
+) -> Iterator[bytes]:
+    """A big-pool allocation's bytes through the page tables; `missing[0]` counts the
+    bytes written as zeros."""
+    for data, absent in read_virtual(image, tables, address, length, CHUNK_BYTES):
+        missing[0] += absent
+        digest.update(data)
+        yield data
+
+
 def _file_name(row: dict[str, Any], result: ExtractResult) -> str:
     folder = safe_tag(row["tag_value"])
     if row["source"] != "bigpool":
@@ -164,18 +183,19 @@ def extract(
     docstring), then the manifests (whose head is `meta`)."""
     image = prepared.image
     virtual = image.format == "minidump"
+    tables = None if virtual else prepared.kernel_space().tables
     result = ExtractResult()
     names = TagNames()
-    manifest = Manifest(folder, meta)
+    manifest = Manifest(folder, meta | {"kernel_space": prepared.kernel_space().as_dict()})
     try:
         for records in run(prepared, record_filter, jobs, progress):
             if not records.size:
                 continue
-            if not virtual:
+            if not virtual and tables is None:
                 result.skipped_bigpool += int((records["source"] == SOURCE_BIGPOOL).sum())
                 records = records[records["source"] != SOURCE_BIGPOOL]
             for value, rec in zip(records["tag"].tolist(), to_dicts(records, names)):
-                _write_one(image, virtual, folder, manifest, result, value, rec)
+                _write_one(image, virtual, folder, manifest, result, value, rec, tables)
         manifest.commit(result.summary())
     finally:
         manifest.discard()
@@ -190,6 +210,7 @@ def _write_one(
     result: ExtractResult,
     tag_value: int,
     rec: dict[str, Any],
+    tables: PageTables | None = None,
 ) -> None:
     address, size = rec["offset"], rec["size"]
     length = size
@@ -199,7 +220,16 @@ def _write_one(
     row = {"address": address, "tag_value": tag_value, "source": rec["source"]}
     name = _file_name(row, result)
     digest = hashlib.sha256()
-    written = folder.write(name, _chunks(image, address, length, digest))
+    missing = None
+    if tables is not None and rec["source"] == "bigpool":
+        counter = [0]
+        chunks = _translated_chunks(image, tables, address, length, digest, counter)
+        written = folder.write(name, chunks)
+        missing = counter[0]
+        result.translated += 1
+        result.missing_bytes += missing
+    else:
+        written = folder.write(name, _chunks(image, address, length, digest))
     result.short += written < length
     result.files += 1
     result.bytes += written
@@ -217,5 +247,6 @@ def _write_one(
             "confidence": rec["confidence"],
             "protected": rec["protected"],
             "entry": rec.get("entry"),
+            "missing": missing,
         }
     )

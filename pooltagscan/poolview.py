@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pooltagscan.addressing import read_virtual
 from pooltagscan.filters import RecordFilter
 from pooltagscan.layouts import LAYOUTS, PAGE_SIZE
 from pooltagscan.records import (
@@ -260,10 +261,7 @@ def _read_holding(prepared: PreparedScan, view: PoolView) -> None:
     image = prepared.image
     virtual = image.format == "minidump"
     if block.source == "bigpool" and not virtual:
-        view.data_notes.append(
-            f"no bytes shown: the big-pool allocation's address {block.offset:#x} is virtual "
-            "and this dump's addresses are physical (no address translation)"
-        )
+        _read_translated(prepared, view, block)
         return
     length = min(block.size, HEXDUMP_LIMIT)
     if not virtual:
@@ -283,4 +281,35 @@ def _read_holding(prepared: PreparedScan, view: PoolView) -> None:
     if virtual and not bool(image.captured(np.array([block.offset], np.uint64), length)[0]):
         view.data_notes.append(
             "the minidump does not hold every byte of this block: missing bytes read as 00"
+        )
+
+
+def _read_translated(prepared: PreparedScan, view: PoolView, block: PoolBlock) -> None:
+    """A big-pool allocation of a physical dump, read through the kernel's page tables
+    (pages they do not map, or the dump does not hold, read as 00 and are noted)."""
+    space = prepared.kernel_space()
+    if space.tables is None:
+        why = "; ".join(space.notes) or "no kernel page tables"
+        view.data_notes.append(
+            f"no bytes shown: the big-pool allocation's address {block.offset:#x} is virtual "
+            f"and this dump's addresses are physical; no address translation ({why})"
+        )
+        return
+    length = min(block.size, HEXDUMP_LIMIT)
+    parts = list(read_virtual(prepared.image, space.tables, block.offset, length))
+    view.data = b"".join(data for data, _ in parts)
+    missing = sum(m for _, m in parts)
+    first = space.tables.translate(block.offset)
+    where = "not mapped" if first.physical is None else f"physical {first.physical:#x}"
+    dtb = f"DTB {space.dtb:#x}, " if space.dtb is not None else ""
+    view.data_notes.append(
+        f"read through the kernel page tables ({dtb}found by the {space.method}); the "
+        f"allocation starts at {where}"
+    )
+    if length < block.size:
+        view.data_notes.append(f"the first {length} of the block's {block.size} bytes shown")
+    if missing:
+        view.data_notes.append(
+            f"{missing} of these {length} bytes are in pages the page tables do not map or "
+            "the dump does not hold: they read as 00"
         )

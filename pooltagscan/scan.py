@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pooltagscan.addressing import KernelSpace, kernel_space
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs.base import MemoryImage
 from pooltagscan.layouts import LAYOUTS, Family
@@ -105,9 +106,20 @@ class PreparedScan:
             return "forced"
         return "defaulted" if proves_nothing(self.detection.evidence) else "detected"
 
+    def kernel_space(self) -> KernelSpace:
+        """The kernel's page tables (searched once, on first use: a pass over the dump),
+        for the views that read big-pool allocations at their virtual addresses."""
+        space = self.__dict__.get("_kernel_space")
+        if space is None:
+            arch = self.image.architecture or LAYOUTS[self.config.family].architecture
+            space = kernel_space(self.image, arch)
+            self.__dict__["_kernel_space"] = space
+        return space
+
     def metadata(self) -> dict:
-        """Facts about the scan for JSON outputs and report headers."""
-        return {
+        """Facts about the scan for JSON outputs and report headers (with the kernel
+        address space when `kernel_space` was asked for)."""
+        meta = {
             "dump": self.image.path,
             "format": self.image.format,
             # A flat image does not say; the header family does (x86 or x64).
@@ -118,6 +130,9 @@ class PreparedScan:
             "scanned_bytes": self.image.scanned_bytes,
             "evidence": self.detection.evidence,
         }
+        if "_kernel_space" in self.__dict__:
+            meta["kernel_space"] = self.__dict__["_kernel_space"].as_dict()
+        return meta
 
 
 def known_tag_values(db: TagDatabase | None) -> np.ndarray:

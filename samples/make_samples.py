@@ -30,6 +30,7 @@ if str(HERE) not in sys.path:  # the gen_* helpers live next to this file, not i
 
 from gen_common import PAGE, Spec, header_like, legacy_chain, page_is_clean, tag_text
 from gen_pages import NON_POOL_MAKERS, NON_POOL_WEIGHTS
+from gen_paging import PAGING, plant_page_tables
 from gen_pool import Record, legacy_page, lfh_subsegment, vs_subsegment
 from gen_tables import BIG_FORMATS, TRACKER_FORMATS, big_page_table, tracker_table
 
@@ -133,6 +134,11 @@ def _build(spec: Spec, pages: int, seed: int, tables: bool = True
     for p, kind in enumerate(plan):
         if kind not in POOL_KINDS and kind not in TABLE_KINDS:
             image[p * PAGE : (p + 1) * PAGE] = _clean_page(rng, spec, kind)
+    if tables and spec.name in PAGING:
+        # Last, with a generator of its own: every other byte stays as it was.
+        made = plant_page_tables(seed, PAGING[spec.name], image, plan, planted["bigpool"])
+        if made is not None:
+            planted["kernel_space"], planted["kernel_mappings"] = made
     return image, plan, recs, planted
 
 
@@ -238,7 +244,7 @@ def build_family(name: str, pages: int = DEFAULT_PAGES, seed: int | None = None
 
 def manifest_text(manifest: dict[str, Any]) -> str:
     """JSON with one allocation per line, so a regenerated manifest diffs readably."""
-    listed = ("bigpool", "tracker", "allocations")
+    listed = ("bigpool", "tracker", "kernel_mappings", "allocations")
     head = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in manifest.items() if k not in listed]
     for key in listed:
         if key in manifest:

@@ -125,13 +125,20 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
             args,
             f"{args.dump}: {result.skipped_bigpool} big-pool allocation(s) skipped: their "
             "addresses are kernel virtual addresses, which a physical dump cannot be read at "
-            "without address translation",
+            "without address translation, and no kernel page tables were found",
         )
     if result.clipped:
         note(
             args,
             f"{args.dump}: {result.clipped} block(s) run past their page's end; their files "
             "stop there (the next physical page is unrelated memory)",
+        )
+    if result.translated:
+        note(
+            args,
+            f"{args.dump}: {result.translated} big-pool allocation(s) read through the "
+            f"kernel page tables; {result.missing_bytes:,} of their bytes are in pages not "
+            "mapped or not in the dump and were written as zeros (manifest: missing)",
         )
     if result.short:
         note(args, f"{args.dump}: {result.short} allocation(s) only partly held by the dump")

@@ -101,6 +101,9 @@ class MemoryImage:
     # A flat file whose first bytes read as a document ("an HTML document"): scanned as
     # asked, but the shells warn, and `diff` refuses it (see sniff.text_kind).
     looks_like: str | None = None
+    # The page-table root (CR3) the dump's own header states (crash dumps), if any: the
+    # kernel address space is then built from it rather than searched for (`addressing`).
+    page_table_root: int | None = None
 
     @property
     def scanned_bytes(self) -> int:

@@ -143,6 +143,7 @@ def open_crashdump(source: InputFile, head: bytes) -> MemoryImage:
     )
     image.notes[:0] = notes
     image.architecture = header.architecture
+    image.page_table_root = header.directory_table_base or None
     runs = image.details.pop("segments")
     image.details.update(header.details())
     if header.dump_type == FULL:
