@@ -38,8 +38,9 @@ def test_planted_driver_tags_are_attributed_to_their_drivers():
     for tag in shared:
         row = rows[tag]
         assert row["status"] == "attributed", tag
+        # Files named on the command line are named by their path as given.
         drivers = {c["driver"] for c in row["candidates"]}
-        assert driver_tags[tag] in drivers, (tag, drivers)
+        assert str(DRIVERS / driver_tags[tag]) in drivers, (tag, drivers)
     # attributed rows come first, then unknown ones, then database-known ones
     order = [r["status"] for r in doc["tags"]]
     assert order == sorted(order, key=["attributed", "unknown", "known"].index)
@@ -98,7 +99,7 @@ def test_bad_driver_is_reported_and_the_report_still_written(tmp_path):
         check_exit=2,
     )
     assert "junk.sys" in proc.stderr and "Traceback" not in proc.stderr
-    assert json.loads(proc.stdout)["drivers"][0]["driver"] == "pooltags_x64.sys"
+    assert json.loads(proc.stdout)["drivers"][0]["driver"] == GOOD_DRIVERS[0]
     one_line_error(pooltagscan("report", str(tmp_path / "none.raw"), check_exit=None), "none.raw")
 
 
@@ -233,3 +234,18 @@ def test_big_pool_samples_are_not_read_at_their_virtual_address_in_a_physical_du
         page, big = (s.as_dict() for s in collector.samples["Zq9x"])
         assert "entry" not in page and (big["source"], big["entry"]) == ("bigpool", 0x5018)
         assert big["preview"] == ("01" * 64 if virtual else "")
+
+
+def test_driver_folder_walk_passes_over_user_mode_images(tmp_path):
+    """As `drivers` does: a user-mode DLL found in a folder is counted on stderr, not a
+    problem; the folder's drivers are named by their path under it."""
+    proc = pooltagscan("report", str(SAMPLE), "--drivers", str(DRIVERS), "--format", "json")
+    assert proc.returncode == 0
+    assert (
+        f"pooltagscan: {DRIVERS}: 1 file(s) that are not kernel drivers skipped "
+        "(user-mode, EFI or native user-mode images)"
+    ) in proc.stderr.splitlines()
+    doc = json.loads(proc.stdout)
+    assert doc["problems"] == []
+    names = {d["driver"] for d in doc["drivers"]}
+    assert {"pooltags_x64.sys", "version/versioned_x64.sys"} <= names

@@ -563,12 +563,11 @@ def real_report(tmp_path_factory) -> tuple[Path, dict]:
          "--html", str(out), "--format", "json", "-q"],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
-    # samples/drivers/bad holds a user-mode DLL on purpose: a problem, exit 2, report written
-    assert proc.returncode == 2, proc.stderr
+    # samples/drivers/bad holds a user-mode DLL on purpose: a folder walk passes over it
+    # (counted on stderr, silenced here by -q), so no problem and exit 0.
+    assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["problems"] == [
-        f"{BAD_DRIVER}: user-mode image (Windows CUI subsystem), not a kernel driver"
-    ]
+    assert data["problems"] == []
     return out, data
 
 

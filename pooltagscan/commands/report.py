@@ -101,6 +101,8 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         warn_forced_layout(args, args.dump, args.layout, report.meta.get("evidence") or {})
     for problem in report.problems:
         error(problem)
+    for remark in report.notes:
+        note(args, remark)
     write_view(args.format, outputs.stream("-o"), ReportView(report))
     if args.html:
         from pooltagscan.report.html import write_html

@@ -206,15 +206,18 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
         )
         for warning in prepared.warnings():
             note(args, f"{path}: warning: {warning}")
+        space = None
         if not args.no_tables and (args.verbose or args.format == "json"):
             # A pass over the dump: only when its answer is shown (-v, JSON metadata).
-            detail(args, f"{path}: {prepared.kernel_space().describe()}")
+            space = prepared.kernel_space().describe()
         meta = prepared.metadata()
         bar = ProgressBar(
             f"scanning {os.path.basename(path)}", enabled=False if args.quiet else None
         )
         found = None  # what the summary line counts, when not records
         details: list[str] = []  # lines for -v after the summary
+        if space is not None:
+            details.append(space)
         try:
             if rules is not None:
                 scan = scan_yara(prepared, rules, bar)

@@ -6,7 +6,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from pooltagscan.diff import load_snapshot
-from pooltagscan.drivers.attribution import DriverFailure, expand_paths, scan_batch
+from pooltagscan.drivers.attribution import (
+    DriverFailure,
+    DriverReport,
+    expand_paths,
+    folder_notes,
+    scan_batch,
+)
 from pooltagscan.drivers.yarascan import RuleSet
 from pooltagscan.inputs import open_image
 from pooltagscan.provenance import FileDigest
@@ -49,17 +55,23 @@ def make_report(
 
 def _report(image, driver_paths, db, baseline, layout, jobs, rule_files, progress, check_files):
     problems: list[str] = []
+    notes: list[str] = []
     reports = []
     if driver_paths:
         expansion = expand_paths(driver_paths)
         if check_files is not None:
             check_files(expansion.files)
         problems += [str(f) for f in expansion.failures]
-        for result in scan_batch(expansion.files, RuleSet(rule_files), jobs):
+        walked = expansion.walked
+        seen = []
+        for result in scan_batch(expansion.files, RuleSet(rule_files), jobs, walked=walked):
+            seen.append(result)
             if isinstance(result, DriverFailure):
                 problems.append(str(result))
-            else:
+            elif isinstance(result, DriverReport):
                 reports.append(result)
+            # A DriverSkipped (a user-mode image found in a folder) is counted below.
+        notes += folder_notes(expansion, seen)
     snapshot = load_snapshot(baseline, layout, db, jobs) if baseline else None
 
     start = time.perf_counter()
@@ -88,4 +100,5 @@ def _report(image, driver_paths, db, baseline, layout, jobs, rule_files, progres
         totals=stats.totals(),
         drivers=driver_summaries(reports),
         problems=problems,
+        notes=notes,
     )

@@ -128,6 +128,9 @@ class Report:
     totals: dict[str, int]
     drivers: list[dict[str, Any]]
     problems: list[str] = field(default_factory=list)
+    # What the driver folders' walks passed over (user-mode images) or found empty: for
+    # stderr, not the document.
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
