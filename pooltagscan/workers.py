@@ -128,7 +128,10 @@ def _no_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # None: the handler was not installed from Python (or the interpreter is
+        # shutting down and the module is half gone): nothing to put back.
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

@@ -142,8 +142,12 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
             if findings or matcher is None:
                 yield result, findings
 
-    view = DriversView(results(), failures)
-    write_view(args.format, out, view)
+    rows = results()
+    view = DriversView(rows, failures)
+    try:
+        write_view(args.format, out, view)
+    finally:
+        rows.close()  # an interrupted batch stops its workers now, not at exit
     for remark in folder_notes(expansion, seen):
         note(args, remark)
     analysed, with_tags, unresolved = counts["analysed"], counts["with_tags"], counts["unresolved"]

@@ -216,8 +216,6 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
         )
         found = None  # what the summary line counts, when not records
         details: list[str] = []  # lines for -v after the summary
-        if space is not None:
-            details.append(space)
         try:
             if rules is not None:
                 scan = scan_yara(prepared, rules, bar)
@@ -287,7 +285,7 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
         finally:
             bar.close()
         note(args, f"{path}: {scan_line(prepared, summary, found)}")
-        for line in details:
+        for line in [*details, *([space] if space is not None else [])]:
             detail(args, f"{path}: {line}")
     finally:
         if digest is not None:
