@@ -501,8 +501,10 @@ def test_cli_verbose_keeps_the_detail_lines():
         ),
         f"pooltagscan: {dump}: kernel tracker table found (7 pages); 3 tag(s) disagree with it",
         # This sample has no page tables (see samples/gen_paging.py): said, not an error.
-        f"pooltagscan: {dump}: kernel address space: none (no kernel page-table root found "
-        "(3 self-referencing page(s), none valid): big-pool addresses cannot be translated)",
+        (
+            f"pooltagscan: {dump}: kernel address space: none (no kernel page-table root found "
+            "(3 self-referencing page(s), none valid): big-pool addresses cannot be translated)"
+        ),
     ]
 
 
