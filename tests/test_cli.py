@@ -34,6 +34,22 @@ CONTRACT_KEYS = [
 SAMPLE = DUMPS / "win10-1809-x64.raw"
 
 
+def stderr_lines(stderr: str, *paths: object) -> list[str]:
+    """stderr's lines with times as `T s` and each dump's name whole again: the summary
+    line elides a long path's middle folders to fit 100 columns (render.summary.fit_path);
+    the elided form is checked to be exactly that before it is put back."""
+    from pooltagscan.render.summary import fit_path
+
+    lines = []
+    for line in stderr.splitlines():
+        for path in map(str, paths):
+            shown = fit_path(path, line.split(": ", 2)[-1])
+            if shown != path and line.startswith(f"pooltagscan: {shown}: "):
+                line = f"pooltagscan: {path}: " + line[len(f"pooltagscan: {shown}: ") :]
+        lines.append(re.sub(r"in \d+\.\d\d s", "in T s", line))
+    return lines
+
+
 def pooltagscan(*args: str, env: dict | None = None, check_exit: int | None = 0):
     proc = subprocess.run(
         [sys.executable, "-m", "pooltagscan", *args],
@@ -70,7 +86,7 @@ def test_jsonl_follows_contract_and_manifest():
         )
         assert r["layout"] == "x64"
     # One summary line: 5,533 page records of 820 KiB, over the 2 MiB dump, x64 on 205 pages.
-    line = re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr)
+    line = "\n".join(stderr_lines(proc.stderr, SAMPLE)) + "\n"
     assert (
         line
         == f"pooltagscan: {SAMPLE}: 5,533 records, 820 KiB in T s over 2.0 MiB; x64 (x64 205)\n"

@@ -7,12 +7,12 @@ hand from a hex dump of the file (file offsets given), not from our reader.
 
 from __future__ import annotations
 
-import re
 import struct
 
 import numpy as np
 import pytest
 from conftest import shared_file
+from test_cli import stderr_lines
 
 from pooltagscan import cli
 from pooltagscan.inputs import open_image
@@ -98,7 +98,7 @@ def test_cli_reports_the_dump(capsys, tmp_path):
     # The reader's note, then the one summary line: the 574,245 bytes the blocks hold (not
     # the 472 zero-padded pages), and the 64-bit segment-heap layout named on ARM64.
     assert len(lines) == 2 and "offsets are virtual addresses" in lines[0]
-    assert re.sub(r"in \d+\.\d\d s", "in T s", lines[1]) == (
+    assert stderr_lines(lines[1], path)[0] == (
         f"pooltagscan: {path}: 307 records, 33 KiB in T s over 561 KiB captured; "
         "x64-segment-heap on ARM64 (seg 49)"
     )

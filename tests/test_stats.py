@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DUMPS, carved_truth, load_manifest
-from test_cli import pooltagscan
+from test_cli import pooltagscan, stderr_lines
 
 from pooltagscan.inputs import open_image
 from pooltagscan.layouts import Family
@@ -311,12 +311,13 @@ def test_cli_one_summary_line_per_dump():
     """Without -v, one line per dump: records, bytes, time, extent, layout, evidence."""
     dumps = [str(DUMPS / "win7-x64.raw"), str(DUMPS / "xp-x86.raw")]
     proc = pooltagscan("scan", *dumps, "--stats", "-o", "/dev/null")
-    lines = re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr).splitlines()
+    lines = stderr_lines(proc.stderr, *dumps)
     assert lines == [
         f"pooltagscan: {dumps[0]}: 5,935 records, 49 MiB in T s over 2.0 MiB; x64 (x64 205)",
         f"pooltagscan: {dumps[1]}: 5,999 records, 70 MiB in T s over 2.0 MiB; x86 (x86 205)",
     ]
     assert all(len(line.split(": ", 2)[2]) <= 85 for line in lines)
+    assert all(len(line) <= 99 for line in proc.stderr.splitlines())
 
 
 def test_cli_summary_with_a_filter_counts_kept_records_and_all_pool_pages():
@@ -446,7 +447,7 @@ def test_cli_garbage_says_defaulted_and_warns(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_bytes(b"pool leak notes, not memory\n" * 300)  # 8,400 bytes: two pages
     proc = pooltagscan("scan", str(notes), "--stats", "-o", "/dev/null")
-    lines = re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr).splitlines()
+    lines = stderr_lines(proc.stderr, notes)
     assert lines == [
         (
             f"pooltagscan: {notes}: size 8400 is not a multiple of 4096; the last 208 bytes are "
@@ -470,12 +471,12 @@ def test_cli_summary_counts_hits_and_tracked_tags(tmp_path):
     hits = len(pooltagscan("scan", dump, "--yara", str(rule), "--format", "jsonl", "-q")
                .stdout.splitlines())  # fmt: skip
     proc = pooltagscan("scan", dump, "--yara", str(rule), "-o", "/dev/null")
-    assert re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr) == (
+    assert "\n".join(stderr_lines(proc.stderr, dump)) + "\n" == (
         f"pooltagscan: {dump}: {hits:,} YARA hits in T s over 2.0 MiB; x64 (x64 205)\n"
     )
     doc = json.loads(pooltagscan("scan", dump, "--tracker", "--format", "json", "-q").stdout)
     proc = pooltagscan("scan", dump, "--tracker", "-o", "/dev/null")
-    assert re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr) == (
+    assert "\n".join(stderr_lines(proc.stderr, dump)) + "\n" == (
         f"pooltagscan: {dump}: {len(doc['tags'])} tracked tags, {doc['tracker_pages']} table "
         "pages in T s over 2.0 MiB; x64 (x64 205)\n"
     )
@@ -484,7 +485,7 @@ def test_cli_summary_counts_hits_and_tracked_tags(tmp_path):
 def test_cli_verbose_keeps_the_detail_lines():
     dump = str(DUMPS / "win11-segheap-x64.raw")
     proc = pooltagscan("scan", dump, "--stats", "-v", "-o", "/dev/null")
-    lines = re.sub(r"in \d+\.\d\d s", "in T s", proc.stderr).splitlines()
+    lines = stderr_lines(proc.stderr, dump)
     assert lines == [
         (
             f"pooltagscan: {dump}: raw image; 2.0 MiB scanned; layout detected: x64-segment-heap "
@@ -529,3 +530,19 @@ def test_unique_inverse_equals_numpy_unique(distinct, dtype):
     want_uniq, want_inverse = np.unique(values, return_inverse=True)
     assert uniq.tolist() == want_uniq.tolist()
     assert inverse.tolist() == want_inverse.tolist()
+
+
+def test_summary_line_elides_long_folders_to_fit_100_columns():
+    from pooltagscan.render.summary import LINE_COLUMNS, fit_path
+
+    line = "5,382 records, 820 KiB in 0.42 s over 2.0 MiB; x64 (x64 205)"
+    short = "/cases/host7.raw"
+    assert fit_path(short, line) == short
+    long = "/evidence/2026-12-06/incident-4711/collected/workstations/finance/host7.raw"
+    fitted = fit_path(long, line)
+    assert fitted == "/evidence/…/host7.raw"
+    # Whole folders are kept while they fit: one more would go past the limit.
+    assert len(f"pooltagscan: {fitted}: {line}") <= LINE_COLUMNS
+    assert len(f"pooltagscan: /evidence/2026-12-06/…/host7.raw: {line}") > LINE_COLUMNS
+    assert fit_path("x" * 200 + ".raw", line) == "x" * 200 + ".raw"  # no folder to elide
+    assert fit_path("/a/" + "y" * 120 + ".raw", line) == "…/" + "y" * 120 + ".raw"

@@ -27,7 +27,7 @@ from pooltagscan.provenance import document as provenance
 from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
 from pooltagscan.render.records import FORMATS, make_writer
 from pooltagscan.render.stats import StatsView, summary_line
-from pooltagscan.render.summary import scan_line
+from pooltagscan.render.summary import fit_path, scan_line
 from pooltagscan.render.tracker import TrackerView
 from pooltagscan.render.writers import make_writer as make_view_writer
 from pooltagscan.render.writers import write_view
@@ -284,7 +284,8 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 details.append(summary_line(summary))
         finally:
             bar.close()
-        note(args, f"{path}: {scan_line(prepared, summary, found)}")
+        line = scan_line(prepared, summary, found)
+        note(args, f"{fit_path(path, line)}: {line}")
         for line in [*details, *([space] if space is not None else [])]:
             detail(args, f"{path}: {line}")
     finally:

@@ -43,6 +43,30 @@ def evidence_words(evidence: dict[str, int]) -> str:
     return ", ".join(shown) or "no evidence"
 
 
+# The summary line with its `pooltagscan: DUMP: ` prefix fits this many columns.
+LINE_COLUMNS = 99
+
+
+def fit_path(path: str, line: str, prefix: str = "pooltagscan: ") -> str:
+    """`path` as the summary line names it: whole when `prefix + path + ": " + line`
+    fits LINE_COLUMNS, else with whole folders elided from the middle
+    (`/evidence/…/host7.raw`): the start says where, the end which dump; the file name
+    itself is never cut (detail lines and warnings keep the whole path)."""
+    room = LINE_COLUMNS - len(prefix) - len(line) - 2
+    if len(path) <= room:
+        return path
+    head, sep, name = path.rpartition("/")
+    if not sep:
+        return path  # a bare file name is kept whole, whatever the length
+    kept = ""
+    for part in head.split("/"):
+        longer = f"{kept}{part}/"
+        if len(longer) + len(name) + 2 > room:  # "…/" before the name
+            break
+        kept = longer
+    return f"{kept}…/{name}"
+
+
 def scan_line(prepared: PreparedScan, summary: ScanSummary, found: str | None = None) -> str:
     """The summary of one dump, e.g.
     `5,382 records, 820 KiB in 0.42 s over 2.0 MiB; x64 (x64 205)`.
