@@ -228,7 +228,7 @@ def self_calibrate_process(
     found: dict[str, int] = {}
     longest = max((len(b) for _, b in bodies), default=0)
     names: dict[int, int] = {}
-    for o in range(0, max(0, longest - 15)):
+    for o in range(max(0, longest - 15)):
         n = sum(1 for _, b in bodies if image_name(b, o) is not None)
         if n:
             names[o] = n
