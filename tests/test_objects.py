@@ -202,3 +202,26 @@ def test_real_arm64_minidump_decides_nothing_it_cannot():
     assert doc["objects"]["Driv"]["blocks"] == 2
     assert doc["objects"]["Driv"]["decoded"] == 0
     assert not [r for r in doc["allocations"] if "object" in r]
+
+
+def test_report_lists_freed_and_unlinked_objects(images, tmp_path):
+    path, _ = images["win10-1809-x64"]
+    html = tmp_path / "r.html"
+    doc = json.loads(
+        pooltagscan(
+            "report", str(path), "--objects", "--format", "json", "-q", "--html", str(html)
+        ).stdout
+    )
+    hidden = doc["hidden_objects"]
+    assert [(p["name"], p["pid"], p["found_in"]) for p in hidden["processes"]] == [
+        ("evil.exe", 2208, ["unlinked"]),
+        ("oldtool.exe", 1812, ["freed"]),
+    ]
+    assert [d["name"] for d in hidden["drivers"]] == ["\\Driver\\rootkit"]
+    assert doc["objects"]["Proc"]["build"] == "Windows 10 1809 x64 (10.0.17763)"
+    page = html.read_text()
+    assert 'id="hidden-objects"' in page and "<code>evil.exe</code>" in page
+    text = pooltagscan("report", str(path), "--objects", "-q").stdout
+    assert "unlinked  process pid 2208 ppid 504 'evil.exe' at 0xf000" in text
+    plain = json.loads(pooltagscan("report", str(path), "--format", "json", "-q").stdout)
+    assert "hidden_objects" not in plain and "objects" not in plain
