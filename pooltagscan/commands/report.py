@@ -58,6 +58,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="extra YARA rule file for the driver scan (repeatable)",
     )
+    parser.add_argument(
+        "--objects",
+        action="store_true",
+        help="decode Proc/Thre/Driv/File/Muta blocks and list the processes and drivers "
+        "found only in freed or unlinked blocks",
+    )
     add_dump_options(parser)
     add_output_options(parser)
     parser.set_defaults(func=run_command, inputs=inputs)
@@ -94,6 +100,7 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
             args.rules,
             bar,
             check_files=lambda files: guard_expansion(files, outputs),
+            objects=args.objects,
         )
     finally:
         bar.close()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pooltagscan.commands.common import (
     EXIT_INPUT,
@@ -21,10 +24,18 @@ from pooltagscan.commands.common import (
 from pooltagscan.errors import InputError
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs import open_image
+from pooltagscan.objects import METHODS, decode_records, object_records
 from pooltagscan.progress import ProgressBar
 from pooltagscan.provenance import FileDigest
 from pooltagscan.provenance import document as provenance
-from pooltagscan.records import CONFIDENCE_NAMES, POOL_NAMES, SOURCE_NAMES, STATE_NAMES
+from pooltagscan.records import (
+    CONFIDENCE_NAMES,
+    POOL_NAMES,
+    RECORD_DTYPE,
+    SOURCE_NAMES,
+    STATE_NAMES,
+    concat,
+)
 from pooltagscan.render.records import FORMATS, make_writer
 from pooltagscan.render.stats import StatsView, summary_line
 from pooltagscan.render.summary import fit_path, scan_line
@@ -129,6 +140,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run YARA rules (file or folder, repeatable) over the dump and report each hit "
         "with the pool allocation holding it (--tag then filters by that allocation's tag)",
     )
+    scan.add_argument(
+        "--objects",
+        action="store_true",
+        help="decode the Proc/Thre/Driv/File/Muta blocks: name, pid, ppid, tid, start, "
+        "create/exit time, driver image base/size (fields added to those records)",
+    )
+    scan.add_argument(
+        "--calibration",
+        choices=METHODS,
+        default="auto",
+        help="with --objects: offsets from the public per-build table, else learned from the "
+        "dump (auto), from the table only, or learned from the dump only (self)",
+    )
     scan.set_defaults(func=run_command, inputs=inputs)
 
 
@@ -156,6 +180,8 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
         # Sorting records would hold a whole dump's records in memory; say so rather
         # than ignore the option.
         raise UsageError(SORT_WITH_RECORDS)
+    if args.objects and (args.stats or args.tracker or rules is not None):
+        raise UsageError("--objects adds fields to records: not with --stats, --tracker or --yara")
     args.sort = args.sort or "bytes"
     outputs.check_opened()
     out = outputs.stream("-o")
@@ -270,13 +296,18 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
                 if several:
                     writer.extra = {"dump": path}
                 meta["max_address"] = image.max_address
-                writer.begin(meta)
-                try:
-                    for kept in collect_records(prepared, summary, record_filter, args.jobs, bar):
-                        writer.write(kept)
-                except (InputError, WorkerError) as exc:
-                    writer.abort(str(exc))
-                    raise
+                if args.objects:
+                    _write_with_objects(args, prepared, summary, record_filter, bar, writer, meta)
+                else:
+                    writer.begin(meta)
+                    try:
+                        for kept in collect_records(
+                            prepared, summary, record_filter, args.jobs, bar
+                        ):
+                            writer.write(kept)
+                    except (InputError, WorkerError) as exc:
+                        writer.abort(str(exc))
+                        raise
                 bar.close()
                 if digest is not None and hasattr(writer, "trailer"):
                     writer.trailer = provenance([digest.result()])
@@ -292,3 +323,27 @@ def _scan_dump(args, path, outputs, out, writer, record_filter, db, rules, sever
         if digest is not None:
             digest.cancel()  # stops an unneeded or interrupted digest before the close
         image.close()
+
+
+SPILL_ROWS = 1 << 16  # records read back at a time from the spill file
+
+
+def _write_with_objects(args, prepared, summary, record_filter, bar, writer, meta) -> None:
+    """`scan --objects`: the object blocks are decoded after the scan (calibration needs
+    every block of a tag), so the records wait in a temporary file (memory stays flat)
+    and are written once the object fields are known."""
+    parts = []
+    with tempfile.TemporaryFile() as spill:
+        for kept in collect_records(prepared, summary, record_filter, args.jobs, bar):
+            spill.write(kept.tobytes())
+            parts.append(object_records(kept))
+        result, notes = decode_records(prepared, concat(parts), args.calibration)
+        for remark in notes:
+            note(args, f"{prepared.image.path}: objects: {remark}")
+        meta["objects"] = result.metadata()
+        writer.set_objects(result.fields)
+        writer.begin(meta)
+        spill.seek(0)
+        size = RECORD_DTYPE.itemsize
+        while chunk := spill.read(size * SPILL_ROWS):
+            writer.write(np.frombuffer(chunk, dtype=RECORD_DTYPE))

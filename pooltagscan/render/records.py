@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from pooltagscan.objects.decode import OBJECT_FIELDS
 from pooltagscan.records import (
     CONFIDENCE_NAMES,
     FAMILY_CODES,
@@ -118,6 +119,9 @@ class LineBuilder:
         # else in decimal: how the C join writes them.
         self.hex_width = hex_width
         self.entries = entries  # whether big-pool lines show their table entry
+        # Rewrites the rows of some records in place (the object fields of `--objects`):
+        # called with the batch's offsets and its row fragments, each ending in the head.
+        self.patch: Callable[[np.ndarray, np.ndarray], None] | None = None
         self.head = ""
         self._reset()
 
@@ -208,6 +212,8 @@ class LineBuilder:
             return
         rows = self._row_fragments(records)
         offsets = records["offset"]
+        if self.patch is not None:
+            self.patch(offsets, rows)
         lead = self.head if first_head is None else first_head
         width = self.hex_width() if self.hex_width is not None else 0
         for start in range(0, count, TEXT_ROWS):
@@ -285,7 +291,14 @@ def _csv_fragment(fields: RecordFields, owner: str, description: str) -> tuple[s
 
 
 class RecordWriter:
-    """Base writer: `begin` once per dump, `write` per batch, `end` once per dump."""
+    """Base writer: `begin` once per dump, `write` per batch, `end` once per dump.
+
+    `objects` (scan --objects): the decoded object fields per record offset. Records are
+    still rendered in bulk; only the rows of the few object blocks get their fields
+    added afterwards (`_object_text`), so a run without --objects costs nothing more."""
+
+    # What ends every row of the format before the next row's head.
+    closing = "\n"
 
     def __init__(
         self, out: TextIO, extra: dict[str, Any] | None = None, db: TagDatabase | None = None
@@ -294,6 +307,40 @@ class RecordWriter:
         self.names = TagNames(db)
         self.count = 0
         self.extra = extra or {}  # fields prefixed to every record (e.g. dump, with several)
+        self.objects: dict[int, dict[str, Any]] | None = None
+        self._object_keys = np.empty(0, dtype=np.uint64)
+
+    def set_objects(self, fields: dict[int, dict[str, Any]] | None) -> None:
+        """The object fields of the next dump's records (None: no --objects)."""
+        self.objects = fields
+        keys = sorted(fields) if fields else []
+        self._object_keys = np.array(keys, dtype=np.uint64)
+
+    def _object_text(self, values: dict[str, Any]) -> str:
+        """What goes into a row, before its closing, for one decoded object."""
+        raise NotImplementedError
+
+    def _empty_objects(self) -> str:
+        """What a row without an object holds in its place (csv: empty cells)."""
+        return ""
+
+    def _patch(self, lines: LineBuilder) -> Callable[[np.ndarray, np.ndarray], None]:
+        def patch(offsets: np.ndarray, rows: np.ndarray) -> None:
+            if self.objects is None or not self._object_keys.size:
+                return
+            hit = np.flatnonzero(np.isin(offsets, self._object_keys))
+            suffix = self._empty_objects() + self.closing + lines.head
+            for i in hit.tolist():
+                values = self.objects.get(int(offsets[i]))
+                if values is None:
+                    continue
+                row = rows[i]
+                if isinstance(row, tuple) or not row.endswith(suffix):
+                    continue  # a big-pool row: never an object block
+                keep = row[: len(row) - len(suffix)]
+                rows[i] = keep + self._object_text(values) + self.closing + lines.head
+
+        return patch
 
     def begin(self, meta: dict[str, Any]) -> None:
         pass
@@ -325,6 +372,12 @@ class JsonlWriter(RecordWriter):
     ):
         super().__init__(out, extra, db)
         self._lines = LineBuilder(self.names, _json_fragment("\n"))
+        self._lines.patch = self._patch(self._lines)
+
+    closing = "}\n"
+
+    def _object_text(self, values: dict[str, Any]) -> str:
+        return ", " + _json_pairs(list(values), list(values.values()))
 
     def _texts(self, records: np.ndarray) -> Iterator[str]:
         self._lines.set_head(_json_head(self.extra))
@@ -338,12 +391,31 @@ class CsvWriter(RecordWriter):
         self, out: TextIO, extra: dict[str, Any] | None = None, db: TagDatabase | None = None
     ):
         super().__init__(out, extra, db)
-        self._lines = LineBuilder(self.names, _csv_fragment)
+        self._lines = LineBuilder(self.names, self._fragment)
+        self._lines.patch = self._patch(self._lines)
         self._header_done = False
+
+    def set_objects(self, fields: dict[int, dict[str, Any]] | None) -> None:
+        if (fields is None) != (self.objects is None):
+            self._lines.set_head("\0")  # the fragments change: drop the cached ones
+        super().set_objects(fields)
+
+    def _fragment(self, fields: RecordFields, owner: str, description: str) -> tuple[str, str]:
+        before, after = _csv_fragment(fields, owner, description)
+        if self.objects is not None:
+            after = after[:-1] + self._empty_objects() + "\n"
+        return before, after
+
+    def _empty_objects(self) -> str:
+        return "," * len(OBJECT_FIELDS) if self.objects is not None else ""
+
+    def _object_text(self, values: dict[str, Any]) -> str:
+        return "," + csv_cells(["" if values.get(k) is None else values[k] for k in OBJECT_FIELDS])
 
     def _header(self) -> None:
         if not self._header_done:
-            self.out.write(csv_cells([*self.extra, *FIELDS]) + "\n")
+            columns = [*self.extra, *FIELDS, *(OBJECT_FIELDS if self.objects is not None else ())]
+            self.out.write(csv_cells(columns) + "\n")
             self._header_done = True
 
     def write(self, records: np.ndarray) -> None:
@@ -366,7 +438,13 @@ class JsonWriter(RecordWriter):
     ):
         super().__init__(out, extra, db)
         self._lines = LineBuilder(self.names, _json_fragment(""))
+        self._lines.patch = self._patch(self._lines)
         self._first = True
+
+    closing = "}"
+
+    def _object_text(self, values: dict[str, Any]) -> str:
+        return ", " + _json_pairs(list(values), list(values.values()))
 
     # The provenance, known only once the dump is read (its sha256): after the records.
     trailer: dict[str, Any] | None = None
@@ -431,8 +509,12 @@ class TableWriter(RecordWriter):
         self._lines = LineBuilder(
             self.names, self._fragment, self._addresses, entries=False, hex_width=self._width
         )
+        self._lines.patch = self._patch(self._lines)
         self._addr = 18
         self._rows = 0
+
+    def _object_text(self, values: dict[str, Any]) -> str:
+        return "  [" + object_summary(values) + "]"
 
     def begin(self, meta: dict[str, Any]) -> None:
         # Big-pool records are at kernel virtual addresses, wider than physical ones.
@@ -486,6 +568,25 @@ class TableWriter(RecordWriter):
     def end(self) -> None:
         if self._rows == 0:
             self.out.write("no pool allocations matched\n")
+
+
+def object_summary(values: dict[str, Any]) -> str:
+    """One short line of an object's fields, for the table and the text report."""
+    parts = [values["object"]]
+    for key in ("pid", "tid", "ppid"):
+        if values.get(key) is not None:
+            parts.append(f"{key} {values[key]}")
+    for key in ("start", "image_base"):
+        if values.get(key) is not None:
+            parts.append(f"{key} {values[key]:#x}")
+    if values.get("image_size") is not None:
+        parts.append(f"size {values['image_size']:#x}")
+    if values.get("linked") is False:
+        parts.append("unlinked")
+    name = values.get("name")
+    if name is not None:
+        parts.append(repr(name) if name else "(no name)")
+    return " ".join(parts)
 
 
 def make_writer(

@@ -15,8 +15,10 @@ from pooltagscan.drivers.attribution import (
 )
 from pooltagscan.drivers.yarascan import RuleSet
 from pooltagscan.inputs import open_image
+from pooltagscan.objects import decode_records, hidden_objects, object_records
 from pooltagscan.provenance import FileDigest
 from pooltagscan.provenance import document as provenance
+from pooltagscan.records import concat
 from pooltagscan.report.model import (
     Report,
     SampleCollector,
@@ -39,6 +41,7 @@ def make_report(
     rule_files: Sequence[str] = (),
     progress: ProgressCallback | None = None,
     check_files: Callable[[list[str]], None] | None = None,
+    objects: bool = False,
 ) -> Report:
     """The report of one dump. Unusable driver files become `problems` (the batch goes
     on); an unusable dump or baseline raises InputError. `check_files` sees the driver
@@ -47,13 +50,24 @@ def make_report(
     image = open_image(dump)
     try:
         return _report(
-            image, driver_paths, db, baseline, layout, jobs, rule_files, progress, check_files
+            image,
+            driver_paths,
+            db,
+            baseline,
+            layout,
+            jobs,
+            rule_files,
+            progress,
+            check_files,
+            objects,
         )
     finally:
         image.close()
 
 
-def _report(image, driver_paths, db, baseline, layout, jobs, rule_files, progress, check_files):
+def _report(
+    image, driver_paths, db, baseline, layout, jobs, rule_files, progress, check_files, objects
+):
     problems: list[str] = []
     notes: list[str] = []
     reports = []
@@ -79,13 +93,23 @@ def _report(image, driver_paths, db, baseline, layout, jobs, rule_files, progres
     prepared = prepare(image, layout, db)
     stats = TagStats()
     samples = SampleCollector(db)
+    object_parts = []
     for records in run(prepared, jobs=jobs, progress=progress):
         stats.add(records)
         samples.add(records)
+        if objects:
+            object_parts.append(object_records(records))
+    hidden = None
+    if objects:
+        decoded, object_notes = decode_records(prepared, concat(object_parts))
+        hidden = hidden_objects(decoded)
+        notes += [f"objects: {n}" for n in object_notes]
     seconds = time.perf_counter() - start
     samples.fill_previews(image.read, virtual=image.format == "minidump")
 
     meta = prepared.metadata()
+    if objects:
+        meta["objects"] = decoded.metadata()
     hashed = digest.result()
     meta.update(
         size=image.file_size,
@@ -101,4 +125,5 @@ def _report(image, driver_paths, db, baseline, layout, jobs, rule_files, progres
         drivers=driver_summaries(reports),
         problems=problems,
         notes=notes,
+        hidden=hidden,
     )

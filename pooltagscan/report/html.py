@@ -480,8 +480,34 @@ def _summary(report: Report) -> str:
                 f"<td><code>{_esc(d.get('path', ''))}</code></td></tr>"
             )
         out.append("</tbody></table></div></details>")
+    if report.hidden is not None:
+        out.append(_hidden(report.hidden))
     out.append("</section>")
     return "".join(out)
+
+
+def _hidden(hidden: dict[str, list[dict[str, Any]]]) -> str:
+    """report --objects: processes and drivers found only in freed or unlinked blocks."""
+    rows = []
+    for kind, label in (("processes", "process"), ("drivers", "driver")):
+        for row in hidden[kind]:
+            ident = row.get("pid") if kind == "processes" else row.get("image_base")
+            ident_text = (
+                "" if ident is None else (str(ident) if kind == "processes" else hex(ident))
+            )
+            rows.append(
+                f"<tr><td>{label}</td><td><code>{_esc(row.get('name', ''))}</code></td>"
+                f"<td>{_esc(ident_text)}</td><td>{_esc(', '.join(row['found_in']))}</td>"
+                f"<td><code>{_esc(', '.join(hex(o) for o in row['offsets']))}</code></td></tr>"
+            )
+    body = "".join(rows) or '<tr><td colspan="5">none</td></tr>'
+    return (
+        '<details class="drivers" id="hidden-objects" open><summary>Processes and drivers '
+        f"found only in freed or unlinked blocks ({len(rows)})</summary>"
+        '<div class="tablewrap"><table><thead><tr><th>Object</th><th>Name</th>'
+        "<th>PID / image base</th><th>Found in</th><th>Blocks</th></tr></thead>"
+        f"<tbody>{body}</tbody></table></div></details>"
+    )
 
 
 def _candidates(cands: Iterable[Candidate]) -> str:

@@ -131,9 +131,12 @@ class Report:
     # What the driver folders' walks passed over (user-mode images) or found empty: for
     # stderr, not the document.
     notes: list[str] = field(default_factory=list)
+    # report --objects: processes and drivers found only in freed or unlinked blocks
+    # (objects.hidden_objects); None without the option.
+    hidden: dict[str, list[dict[str, Any]]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": "pooltagscan-report",
             "version": 1,
             **self.meta,
@@ -142,6 +145,9 @@ class Report:
             "problems": self.problems,
             "tags": [r.as_dict() for r in self.rows],
         }
+        if self.hidden is not None:
+            out["hidden_objects"] = self.hidden
+        return out
 
 
 class SampleCollector:

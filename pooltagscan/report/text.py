@@ -144,7 +144,25 @@ class ReportView(View):
                 cells.append(f"{r.growth_allocs:+d}")
             cells += [_who(r), r.description]
             body.append(cells)
-        return Table(cols, body, preamble=head, fixed=True)
+        return Table(cols, body, preamble=head, postscript=hidden_lines(report), fixed=True)
+
+
+def hidden_lines(report: Report) -> list[str]:
+    """The report --objects section: processes and drivers found only in freed or
+    unlinked blocks, one line each."""
+    if report.hidden is None:
+        return []
+    from pooltagscan.render.records import object_summary
+
+    lines = ["", "Processes and drivers found only in freed or unlinked blocks"]
+    for kind, label in (("processes", "process"), ("drivers", "driver")):
+        for row in report.hidden[kind]:
+            where = ", ".join(f"{o:#x}" for o in row["offsets"])
+            text = object_summary({"object": label, **row})
+            lines.append(f"  {'/'.join(row['found_in']):<9} {text} at {where}")
+    if len(lines) == 2:
+        lines.append("  none")
+    return lines
 
 
 def text_report(report: Report, width: int = WIDTH) -> str:
