@@ -31,7 +31,7 @@ from pooltagscan.cli import main
 from pooltagscan.errors import InputError
 from pooltagscan.fleet.cluster import fleet_client
 from pooltagscan.fleet.runner import FleetOptions, scan_fleet
-from pooltagscan.fleet.store import FleetStore
+from pooltagscan.fleet.store import FleetStore, dump_id
 from pooltagscan.fleet.tasks import plan_dump, scan_range
 from pooltagscan.fleet.views import Fleet
 from pooltagscan.tags.database import TagDatabase
@@ -150,13 +150,15 @@ def test_vanished_dump_fails_its_task(tmp_path):
 
 
 @contextlib.contextmanager
-def dask_cluster(tmp: Path, workers: int = 2):
+def dask_cluster(tmp: Path, workers: int = 2, env: dict[str, str] | None = None):
     """`dask scheduler` and `dask worker`s on localhost, random free ports; every
-    process is killed on the way out, also when the test fails."""
+    process is killed on the way out, also when the test fails. `env` adds Dask
+    settings (DASK_...) to the processes' environment."""
     info = tmp / "scheduler.json"
     procs: list[subprocess.Popen] = []
     common = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
-              "start_new_session": True, "cwd": tmp}  # fmt: skip
+              "start_new_session": True, "cwd": tmp,
+              "env": {**os.environ, **(env or {})}}  # fmt: skip
     try:
         procs.append(
             subprocess.Popen(
@@ -235,6 +237,100 @@ def test_external_cluster_cli(tmp_path):
     compare_with_scan(store, [*dumps, copy], tmp_path)
     fleet = Fleet.load(str(store))
     assert [os.path.basename(d["path"]) for d in fleet.failed] == ["gone.raw"]
+
+
+def big_dump(tmp: Path, copies: int = 64) -> Path:
+    """A 128 MiB raw dump (the win10-1809 sample repeated): 8 range tasks of 16 MiB, each
+    long enough to be caught running."""
+    path = tmp / "big.raw"
+    unit = (DUMPS / "win10-1809-x64.raw").read_bytes()
+    with path.open("wb") as out:
+        for _ in range(copies):
+            out.write(unit)
+    return path
+
+
+def kill_worker_in_range_task(address: str, scan: subprocess.Popen, ident: str) -> str:
+    """SIGKILL the `dask worker` process that the scheduler has running a range task of
+    dump `ident` (and no task of another dump), and return the task's key.
+
+    The worker is first frozen (SIGSTOP) and the scheduler asked again after a moment:
+    only when the task is still processing on the frozen worker (it cannot finish or
+    report any more) is it killed, so the death really happens mid-task; otherwise the
+    worker is thawed and the next range task is tried."""
+    from distributed import Client
+
+    def mine(keys) -> list[str]:
+        """The range tasks among `keys`, when every key is a task of dump `ident`."""
+        keys = [str(k) for k in keys]
+        if not keys or not all(f"-{ident}-" in k for k in keys):
+            return []
+        return [k for k in keys if k.startswith(f"fleet-range-{ident}-")]
+
+    with Client(address, timeout=30) as client:
+        pids = client.run(os.getpid)
+        deadline = time.monotonic() + 60
+        while True:
+            assert scan.poll() is None, "the fleet scan ended before a range task was caught"
+            assert time.monotonic() < deadline, "no range task caught running"
+            for worker, keys in client.processing().items():
+                if not mine(keys):
+                    continue
+                os.kill(pids[worker], signal.SIGSTOP)
+                time.sleep(0.05)
+                still = mine(client.processing().get(worker, ()))
+                if still:
+                    os.kill(pids[worker], signal.SIGKILL)
+                    return still[0]
+                os.kill(pids[worker], signal.SIGCONT)
+            time.sleep(0.005)
+
+
+def fleet_scan_process(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pooltagscan", "fleet", "scan", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("allowed_failures", [3, 0], ids=["retried", "recorded"])
+def test_worker_killed_mid_range_task(tmp_path, allowed_failures):
+    """A `dask worker` SIGKILLed while it runs a range task of a dump: with Dask's
+    default allowance the task is run again on the other worker and the dump's results
+    are exactly `scan --stats`; with no allowance (the scheduler's
+    `allowed-failures` 0) the dump is recorded as failed with the error naming it.
+    Either way the dump is in the store, never silently dropped, and the other dump of
+    the run is unaffected."""
+    dump = big_dump(tmp_path)
+    store = tmp_path / "store"
+    env = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
+    with dask_cluster(tmp_path, env=env) as address:
+        scan = fleet_scan_process(
+            str(dump), str(RAW[0]), "--out", str(store), "--scheduler", address,
+            "--task-mib", "16",
+        )  # fmt: skip
+        try:
+            key = kill_worker_in_range_task(address, scan, dump_id(str(dump)))
+            _out, err = scan.communicate(timeout=120)
+        finally:
+            scan.kill()
+            scan.wait()
+    assert key.startswith("fleet-range-") and "Traceback" not in err
+    fleet = Fleet.load(str(store))
+    if allowed_failures:
+        assert scan.returncode == 0, err
+        assert "failed" not in err.replace("0 failed", "")
+        compare_with_scan(store, [dump, RAW[0]], tmp_path)
+        return
+    assert scan.returncode == 2, err
+    assert [d["path"] for d in fleet.failed] == [str(dump)]
+    row = fleet.failed[0]
+    assert row["status"] == "failed" and row["sha256"] is None and row["records"] is None
+    want = f"{dump}: the worker scanning it died, 1 time (the cluster allows 0 retries)"
+    assert row["error"] == want
+    assert f"pooltagscan: error: {want}\n" in err
+    assert [d["path"] for d in fleet.ok] == [str(RAW[0])]
+    assert {r["dump_id"] for r in fleet.stats} == {fleet.ok[0]["dump_id"]}
 
 
 def test_views(local_store, tmp_path):

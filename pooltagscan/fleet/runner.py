@@ -115,7 +115,15 @@ def _error_text(path: str, exc: BaseException) -> str:
         return str(exc)
     name = type(exc).__name__
     if name == "KilledWorker":
-        return f"{path}: a worker died while scanning it (retried; {exc})"
+        # Dask's own text is a paragraph with a link; one line says what matters.
+        allowed = getattr(exc, "allowed_failures", None)
+        if not isinstance(allowed, int):
+            return f"{path}: the worker scanning it died more often than the cluster retries"
+        tries = allowed + 1
+        return (
+            f"{path}: the worker scanning it died, {tries} time{'s' if tries > 1 else ''} "
+            f"(the cluster allows {allowed} retries)"
+        )
     if name == "CancelledError":
         return f"{path}: its task was cancelled by the cluster"
     return f"{path}: scan failed: {name}: {exc}"
