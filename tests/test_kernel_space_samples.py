@@ -181,3 +181,84 @@ def test_real_arm64_minidump_gets_the_clear_note(capsys):
     assert meta["available"] is False
     assert "without page tables" in meta["notes"][0]
     assert "kernel address space: none" in err
+
+
+def big_pool_probe(family: str) -> tuple[dict, int, int, bytes]:
+    """(mapping row, page index, offset in that page, 16 bytes) inside a big-pool
+    allocation: a virtual page of it that no other big-page entry's range covers, at a
+    physical page that no other mapping aliases and that holds no planted pool page,
+    the 16 bytes found once in the dump."""
+    manifest = load_manifest(family)
+    raw = (DUMPS / f"{family}.raw").read_bytes()
+    rows = manifest["kernel_mappings"]
+    uses: dict[int, int] = {}
+    for row in rows:
+        for phys in row["pages"]:
+            if phys is not None:
+                uses[phys] = uses.get(phys, 0) + 1
+    pool = {a["offset"] // PAGE for a in manifest["allocations"]}
+
+    def alone(row: dict, va: int) -> bool:
+        return not any(
+            e["offset"] < va + PAGE and va < e["offset"] + e["size"]
+            for e in manifest["bigpool"]
+            if e["entry"] != row["entry"]
+        )
+
+    for row in rows:
+        for i, phys in enumerate(row["pages"]):
+            if phys is None or uses[phys] != 1 or phys // PAGE in pool:
+                continue
+            if not alone(row, row["offset"] + i * PAGE):
+                continue
+            for inner in range(64, min(PAGE, row["size"] - i * PAGE) - 32, 8):
+                snippet = raw[phys + inner : phys + inner + 16]
+                if len(set(snippet)) > 8 and raw.count(snippet) == 1:
+                    return row, i, inner, snippet
+    raise AssertionError(f"no probe bytes in a mapped big-pool allocation of {family}")
+
+
+@pytest.mark.parametrize("family", sorted(PAGED))
+def test_yara_hit_in_a_big_pool_allocation_is_placed_through_the_page_tables(
+    capsys, tmp_path, family
+):
+    row, page, inner, snippet = big_pool_probe(family)
+    rule = tmp_path / "big.yar"
+    rule.write_text("rule big { strings: $b = { " + snippet.hex(" ") + " } condition: $b }")
+    dump = str(DUMPS / f"{family}.raw")
+    status, out, err = run_cli(capsys, "scan", dump, "--yara", str(rule), "--format", "jsonl")
+    assert status == 0, err
+    (hit,) = [json.loads(line) for line in out.splitlines()]
+    offset = page * PAGE + inner
+    keys = ("address", "tag", "allocation", "allocation_size", "offset_in_allocation",
+            "offset_in_allocation_hex", "virtual_address")  # fmt: skip
+    assert {k: hit[k] for k in keys} == {
+        "address": row["pages"][page] + inner,
+        "tag": row["tag"],
+        "allocation": row["offset"],
+        "allocation_size": row["size"],
+        "offset_in_allocation": offset,
+        "offset_in_allocation_hex": f"{offset:#x}",
+        "virtual_address": row["offset"] + offset,
+    }
+    # The table shows the allocation's virtual address and the offset in hex.
+    status, out, _ = run_cli(capsys, "scan", dump, "--yara", str(rule), "-q")
+    assert f"{row['tag']:<4}   {row['offset']:#18x} +{offset:#x}" in out
+
+
+def test_yara_without_page_tables_says_big_pool_hits_are_not_placed(capsys, tmp_path):
+    rule = tmp_path / "any.yar"
+    rule.write_text('rule thread { strings: $s = "Thread" condition: $s }')
+    dump = str(DUMPS / "win7-x64.raw")
+    status, _, err = run_cli(capsys, "scan", dump, "--yara", str(rule), "--format", "jsonl")
+    assert status == 0
+    _, records, _ = run_cli(capsys, "scan", dump, "--source", "bigpool", "--format", "jsonl")
+    bigpool = len(records.splitlines())
+    assert bigpool > 500
+    assert (
+        f"{dump}: hits inside the {bigpool:,} big-pool allocations are not placed: no kernel "
+        "page-table root found"
+    ) in err
+    # --no-tables: no big-pool records, so nothing to say.
+    status, _, err = run_cli(capsys, "scan", dump, "--yara", str(rule), "--no-tables")
+    assert status == 0 and "big-pool" not in err
