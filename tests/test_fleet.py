@@ -138,6 +138,33 @@ def test_records_equal_jsonl(local_store, tmp_path):
         assert got == sorted(want, key=lambda r: (r["offset"], r["source"]))
 
 
+def test_no_hash_records_null_with_the_reason(tmp_path, capsys):
+    """`--no-hash`: no sha256 task (the dump is read once), the provenance row holds
+    null and why, and the statistics are still exactly `scan --stats`."""
+    store = tmp_path / "store"
+    args = ["fleet", "scan", str(RAW[0]), str(RAW[1]), "--out", str(store), "--workers", "1"]
+    assert main([*args, "--no-hash"]) == 0, capsys.readouterr().err
+    fleet = Fleet.load(str(store))
+    rows = {d["path"]: d for d in fleet.ok}
+    assert set(rows) == {str(RAW[0]), str(RAW[1])}
+    for row in rows.values():
+        assert row["sha256"] is None
+        assert row["sha256_note"] == "not computed (--no-hash)"
+        assert row["tasks"] == 2  # the plan and one range: no sha256 task
+    ref = single_process(RAW[0], tmp_path)
+    mine = [
+        {k: v for k, v in r.items() if k not in ("dump_id", "scan_id", "path")}
+        for r in fleet.stats
+        if r["dump_id"] == rows[str(RAW[0])]["dump_id"]
+    ]
+    assert mine == ref["tags"]
+    # A rescan with the hash on fills it in, and the note goes.
+    assert main([*args, "--rescan", "-q"]) == 0
+    row = {d["path"]: d for d in Fleet.load(str(store)).ok}[str(RAW[0])]
+    assert row["sha256"] == hashlib.sha256(RAW[0].read_bytes()).hexdigest()
+    assert row["sha256_note"] is None and row["tasks"] == 3  # plan, one range, sha256
+
+
 def test_vanished_dump_fails_its_task(tmp_path):
     copy = tmp_path / "host.raw"
     shutil.copy(RAW[0], copy)

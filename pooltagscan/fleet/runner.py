@@ -51,6 +51,8 @@ from pooltagscan.tracking import TrackerTotals
 from pooltagscan.tracking import attach as attach_tracker
 
 STATUS_SKIPPED = "skipped"
+# Why a provenance row's sha256 is null when the run was asked not to compute it.
+NO_HASH_NOTE = "not computed (--no-hash)"
 
 
 @dataclass
@@ -61,7 +63,10 @@ class FleetOptions:
     rescan: bool = False  # scan again dumps an earlier run already did
     task_bytes: int = TASK_BYTES
     window_bytes: int = WINDOW_BYTES
-    retries: int = 1  # resubmissions of a task whose worker died (Dask's own count aside)
+    retries: int = 1  # resubmissions of a task that failed (a worker's death is Dask's)
+    # The sha256 reads every dump a second time; an analyst who hashes at acquisition
+    # (or whose storage is the bottleneck) turns it off, and the row says so.
+    hash: bool = True
 
 
 @dataclass
@@ -96,7 +101,9 @@ class _Dump:
     tracker: TrackerTotals = field(default_factory=TrackerTotals)
     results: list[RangeResult] = field(default_factory=list)
     sha256: str | None = None
-    digest_done: bool = False
+    sha256_note: str | None = None  # why sha256 is null although the dump was scanned
+    digest_done: bool = False  # the sha256 task is in, or none was asked for
+    hashed: bool = False  # a sha256 task ran
     error: str | None = None
     finished: bool = False
 
@@ -206,6 +213,8 @@ def scan_fleet(
 
     for path in todo:
         dump = _Dump(path, dump_id(path), time.perf_counter())
+        if not options.hash:
+            dump.sha256_note = NO_HASH_NOTE
         dumps[path] = dump
         dump.plan_future = submit(
             "plan",
@@ -268,7 +277,10 @@ def scan_fleet(
                         extra=start,
                         retries=options.retries,
                     )
-                submit("sha256", dump, digest_dump, plan.facts, retries=options.retries)
+                if options.hash:
+                    submit("sha256", dump, digest_dump, plan.facts, retries=options.retries)
+                else:
+                    dump.digest_done = True
             elif kind == "range":
                 result: RangeResult = value
                 dump.results.append(result)
@@ -277,7 +289,7 @@ def scan_fleet(
                 scanned += result.scanned_bytes
             else:
                 dump.sha256 = value
-                dump.digest_done = True
+                dump.digest_done = dump.hashed = True
             kinds.pop(future, None)
             dump.futures.discard(future)
             if on_progress is not None:
@@ -365,7 +377,8 @@ def _provenance(dump: _Dump, scan_id: str, command_line: str) -> dict[str, Any]:
         "scanned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tool_version": __version__,
         "command_line": command_line,
-        "tasks": len(dump.results) + (1 if plan is not None else 0) + int(dump.digest_done),
+        "tasks": len(dump.results) + (1 if plan is not None else 0) + int(dump.hashed),
+        "sha256_note": dump.sha256_note,
         "records_files": sum(1 for r in dump.results if r.records_file),
     }
     facts = stat_facts(dump.path)
