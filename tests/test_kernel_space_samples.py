@@ -262,3 +262,80 @@ def test_yara_without_page_tables_says_big_pool_hits_are_not_placed(capsys, tmp_
     # --no-tables: no big-pool records, so nothing to say.
     status, _, err = run_cli(capsys, "scan", dump, "--yara", str(rule), "--no-tables")
     assert status == 0 and "big-pool" not in err
+
+
+def window_va(family: str, physical: int) -> int:
+    """The kernel virtual address at which the sample's pool window maps `physical`."""
+    return load_manifest(family)["kernel_space"]["pool_window"]["va"] + physical
+
+
+@pytest.mark.parametrize("family", sorted(PAGED))
+def test_pool_of_a_kernel_virtual_address_shows_its_translated_page(capsys, family):
+    manifest = load_manifest(family)
+    truth = manifest["kernel_space"]
+    dump = str(DUMPS / f"{family}.raw")
+    alloc = [a for a in manifest["allocations"] if a["state"] == "allocated"][3]
+    va = window_va(family, alloc["offset"] + 0x18)
+    status, out, _ = run_cli(capsys, "pool", dump, hex(va), "--format", "json", "-q")
+    assert status == 0
+    doc = json.loads(out)
+    assert doc["holding"]["offset"] == alloc["offset"]
+    assert doc["holding"]["tag"] == alloc["tag"] and doc["holding"]["source"] == "page"
+    assert (doc["address"], doc["offset_in_block"]) == (va, 0x18)
+    assert doc["page"] == alloc["offset"] - alloc["offset"] % PAGE
+    assert doc["searched"] == ["page"]  # found in the page: no full scan for big pool
+    translation = doc["translation"]
+    assert translation["physical"] == alloc["offset"] + 0x18 and translation["why"] is None
+    assert (translation["virtual"], translation["dtb"]) == (va, truth["dtb"])
+    assert translation["method"] == SEARCH
+    # The table's headline says the translation, then the holding block.
+    status, out, _ = run_cli(capsys, "pool", dump, hex(va), "-q")
+    size = translation["page_size"]
+    unit = "" if size == PAGE else f" in a {size >> 20} MiB page"
+    assert out.splitlines()[0] == (
+        f"{va:#x} translates to physical {alloc['offset'] + 0x18:#x}{unit} (kernel page "
+        f"tables: DTB {truth['dtb']:#x}, found by the self-reference search); {va:#x} is "
+        f"0x18 bytes into the block at {alloc['offset']:#x} ({alloc['size']:#x} bytes); "
+        f"page {doc['page']:#x} of {dump} holds {len(doc['blocks'])} block(s):"
+    )
+
+
+def test_pool_of_a_kernel_virtual_address_that_no_block_holds(capsys):
+    family = "win10-1809-x64"
+    manifest = load_manifest(family)
+    dump = str(DUMPS / f"{family}.raw")
+    zeros = manifest["pages"].index("zeros") * PAGE
+    tables = f"kernel page tables: DTB {manifest['kernel_space']['dtb']:#x}, found by the "
+    tables += "self-reference search"
+    va = window_va(family, zeros + 0x100)
+    status, out, err = run_cli(capsys, "pool", dump, hex(va), "--format", "json", "-q")
+    assert status == 1
+    doc = json.loads(out)
+    assert doc["holding"] is None and doc["page"] == zeros and doc["blocks"] == []
+    assert doc["searched"] == ["page", "bigpool"]
+    assert doc["translation"]["physical"] == zeros + 0x100
+    assert err == (
+        f"pooltagscan: {dump}: no pool allocation holds {va:#x}: it translates to physical "
+        f"{zeros + 0x100:#x} in a 2 MiB page ({tables}), where page {zeros:#x} holds no pool "
+        "header; no big-page table entry spans it\n"
+    )
+    # An address the tables do not map.
+    status, out, err = run_cli(capsys, "pool", dump, "0xfffff80000000000", "--format", "json")
+    assert status == 1
+    assert json.loads(out)["translation"]["why"] == "not present"
+    assert err.endswith(
+        f"{dump}: no pool allocation holds 0xfffff80000000000: maps no physical page "
+        f"(not present; {tables}); no big-page table entry spans it\n"
+    )
+    # A dump without page tables: said, and the big-page table still searched.
+    other = str(DUMPS / "win7-x64.raw")
+    status, _, err = run_cli(capsys, "pool", other, "0xffff800000001000", "-q")
+    assert status == 1
+    assert err == (
+        f"pooltagscan: {other}: no pool allocation holds 0xffff800000001000: not translated "
+        "(no kernel page-table root found (5 self-referencing page(s), none valid): big-pool "
+        "addresses cannot be translated); no big-page table entry spans it\n"
+    )
+    # Bad addresses are still exit code 2, on one line.
+    status, _, err = run_cli(capsys, "pool", dump, "0x7fff00000000", "-q")
+    assert status == 2 and err.count("\n") == 1 and "not an x64 kernel virtual address" in err
