@@ -478,3 +478,55 @@ def test_without_dask_one_line(tmp_path):
             "(pip install 'pooltagscan[fleet]')"
         )
     ]
+
+
+class FakeTty(io.StringIO):
+    def __init__(self, tty: bool = True):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_line_shows_the_dumps_in_flight():
+    from pooltagscan.fleet.progress import FleetProgress, render
+
+    mib = 1 << 20
+    flight = [("/cases/host-a.raw", 64 * mib, 256 * mib), ("/cases/host-b.raw", 0, 512 * mib)]
+    assert render("fleet scan", 64 * mib, 768 * mib, 2.0, flight, 100) == (
+        "fleet scan [#...................]   8%     34 MB/s ETA   22s | host-a.raw 25% host-b.raw 0%"
+    )
+    # Narrow: the dumps that do not fit are counted; names cut from the front.
+    long = [(f"/cases/{'x' * 30}-{i}.raw", i * mib, 4 * mib) for i in range(4)]
+    line = render("fleet scan", 6 * mib, 16 * mib, 3.0, long, 100)
+    assert line == (
+        "fleet scan [#######.............]  38%      2 MB/s ETA    5s | "
+        f"…{'x' * 17}-0.raw 0% +3 more"
+    )
+    assert len(line) <= 99
+    assert render("fleet scan", 0, 0, 0.0, [], 40) == "fleet scan [....................]   0%"
+
+    clock = [100.0]
+    tty = FakeTty()
+    bar = FleetProgress(stream=tty, clock=lambda: clock[0], width=100)
+    bar.dump("/cases/host-a.raw", 0, 256 * mib)
+    bar(0, 256 * mib)
+    assert tty.getvalue() == ""  # not before the delay
+    clock[0] = 102.0
+    bar.dump("/cases/host-a.raw", 128 * mib, 256 * mib)
+    bar(128 * mib, 256 * mib)
+    want = (
+        "fleet scan [##########..........]  50%     67 MB/s ETA    2s | host-a.raw 50%"
+    ).ljust(99)
+    assert tty.getvalue() == "\r" + want
+    bar.forget("/cases/host-a.raw")
+    bar.close()
+    assert tty.getvalue().endswith(want + "\n")
+    # Piped: never a byte.
+    piped = FakeTty(tty=False)
+    quiet = FleetProgress(stream=piped, clock=lambda: clock[0] + 60)
+    quiet.dump("/cases/host-a.raw", 1, 2)
+    quiet(1, 2)
+    quiet.close()
+    assert piped.getvalue() == ""

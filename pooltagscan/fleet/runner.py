@@ -85,6 +85,7 @@ class DumpOutcome:
 
 OutcomeCallback = Callable[[DumpOutcome], None]
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes planned so far)
+DumpProgressCallback = Callable[[str, int, int], None]  # (path, bytes done, bytes planned)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class _Dump:
     stats: TagStats = field(default_factory=TagStats)
     tracker: TrackerTotals = field(default_factory=TrackerTotals)
     results: list[RangeResult] = field(default_factory=list)
+    scanned: int = 0  # bytes of the ranges in
     sha256: str | None = None
     sha256_note: str | None = None  # why sha256 is null although the dump was scanned
     digest_done: bool = False  # the sha256 task is in, or none was asked for
@@ -171,8 +173,11 @@ def scan_fleet(
     on_outcome: OutcomeCallback | None = None,
     on_progress: ProgressCallback | None = None,
     command_line: str = "",
+    on_dump_progress: DumpProgressCallback | None = None,
 ) -> list[DumpOutcome]:
-    """Scan `paths` on the cluster behind `client` into `store`; one outcome per dump."""
+    """Scan `paths` on the cluster behind `client` into `store`; one outcome per dump.
+    `on_dump_progress` hears of each planned dump's bytes as its ranges come in (its
+    outcome, through `on_outcome`, says when it is no longer in flight)."""
     from distributed import as_completed
 
     options = options or FleetOptions()
@@ -263,6 +268,8 @@ def scan_fleet(
                 plan: DumpPlan = value
                 forbidden.add(FileId(plan.facts.device, plan.facts.inode))
                 planned += plan.scanned_bytes
+                if on_dump_progress is not None:
+                    on_dump_progress(dump.path, 0, plan.scanned_bytes)
                 folder = _staged(store, scan_id, dump, options)
                 for start, stop in plan.ranges:
                     submit(
@@ -287,6 +294,9 @@ def scan_fleet(
                 dump.stats.merge(result.tags, result.counts)
                 dump.tracker.add(result.tracker)
                 scanned += result.scanned_bytes
+                dump.scanned += result.scanned_bytes
+                if on_dump_progress is not None and dump.plan is not None:
+                    on_dump_progress(dump.path, dump.scanned, dump.plan.scanned_bytes)
             else:
                 dump.sha256 = value
                 dump.digest_done = dump.hashed = True
