@@ -516,9 +516,9 @@ def test_progress_line_shows_the_dumps_in_flight():
     clock[0] = 102.0
     bar.dump("/cases/host-a.raw", 128 * mib, 256 * mib)
     bar(128 * mib, 256 * mib)
-    want = (
-        "fleet scan [##########..........]  50%     67 MB/s ETA    2s | host-a.raw 50%"
-    ).ljust(99)
+    want = ("fleet scan [##########..........]  50%     67 MB/s ETA    2s | host-a.raw 50%").ljust(
+        99
+    )
     assert tty.getvalue() == "\r" + want
     bar.forget("/cases/host-a.raw")
     bar.close()
