@@ -13,6 +13,12 @@ an address that no header-carrying block of its page holds is looked up in a ful
 the dump (a scan's cost: a second or two per GiB) when it can be a big-pool address: a
 kernel virtual address, or any address of a minidump (whose space is virtual). A
 physical address that cannot be a kernel virtual address gets no full scan.
+
+A kernel virtual address given for a physical dump (beyond its physical addresses) is
+first translated through the kernel's page tables when they are found: the physical
+page it maps is scanned like a physical address's page, so a small-pool block is found
+by its virtual address at the cost of one page (and no full scan); only when no block
+of that page holds it is the big-page table searched. The view says the translation.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pooltagscan.addressing import read_virtual
+from pooltagscan.addressing import KernelSpace, Translation, read_virtual
 from pooltagscan.filters import RecordFilter
 from pooltagscan.layouts import LAYOUTS, PAGE_SIZE
 from pooltagscan.records import (
@@ -106,10 +112,23 @@ class PoolView:
     holding: PoolBlock | None = None
     data: bytes | None = None  # the holding block's bytes (header included), if asked
     data_notes: list[str] = field(default_factory=list)
+    # A kernel virtual address of a physical dump: what its translation gave (None:
+    # the address was taken as it is), in JSON's words and in one phrase.
+    translation: dict[str, Any] | None = None
+    translation_text: str | None = None
+
+    @property
+    def physical(self) -> int | None:
+        """The translated physical address, when the address was translated to one."""
+        return None if self.translation is None else self.translation["physical"]
 
     @property
     def offset_in_block(self) -> int | None:
-        return None if self.holding is None else self.address - self.holding.offset
+        if self.holding is None:
+            return None
+        # A page block's offset is physical; a big-pool allocation's is virtual.
+        at = self.physical if self.holding.source == "page" and self.physical else self.address
+        return at - self.holding.offset
 
 
 class AddressError(ValueError):
@@ -222,6 +241,50 @@ def big_pool_holding(
     return concat(found)
 
 
+def needs_translation(prepared: PreparedScan, address: int) -> bool:
+    """A kernel virtual address given for a physical dump: not one of the dump's
+    physical addresses (those win where the ranges meet, on x86 dumps over 2 GiB)."""
+    image = prepared.image
+    arch = LAYOUTS[prepared.config.family].architecture
+    return (
+        image.format != "minidump" and address >= image.max_address and address >= KERNEL_MIN[arch]
+    )
+
+
+def describe_translation(space: KernelSpace, found: Translation | None) -> str:
+    """The translation in one phrase, for the headline: where the address went and
+    through what (or why it could not)."""
+    if found is None:
+        why = "; ".join(space.notes) or "no kernel page tables"
+        return f"not translated ({why})"
+    dtb = f"DTB {space.dtb:#x}, " if space.dtb is not None else ""
+    through = f"kernel page tables: {dtb}found by the {space.method}"
+    if found.physical is None:
+        return f"maps no physical page ({found.why}; {through})"
+    kind = " through a transition PTE" if found.transition else ""
+    big = found.page_size
+    unit = f"{big >> 20} MiB" if big >= 1 << 20 else f"{big >> 10} KiB"
+    size = "" if big == PAGE_SIZE else f" in a {unit} page"
+    return f"translates to physical {found.physical:#x}{kind}{size} ({through})"
+
+
+def _translate(prepared: PreparedScan, view: PoolView) -> int | None:
+    """Translate the view's (virtual) address; the physical address, or None."""
+    space = prepared.kernel_space()
+    found = space.translate(view.address)
+    view.translation_text = describe_translation(space, found)
+    view.translation = {
+        "virtual": view.address,
+        "physical": None if found is None else found.physical,
+        "page_size": None if found is None else found.page_size,
+        "transition": False if found is None else found.transition,
+        "why": ("no kernel page tables" if found is None else found.why),
+        "dtb": space.dtb,
+        "method": space.method,
+    }
+    return None if found is None else found.physical
+
+
 def find(
     prepared: PreparedScan,
     address: int,
@@ -231,12 +294,21 @@ def find(
     progress: ProgressCallback | None = None,
 ) -> PoolView:
     """The view of `address` (check it first with `check_address`): the blocks of its
-    page with the holding one marked, or the big-pool allocation holding it."""
+    page with the holding one marked, or the big-pool allocation holding it. A kernel
+    virtual address of a physical dump is looked up at its translation first."""
     names = TagNames()
-    page, records, prevs = page_blocks(prepared, address)
-    view = PoolView(address, page, ["page"] if page is not None else [])
+    view = PoolView(address, None, [])
+    lookup: int | None = address
+    if needs_translation(prepared, address):
+        lookup = _translate(prepared, view)
+    if lookup is None:
+        page, records, prevs = None, np.empty(0, RECORD_DTYPE), []
+    else:
+        page, records, prevs = page_blocks(prepared, lookup)
+    view.page = page
+    view.searched = ["page"] if page is not None else []
     view.blocks = _blocks(records, prevs, db, names)
-    held = np.flatnonzero(_holds(records, address)) if records.size else []
+    held = np.flatnonzero(_holds(records, lookup)) if records.size else []
     if len(held):
         view.holding = view.blocks[int(held[0])]
     elif could_be_big_pool(prepared, address):

@@ -5,6 +5,14 @@ tag owns the bytes. Hits are matched to allocations of the same physical page on
 in a physical dump the next page is usually unrelated memory, so a block that runs past
 its page end says nothing about the bytes of the following page.
 
+Big-pool allocations have no header in their pages: the kernel's big-page table knows
+them by virtual address. When the dump's kernel page tables are found, a first pass
+collects the big-pool records and walks their ranges through the tables into a reverse
+map (physical page -> allocation, `addressing.reverse`), so that a hit outside every
+header-carrying block is placed in the big-pool allocation its page belongs to, with
+the hit's virtual address. Live entries win over freed ones (a freed entry keeps its
+old address, whose pages may hold a new allocation now).
+
 Hostile memory is full of patterns a careless rule matches millions of times (a rule on
 two zero bytes in a dump of zeros). The hits listed are bounded per rule and per dump
 (`MAX_HITS_PER_RULE`, the rest counted), YARA keeps only the bytes we preview of each
@@ -23,18 +31,23 @@ from typing import Any
 
 import numpy as np
 
+from pooltagscan.addressing.reverse import PageOwners, page_owners
 from pooltagscan.errors import InputError
+from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs.base import MemoryImage
-from pooltagscan.layouts import PAGE_SIZE
-from pooltagscan.records import TagNames
+from pooltagscan.layouts import PAGE_SIZE, STATE_FREE
+from pooltagscan.records import SOURCE_BIGPOOL, TagNames, concat
 from pooltagscan.rulefiles import rule_files
-from pooltagscan.scan import PreparedScan
+from pooltagscan.scan import PreparedScan, run
 from pooltagscan.scanner.engine import WINDOW_BYTES, ProgressCallback, window_records
 
 PREVIEW_BYTES = 64
 # Bytes shown on each side of a match: enough to see the field or string it sits in.
 CONTEXT_BYTES = 16
 MAX_HITS_PER_RULE = 10_000
+# Big-pool records kept for placing hits (a real table holds tens of thousands; a dump
+# full of table-shaped pages could make millions).
+MAX_BIG_RECORDS = 1 << 20
 
 
 @dataclass
@@ -49,10 +62,16 @@ class YaraHit:
     length: int | None = None  # the whole match (data keeps its first PREVIEW_BYTES)
     before: bytes = b""  # up to CONTEXT_BYTES before the match, same page, captured only
     after: bytes = b""  # up to CONTEXT_BYTES after the match, likewise
+    # The match's kernel virtual address, when a physical dump's hit is placed in a
+    # big-pool allocation (whose `allocation` is virtual) through the page tables.
+    virtual_address: int | None = None
 
     @property
     def offset_in_allocation(self) -> int | None:
-        return None if self.allocation is None else self.address - self.allocation
+        if self.allocation is None:
+            return None
+        at = self.address if self.virtual_address is None else self.virtual_address
+        return at - self.allocation
 
     @property
     def ascii(self) -> str:
@@ -83,6 +102,7 @@ class YaraHit:
             "before": self.before.hex(),
             "after": self.after.hex(),
             "context": self.context,
+            "virtual_address": self.virtual_address,
         }
 
     @property
@@ -153,8 +173,10 @@ class YaraScan:
     progress: ProgressCallback | None = None
     window_bytes: int = WINDOW_BYTES
     max_hits_per_rule: int = MAX_HITS_PER_RULE
+    max_big_records: int = MAX_BIG_RECORDS
     capped: dict[tuple[str, str], int] = field(default_factory=dict)  # (rule, string) -> windows
     unlisted: Counter = field(default_factory=Counter)  # rule -> hits not listed
+    placement_notes: list[str] = field(default_factory=list)  # about big-pool placement
 
     def __iter__(self) -> Iterator[YaraHit]:
         import yara
@@ -167,6 +189,10 @@ class YaraScan:
         windows = list(image.windows(self.window_bytes))
         total = sum(w.length for w in windows)
         done = 0
+        big, owners = self._big_pool_map(total)
+        if owners is not None:
+            # The first pass showed its progress on the first half of the bar.
+            done, total = total, 2 * total
 
         def warned(kind: int, string) -> int:
             if kind == yara.CALLBACK_TOO_MANY_MATCHES:
@@ -199,15 +225,64 @@ class YaraScan:
             del matches
             hits.sort(key=lambda h: (h.address, h.rule, h.string))
             _place(hits, records, names)
+            if owners is not None:
+                _place_big(hits, big, owners, names)
             yield from hits
             done += window.length
             if self.progress:
                 self.progress(done, total)
         image.check_unchanged()
 
+    def _big_pool_map(self, total: int) -> tuple[np.ndarray, PageOwners | None]:
+        """(big-pool records, their reverse map) when hits can be placed in them: a
+        physical dump, the table search on, big-pool records found, and the kernel page
+        tables found (else a note says why not). Costs a pass over the dump."""
+        none = np.empty(0), None
+        image: MemoryImage = self.prepared.image
+        if image.format == "minidump" or not self.prepared.config.tables:
+            return none
+        only_big = RecordFilter(sources=frozenset({SOURCE_BIGPOOL}))
+        progress = self.progress
+
+        def first_half(done: int, _total: int) -> None:
+            if progress:
+                progress(done, 2 * total)
+
+        parts, kept = [], 0
+        for records in run(self.prepared, only_big, 1, first_half):
+            if records.size and kept < self.max_big_records:
+                records = records[: self.max_big_records - kept]
+                parts.append(records)
+                kept += records.size
+        big = concat(parts)
+        if not big.size:
+            return none
+        if kept >= self.max_big_records:
+            self.placement_notes.append(
+                f"only the first {self.max_big_records:,} big-pool records are used to place "
+                "hits (this dump has more)"
+            )
+        space = self.prepared.kernel_space()
+        if space.tables is None:
+            why = "; ".join(space.notes) or "no kernel page tables"
+            self.placement_notes.append(
+                f"hits inside the {big.size:,} big-pool allocations are not placed: {why}"
+            )
+            return none
+        # Live entries first, then freed ones, each in table order.
+        big = big[np.argsort(big["state"] == STATE_FREE, kind="stable")]
+        owners = page_owners(space.tables, big["offset"], big["size"])
+        if not owners.complete:
+            self.placement_notes.append(
+                f"the big-pool allocations were mapped to {len(owners):,} physical pages "
+                "only (the budget of the walk through the page tables); hits in the rest "
+                "are not placed"
+            )
+        return big, owners
+
     @property
     def notes(self) -> list[str]:
-        notes = []
+        notes = list(self.placement_notes)
         for (rule, string), windows in sorted(self.capped.items()):
             notes.append(
                 f"YARA string {string} of rule {rule} matched more than a million times in "
@@ -269,6 +344,23 @@ def _captured_run(image: MemoryImage, window, start: int, stop: int, from_end: b
         held = held[::-1]
     missing = np.flatnonzero(~held)
     return int(missing[0]) if missing.size else stop - start
+
+
+def _place_big(hits: list[YaraHit], big: np.ndarray, owners: PageOwners, names: TagNames) -> None:
+    """Place the hits no header-carrying block holds in the big-pool allocation that
+    maps their physical page (see the module docstring)."""
+    for hit in hits:
+        if hit.allocation is not None:
+            continue
+        found = owners.place(hit.address)
+        if found is None:
+            continue
+        i, virtual = found
+        rec = big[i]
+        hit.tag = names(int(rec["tag"]))
+        hit.allocation = int(rec["offset"])
+        hit.allocation_size = int(rec["size"])
+        hit.virtual_address = virtual
 
 
 def _place(hits: list[YaraHit], records: np.ndarray, names: TagNames) -> None:

@@ -332,3 +332,58 @@ def test_no_tables_at_all_is_a_note(tmp_path, arch):
         assert not space.available and space.candidates == 0
     finally:
         image.close()
+
+
+def reverse_memory() -> Memory:
+    """x86 non-PAE: PD at page 1, one PT at page 2 for 0x80000000-0x803FFFFF.
+    VA pages 0-2 -> physical pages 5, 6, 5 (an alias); 3 not present; 4 prototype;
+    PDE 0x201 maps the 4 MiB large page at 0x00400000 (nothing of it in the dump)."""
+    mem = Memory(16)
+    mem.d(1, 0x200, 2 * P | PRESENT_RW)
+    mem.d(1, 0x201, 0x400000 | PRESENT_RW | LARGE)
+    mem.d(2, 0, 5 * P | PRESENT_RW)
+    mem.d(2, 1, 6 * P | PRESENT_RW)
+    mem.d(2, 2, 5 * P | PRESENT_RW)
+    mem.d(2, 4, 9 * P | 0x400)  # prototype: no page
+    return mem
+
+
+def test_page_owners_maps_physical_pages_back_to_allocations():
+    from pooltagscan.addressing.reverse import page_owners
+
+    mem = reverse_memory()
+    tables = PageTables(X86, 1 * P, mem.read)
+    base = 0x80000000
+    # A: five pages (one aliased, one absent, one prototype); B: its third page only,
+    # after A in the order of preference; C: two pages of the large page.
+    owners = page_owners(tables, [base, base + 2 * P, 0x80400000 + 0x100], [5 * P, P, 2 * P])
+    assert owners.complete
+    assert owners.pages.tolist() == [5, 5, 5, 6, 0x400, 0x401, 0x402]
+    assert [hex(v) for v in owners.page_va.tolist()] == [
+        "0x80000000", "0x80002000", "0x80002000", "0x80001000",
+        "0x80400000", "0x80401000", "0x80402000",
+    ]  # fmt: skip
+    assert owners.owner.tolist() == [0, 0, 1, 0, 2, 2, 2]
+    assert owners.place(5 * P + 0x10) == (0, base + 0x10)  # A's first mapping wins
+    assert owners.place(6 * P + 0xFF0) == (0, base + P + 0xFF0)
+    assert owners.place(7 * P) is None and owners.place(9 * P) is None
+    # C starts 0x100 into its first page and ends 0x100 into its third.
+    assert owners.place(0x400000 + 0xFF) is None
+    assert owners.place(0x400000 + 0x100) == (2, 0x80400100)
+    assert owners.place(0x402000 + 0xFF) == (2, 0x80402000 + 0xFF)
+    assert owners.place(0x402000 + 0x100) is None
+
+
+def test_page_owners_stops_at_its_budgets():
+    from pooltagscan.addressing.reverse import page_owners
+
+    mem = reverse_memory()
+    tables = PageTables(X86, 1 * P, mem.read)
+    owners = page_owners(tables, [0x80000000, 0x80400000], [5 * P, 4 << 20], max_pages=3)
+    assert not owners.complete and owners.pages.tolist() == [5, 5, 6]
+    # 4 GiB claimed over a page table of absent entries: translations are budgeted.
+    mem.d(1, 0x202, 3 * P | PRESENT_RW)  # an empty page table for 0x80800000
+    started = time.perf_counter()
+    owners = page_owners(tables, [0x80800000] * 3, [0xFFFFFFFF] * 3, max_steps=1000)
+    assert not owners.complete and len(owners) == 0
+    assert time.perf_counter() - started < 1.0

@@ -31,7 +31,7 @@ from pooltagscan.cli import main
 from pooltagscan.errors import InputError
 from pooltagscan.fleet.cluster import fleet_client
 from pooltagscan.fleet.runner import FleetOptions, scan_fleet
-from pooltagscan.fleet.store import FleetStore
+from pooltagscan.fleet.store import FleetStore, dump_id
 from pooltagscan.fleet.tasks import plan_dump, scan_range
 from pooltagscan.fleet.views import Fleet
 from pooltagscan.tags.database import TagDatabase
@@ -138,6 +138,33 @@ def test_records_equal_jsonl(local_store, tmp_path):
         assert got == sorted(want, key=lambda r: (r["offset"], r["source"]))
 
 
+def test_no_hash_records_null_with_the_reason(tmp_path, capsys):
+    """`--no-hash`: no sha256 task (the dump is read once), the provenance row holds
+    null and why, and the statistics are still exactly `scan --stats`."""
+    store = tmp_path / "store"
+    args = ["fleet", "scan", str(RAW[0]), str(RAW[1]), "--out", str(store), "--workers", "1"]
+    assert main([*args, "--no-hash"]) == 0, capsys.readouterr().err
+    fleet = Fleet.load(str(store))
+    rows = {d["path"]: d for d in fleet.ok}
+    assert set(rows) == {str(RAW[0]), str(RAW[1])}
+    for row in rows.values():
+        assert row["sha256"] is None
+        assert row["sha256_note"] == "not computed (--no-hash)"
+        assert row["tasks"] == 2  # the plan and one range: no sha256 task
+    ref = single_process(RAW[0], tmp_path)
+    mine = [
+        {k: v for k, v in r.items() if k not in ("dump_id", "scan_id", "path")}
+        for r in fleet.stats
+        if r["dump_id"] == rows[str(RAW[0])]["dump_id"]
+    ]
+    assert mine == ref["tags"]
+    # A rescan with the hash on fills it in, and the note goes.
+    assert main([*args, "--rescan", "-q"]) == 0
+    row = {d["path"]: d for d in Fleet.load(str(store)).ok}[str(RAW[0])]
+    assert row["sha256"] == hashlib.sha256(RAW[0].read_bytes()).hexdigest()
+    assert row["sha256_note"] is None and row["tasks"] == 3  # plan, one range, sha256
+
+
 def test_vanished_dump_fails_its_task(tmp_path):
     copy = tmp_path / "host.raw"
     shutil.copy(RAW[0], copy)
@@ -150,13 +177,15 @@ def test_vanished_dump_fails_its_task(tmp_path):
 
 
 @contextlib.contextmanager
-def dask_cluster(tmp: Path, workers: int = 2):
+def dask_cluster(tmp: Path, workers: int = 2, env: dict[str, str] | None = None):
     """`dask scheduler` and `dask worker`s on localhost, random free ports; every
-    process is killed on the way out, also when the test fails."""
+    process is killed on the way out, also when the test fails. `env` adds Dask
+    settings (DASK_...) to the processes' environment."""
     info = tmp / "scheduler.json"
     procs: list[subprocess.Popen] = []
     common = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
-              "start_new_session": True, "cwd": tmp}  # fmt: skip
+              "start_new_session": True, "cwd": tmp,
+              "env": {**os.environ, **(env or {})}}  # fmt: skip
     try:
         procs.append(
             subprocess.Popen(
@@ -235,6 +264,100 @@ def test_external_cluster_cli(tmp_path):
     compare_with_scan(store, [*dumps, copy], tmp_path)
     fleet = Fleet.load(str(store))
     assert [os.path.basename(d["path"]) for d in fleet.failed] == ["gone.raw"]
+
+
+def big_dump(tmp: Path, copies: int = 64) -> Path:
+    """A 128 MiB raw dump (the win10-1809 sample repeated): 8 range tasks of 16 MiB, each
+    long enough to be caught running."""
+    path = tmp / "big.raw"
+    unit = (DUMPS / "win10-1809-x64.raw").read_bytes()
+    with path.open("wb") as out:
+        for _ in range(copies):
+            out.write(unit)
+    return path
+
+
+def kill_worker_in_range_task(address: str, scan: subprocess.Popen, ident: str) -> str:
+    """SIGKILL the `dask worker` process that the scheduler has running a range task of
+    dump `ident` (and no task of another dump), and return the task's key.
+
+    The worker is first frozen (SIGSTOP) and the scheduler asked again after a moment:
+    only when the task is still processing on the frozen worker (it cannot finish or
+    report any more) is it killed, so the death really happens mid-task; otherwise the
+    worker is thawed and the next range task is tried."""
+    from distributed import Client
+
+    def mine(keys) -> list[str]:
+        """The range tasks among `keys`, when every key is a task of dump `ident`."""
+        keys = [str(k) for k in keys]
+        if not keys or not all(f"-{ident}-" in k for k in keys):
+            return []
+        return [k for k in keys if k.startswith(f"fleet-range-{ident}-")]
+
+    with Client(address, timeout=30) as client:
+        pids = client.run(os.getpid)
+        deadline = time.monotonic() + 60
+        while True:
+            assert scan.poll() is None, "the fleet scan ended before a range task was caught"
+            assert time.monotonic() < deadline, "no range task caught running"
+            for worker, keys in client.processing().items():
+                if not mine(keys):
+                    continue
+                os.kill(pids[worker], signal.SIGSTOP)
+                time.sleep(0.05)
+                still = mine(client.processing().get(worker, ()))
+                if still:
+                    os.kill(pids[worker], signal.SIGKILL)
+                    return still[0]
+                os.kill(pids[worker], signal.SIGCONT)
+            time.sleep(0.005)
+
+
+def fleet_scan_process(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pooltagscan", "fleet", "scan", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("allowed_failures", [3, 0], ids=["retried", "recorded"])
+def test_worker_killed_mid_range_task(tmp_path, allowed_failures):
+    """A `dask worker` SIGKILLed while it runs a range task of a dump: with Dask's
+    default allowance the task is run again on the other worker and the dump's results
+    are exactly `scan --stats`; with no allowance (the scheduler's
+    `allowed-failures` 0) the dump is recorded as failed with the error naming it.
+    Either way the dump is in the store, never silently dropped, and the other dump of
+    the run is unaffected."""
+    dump = big_dump(tmp_path)
+    store = tmp_path / "store"
+    env = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
+    with dask_cluster(tmp_path, env=env) as address:
+        scan = fleet_scan_process(
+            str(dump), str(RAW[0]), "--out", str(store), "--scheduler", address,
+            "--task-mib", "16",
+        )  # fmt: skip
+        try:
+            key = kill_worker_in_range_task(address, scan, dump_id(str(dump)))
+            _out, err = scan.communicate(timeout=120)
+        finally:
+            scan.kill()
+            scan.wait()
+    assert key.startswith("fleet-range-") and "Traceback" not in err
+    fleet = Fleet.load(str(store))
+    if allowed_failures:
+        assert scan.returncode == 0, err
+        assert "failed" not in err.replace("0 failed", "")
+        compare_with_scan(store, [dump, RAW[0]], tmp_path)
+        return
+    assert scan.returncode == 2, err
+    assert [d["path"] for d in fleet.failed] == [str(dump)]
+    row = fleet.failed[0]
+    assert row["status"] == "failed" and row["sha256"] is None and row["records"] is None
+    want = f"{dump}: the worker scanning it died, 1 time (the cluster allows 0 retries)"
+    assert row["error"] == want
+    assert f"pooltagscan: error: {want}\n" in err
+    assert [d["path"] for d in fleet.ok] == [str(RAW[0])]
+    assert {r["dump_id"] for r in fleet.stats} == {fleet.ok[0]["dump_id"]}
 
 
 def test_views(local_store, tmp_path):
@@ -355,3 +478,55 @@ def test_without_dask_one_line(tmp_path):
             "(pip install 'pooltagscan[fleet]')"
         )
     ]
+
+
+class FakeTty(io.StringIO):
+    def __init__(self, tty: bool = True):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_line_shows_the_dumps_in_flight():
+    from pooltagscan.fleet.progress import FleetProgress, render
+
+    mib = 1 << 20
+    flight = [("/cases/host-a.raw", 64 * mib, 256 * mib), ("/cases/host-b.raw", 0, 512 * mib)]
+    assert render("fleet scan", 64 * mib, 768 * mib, 2.0, flight, 100) == (
+        "fleet scan [#...................]   8%     34 MB/s ETA   22s | host-a.raw 25% host-b.raw 0%"
+    )
+    # Narrow: the dumps that do not fit are counted; names cut from the front.
+    long = [(f"/cases/{'x' * 30}-{i}.raw", i * mib, 4 * mib) for i in range(4)]
+    line = render("fleet scan", 6 * mib, 16 * mib, 3.0, long, 100)
+    assert line == (
+        "fleet scan [#######.............]  38%      2 MB/s ETA    5s | "
+        f"…{'x' * 17}-0.raw 0% +3 more"
+    )
+    assert len(line) <= 99
+    assert render("fleet scan", 0, 0, 0.0, [], 40) == "fleet scan [....................]   0%"
+
+    clock = [100.0]
+    tty = FakeTty()
+    bar = FleetProgress(stream=tty, clock=lambda: clock[0], width=100)
+    bar.dump("/cases/host-a.raw", 0, 256 * mib)
+    bar(0, 256 * mib)
+    assert tty.getvalue() == ""  # not before the delay
+    clock[0] = 102.0
+    bar.dump("/cases/host-a.raw", 128 * mib, 256 * mib)
+    bar(128 * mib, 256 * mib)
+    want = ("fleet scan [##########..........]  50%     67 MB/s ETA    2s | host-a.raw 50%").ljust(
+        99
+    )
+    assert tty.getvalue() == "\r" + want
+    bar.forget("/cases/host-a.raw")
+    bar.close()
+    assert tty.getvalue().endswith(want + "\n")
+    # Piped: never a byte.
+    piped = FakeTty(tty=False)
+    quiet = FleetProgress(stream=piped, clock=lambda: clock[0] + 60)
+    quiet.dump("/cases/host-a.raw", 1, 2)
+    quiet(1, 2)
+    quiet.close()
+    assert piped.getvalue() == ""

@@ -181,3 +181,161 @@ def test_real_arm64_minidump_gets_the_clear_note(capsys):
     assert meta["available"] is False
     assert "without page tables" in meta["notes"][0]
     assert "kernel address space: none" in err
+
+
+def big_pool_probe(family: str) -> tuple[dict, int, int, bytes]:
+    """(mapping row, page index, offset in that page, 16 bytes) inside a big-pool
+    allocation: a virtual page of it that no other big-page entry's range covers, at a
+    physical page that no other mapping aliases and that holds no planted pool page,
+    the 16 bytes found once in the dump."""
+    manifest = load_manifest(family)
+    raw = (DUMPS / f"{family}.raw").read_bytes()
+    rows = manifest["kernel_mappings"]
+    uses: dict[int, int] = {}
+    for row in rows:
+        for phys in row["pages"]:
+            if phys is not None:
+                uses[phys] = uses.get(phys, 0) + 1
+    pool = {a["offset"] // PAGE for a in manifest["allocations"]}
+
+    def alone(row: dict, va: int) -> bool:
+        return not any(
+            e["offset"] < va + PAGE and va < e["offset"] + e["size"]
+            for e in manifest["bigpool"]
+            if e["entry"] != row["entry"]
+        )
+
+    for row in rows:
+        for i, phys in enumerate(row["pages"]):
+            if phys is None or uses[phys] != 1 or phys // PAGE in pool:
+                continue
+            if not alone(row, row["offset"] + i * PAGE):
+                continue
+            for inner in range(64, min(PAGE, row["size"] - i * PAGE) - 32, 8):
+                snippet = raw[phys + inner : phys + inner + 16]
+                if len(set(snippet)) > 8 and raw.count(snippet) == 1:
+                    return row, i, inner, snippet
+    raise AssertionError(f"no probe bytes in a mapped big-pool allocation of {family}")
+
+
+@pytest.mark.parametrize("family", sorted(PAGED))
+def test_yara_hit_in_a_big_pool_allocation_is_placed_through_the_page_tables(
+    capsys, tmp_path, family
+):
+    row, page, inner, snippet = big_pool_probe(family)
+    rule = tmp_path / "big.yar"
+    rule.write_text("rule big { strings: $b = { " + snippet.hex(" ") + " } condition: $b }")
+    dump = str(DUMPS / f"{family}.raw")
+    status, out, err = run_cli(capsys, "scan", dump, "--yara", str(rule), "--format", "jsonl")
+    assert status == 0, err
+    (hit,) = [json.loads(line) for line in out.splitlines()]
+    offset = page * PAGE + inner
+    keys = ("address", "tag", "allocation", "allocation_size", "offset_in_allocation",
+            "offset_in_allocation_hex", "virtual_address")  # fmt: skip
+    assert {k: hit[k] for k in keys} == {
+        "address": row["pages"][page] + inner,
+        "tag": row["tag"],
+        "allocation": row["offset"],
+        "allocation_size": row["size"],
+        "offset_in_allocation": offset,
+        "offset_in_allocation_hex": f"{offset:#x}",
+        "virtual_address": row["offset"] + offset,
+    }
+    # The table shows the allocation's virtual address and the offset in hex.
+    status, out, _ = run_cli(capsys, "scan", dump, "--yara", str(rule), "-q")
+    assert f"{row['tag']:<4}   {row['offset']:#18x} +{offset:#x}" in out
+
+
+def test_yara_without_page_tables_says_big_pool_hits_are_not_placed(capsys, tmp_path):
+    rule = tmp_path / "any.yar"
+    rule.write_text('rule thread { strings: $s = "Thread" condition: $s }')
+    dump = str(DUMPS / "win7-x64.raw")
+    status, _, err = run_cli(capsys, "scan", dump, "--yara", str(rule), "--format", "jsonl")
+    assert status == 0
+    _, records, _ = run_cli(capsys, "scan", dump, "--source", "bigpool", "--format", "jsonl")
+    bigpool = len(records.splitlines())
+    assert bigpool > 500
+    assert (
+        f"{dump}: hits inside the {bigpool:,} big-pool allocations are not placed: no kernel "
+        "page-table root found"
+    ) in err
+    # --no-tables: no big-pool records, so nothing to say.
+    status, _, err = run_cli(capsys, "scan", dump, "--yara", str(rule), "--no-tables")
+    assert status == 0 and "big-pool" not in err
+
+
+def window_va(family: str, physical: int) -> int:
+    """The kernel virtual address at which the sample's pool window maps `physical`."""
+    return load_manifest(family)["kernel_space"]["pool_window"]["va"] + physical
+
+
+@pytest.mark.parametrize("family", sorted(PAGED))
+def test_pool_of_a_kernel_virtual_address_shows_its_translated_page(capsys, family):
+    manifest = load_manifest(family)
+    truth = manifest["kernel_space"]
+    dump = str(DUMPS / f"{family}.raw")
+    alloc = [a for a in manifest["allocations"] if a["state"] == "allocated"][3]
+    va = window_va(family, alloc["offset"] + 0x18)
+    status, out, _ = run_cli(capsys, "pool", dump, hex(va), "--format", "json", "-q")
+    assert status == 0
+    doc = json.loads(out)
+    assert doc["holding"]["offset"] == alloc["offset"]
+    assert doc["holding"]["tag"] == alloc["tag"] and doc["holding"]["source"] == "page"
+    assert (doc["address"], doc["offset_in_block"]) == (va, 0x18)
+    assert doc["page"] == alloc["offset"] - alloc["offset"] % PAGE
+    assert doc["searched"] == ["page"]  # found in the page: no full scan for big pool
+    translation = doc["translation"]
+    assert translation["physical"] == alloc["offset"] + 0x18 and translation["why"] is None
+    assert (translation["virtual"], translation["dtb"]) == (va, truth["dtb"])
+    assert translation["method"] == SEARCH
+    # The table's headline says the translation, then the holding block.
+    status, out, _ = run_cli(capsys, "pool", dump, hex(va), "-q")
+    size = translation["page_size"]
+    unit = "" if size == PAGE else f" in a {size >> 20} MiB page"
+    assert out.splitlines()[0] == (
+        f"{va:#x} translates to physical {alloc['offset'] + 0x18:#x}{unit} (kernel page "
+        f"tables: DTB {truth['dtb']:#x}, found by the self-reference search); {va:#x} is "
+        f"0x18 bytes into the block at {alloc['offset']:#x} ({alloc['size']:#x} bytes); "
+        f"page {doc['page']:#x} of {dump} holds {len(doc['blocks'])} block(s):"
+    )
+
+
+def test_pool_of_a_kernel_virtual_address_that_no_block_holds(capsys):
+    family = "win10-1809-x64"
+    manifest = load_manifest(family)
+    dump = str(DUMPS / f"{family}.raw")
+    zeros = manifest["pages"].index("zeros") * PAGE
+    tables = f"kernel page tables: DTB {manifest['kernel_space']['dtb']:#x}, found by the "
+    tables += "self-reference search"
+    va = window_va(family, zeros + 0x100)
+    status, out, err = run_cli(capsys, "pool", dump, hex(va), "--format", "json", "-q")
+    assert status == 1
+    doc = json.loads(out)
+    assert doc["holding"] is None and doc["page"] == zeros and doc["blocks"] == []
+    assert doc["searched"] == ["page", "bigpool"]
+    assert doc["translation"]["physical"] == zeros + 0x100
+    assert err == (
+        f"pooltagscan: {dump}: no pool allocation holds {va:#x}: it translates to physical "
+        f"{zeros + 0x100:#x} in a 2 MiB page ({tables}), where page {zeros:#x} holds no pool "
+        "header; no big-page table entry spans it\n"
+    )
+    # An address the tables do not map.
+    status, out, err = run_cli(capsys, "pool", dump, "0xfffff80000000000", "--format", "json")
+    assert status == 1
+    assert json.loads(out)["translation"]["why"] == "not present"
+    assert err.endswith(
+        f"{dump}: no pool allocation holds 0xfffff80000000000: maps no physical page "
+        f"(not present; {tables}); no big-page table entry spans it\n"
+    )
+    # A dump without page tables: said, and the big-page table still searched.
+    other = str(DUMPS / "win7-x64.raw")
+    status, _, err = run_cli(capsys, "pool", other, "0xffff800000001000", "-q")
+    assert status == 1
+    assert err == (
+        f"pooltagscan: {other}: no pool allocation holds 0xffff800000001000: not translated "
+        "(no kernel page-table root found (5 self-referencing page(s), none valid): big-pool "
+        "addresses cannot be translated); no big-page table entry spans it\n"
+    )
+    # Bad addresses are still exit code 2, on one line.
+    status, _, err = run_cli(capsys, "pool", dump, "0x7fff00000000", "-q")
+    assert status == 2 and err.count("\n") == 1 and "not an x64 kernel virtual address" in err

@@ -58,6 +58,7 @@ def test_hit_reports_its_allocation(tmp_path):
             "context": printable_ascii(data[address - 16 : address])
             + f"[{printable_ascii(snippet)}]"
             + printable_ascii(data[address + 16 : address + 32]),
+            "virtual_address": None,
         }
     ]
     assert address // 4096 == (address - 16) // 4096 == (address + 31) // 4096
@@ -135,6 +136,7 @@ DEV_HIT = {
     "before": "00" * 16,
     "after": "32005c00550073006500720073005c00",
     "context": "........[\\Device\\HarddiskVolume]2\\Users\\",
+    "virtual_address": None,
 }
 THR_HIT = {
     "rule": "thr",
@@ -152,6 +154,7 @@ THR_HIT = {
     "before": "2a000000000000006e2a000000000000",
     "after": "506f6f6c000000000000dc8300000000",
     "context": "*.......n*......[Thread]Pool............",
+    "virtual_address": None,
 }
 
 
@@ -176,11 +179,11 @@ def test_hits_show_the_matched_text_and_its_context(tmp_path):
     table = pooltagscan(*args).stdout.splitlines()
     assert table[0].endswith("  +Off  Context [match]")
     assert (
-        "        0x9cb0  dev                          $s         Qx9p           0x91a0  +0xb10  "
+        "            0x9cb0  dev                          $s         Qx9p               0x91a0  +0xb10  "
         "........[\\Device\\HarddiskVolume]2\\Users\\"
     ) in table
     assert (
-        "        0x6280  thr                          $t         ZqX1           0x61f0   +0x90  "
+        "            0x6280  thr                          $t         ZqX1               0x61f0   +0x90  "
         "*.......n*......[Thread]Pool............"
     ) in table
     rows_csv = list(csv.DictReader(io.StringIO(pooltagscan(*args, "--format", "csv").stdout)))

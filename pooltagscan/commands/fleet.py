@@ -74,6 +74,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--rescan", action="store_true", help="scan again dumps an earlier run already did"
     )
     scan.add_argument(
+        "--no-hash",
+        action="store_true",
+        help="do not compute each dump's sha256 (it reads every dump a second time); the "
+        "provenance row then holds null and the reason",
+    )
+    scan.add_argument(
         "--task-mib",
         type=int,
         default=256,
@@ -181,9 +187,9 @@ def _read_list(path: str) -> list[str]:
 def run_scan(args: argparse.Namespace, outputs: Outputs) -> int:
     _require()
     from pooltagscan.fleet.cluster import fleet_client
+    from pooltagscan.fleet.progress import FleetProgress
     from pooltagscan.fleet.runner import FleetOptions, scan_fleet, select
     from pooltagscan.fleet.store import FleetStore
-    from pooltagscan.progress import ProgressBar
     from pooltagscan.provenance import document
     from pooltagscan.tags.database import TagDatabase
 
@@ -205,14 +211,17 @@ def run_scan(args: argparse.Namespace, outputs: Outputs) -> int:
         records=args.records,
         rescan=args.rescan,
         task_bytes=args.task_mib << 20,
+        hash=not args.no_hash,
     )
-    bar = ProgressBar("fleet scan", enabled=False if args.quiet else None)
+    # The run and the dumps in flight, on one redrawn line (terminals only).
+    bar = FleetProgress("fleet scan", enabled=False if args.quiet else None)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     scanned = 0
 
     def outcome(found: DumpOutcome) -> None:
         nonlocal scanned
         counts[found.status] = counts.get(found.status, 0) + 1
+        bar.forget(found.path)
         bar.close()
         if found.status == "failed":
             error(found.error or f"{found.path}: failed")
@@ -239,7 +248,7 @@ def run_scan(args: argparse.Namespace, outputs: Outputs) -> int:
         with fleet_client(
             args.scheduler, args.workers, lambda link: note(args, f"Dask dashboard: {link}")
         ) as client:
-            scan_fleet(client, store, todo, db, options, outcome, bar, command_line)
+            scan_fleet(client, store, todo, db, options, outcome, bar, command_line, bar.dump)
     bar.close()
     elapsed = time.perf_counter() - started
     rate = scanned / elapsed / 1e9 if elapsed > 0 else 0.0

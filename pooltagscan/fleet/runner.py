@@ -51,6 +51,8 @@ from pooltagscan.tracking import TrackerTotals
 from pooltagscan.tracking import attach as attach_tracker
 
 STATUS_SKIPPED = "skipped"
+# Why a provenance row's sha256 is null when the run was asked not to compute it.
+NO_HASH_NOTE = "not computed (--no-hash)"
 
 
 @dataclass
@@ -61,7 +63,10 @@ class FleetOptions:
     rescan: bool = False  # scan again dumps an earlier run already did
     task_bytes: int = TASK_BYTES
     window_bytes: int = WINDOW_BYTES
-    retries: int = 1  # resubmissions of a task whose worker died (Dask's own count aside)
+    retries: int = 1  # resubmissions of a task that failed (a worker's death is Dask's)
+    # The sha256 reads every dump a second time; an analyst who hashes at acquisition
+    # (or whose storage is the bottleneck) turns it off, and the row says so.
+    hash: bool = True
 
 
 @dataclass
@@ -80,6 +85,7 @@ class DumpOutcome:
 
 OutcomeCallback = Callable[[DumpOutcome], None]
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes planned so far)
+DumpProgressCallback = Callable[[str, int, int], None]  # (path, bytes done, bytes planned)
 
 
 @dataclass
@@ -95,8 +101,11 @@ class _Dump:
     stats: TagStats = field(default_factory=TagStats)
     tracker: TrackerTotals = field(default_factory=TrackerTotals)
     results: list[RangeResult] = field(default_factory=list)
+    scanned: int = 0  # bytes of the ranges in
     sha256: str | None = None
-    digest_done: bool = False
+    sha256_note: str | None = None  # why sha256 is null although the dump was scanned
+    digest_done: bool = False  # the sha256 task is in, or none was asked for
+    hashed: bool = False  # a sha256 task ran
     error: str | None = None
     finished: bool = False
 
@@ -115,7 +124,15 @@ def _error_text(path: str, exc: BaseException) -> str:
         return str(exc)
     name = type(exc).__name__
     if name == "KilledWorker":
-        return f"{path}: a worker died while scanning it (retried; {exc})"
+        # Dask's own text is a paragraph with a link; one line says what matters.
+        allowed = getattr(exc, "allowed_failures", None)
+        if not isinstance(allowed, int):
+            return f"{path}: the worker scanning it died more often than the cluster retries"
+        tries = allowed + 1
+        return (
+            f"{path}: the worker scanning it died, {tries} time{'s' if tries > 1 else ''} "
+            f"(the cluster allows {allowed} retries)"
+        )
     if name == "CancelledError":
         return f"{path}: its task was cancelled by the cluster"
     return f"{path}: scan failed: {name}: {exc}"
@@ -156,8 +173,11 @@ def scan_fleet(
     on_outcome: OutcomeCallback | None = None,
     on_progress: ProgressCallback | None = None,
     command_line: str = "",
+    on_dump_progress: DumpProgressCallback | None = None,
 ) -> list[DumpOutcome]:
-    """Scan `paths` on the cluster behind `client` into `store`; one outcome per dump."""
+    """Scan `paths` on the cluster behind `client` into `store`; one outcome per dump.
+    `on_dump_progress` hears of each planned dump's bytes as its ranges come in (its
+    outcome, through `on_outcome`, says when it is no longer in flight)."""
     from distributed import as_completed
 
     options = options or FleetOptions()
@@ -198,6 +218,8 @@ def scan_fleet(
 
     for path in todo:
         dump = _Dump(path, dump_id(path), time.perf_counter())
+        if not options.hash:
+            dump.sha256_note = NO_HASH_NOTE
         dumps[path] = dump
         dump.plan_future = submit(
             "plan",
@@ -246,6 +268,8 @@ def scan_fleet(
                 plan: DumpPlan = value
                 forbidden.add(FileId(plan.facts.device, plan.facts.inode))
                 planned += plan.scanned_bytes
+                if on_dump_progress is not None:
+                    on_dump_progress(dump.path, 0, plan.scanned_bytes)
                 folder = _staged(store, scan_id, dump, options)
                 for start, stop in plan.ranges:
                     submit(
@@ -260,16 +284,22 @@ def scan_fleet(
                         extra=start,
                         retries=options.retries,
                     )
-                submit("sha256", dump, digest_dump, plan.facts, retries=options.retries)
+                if options.hash:
+                    submit("sha256", dump, digest_dump, plan.facts, retries=options.retries)
+                else:
+                    dump.digest_done = True
             elif kind == "range":
                 result: RangeResult = value
                 dump.results.append(result)
                 dump.stats.merge(result.tags, result.counts)
                 dump.tracker.add(result.tracker)
                 scanned += result.scanned_bytes
+                dump.scanned += result.scanned_bytes
+                if on_dump_progress is not None and dump.plan is not None:
+                    on_dump_progress(dump.path, dump.scanned, dump.plan.scanned_bytes)
             else:
                 dump.sha256 = value
-                dump.digest_done = True
+                dump.digest_done = dump.hashed = True
             kinds.pop(future, None)
             dump.futures.discard(future)
             if on_progress is not None:
@@ -357,7 +387,8 @@ def _provenance(dump: _Dump, scan_id: str, command_line: str) -> dict[str, Any]:
         "scanned_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tool_version": __version__,
         "command_line": command_line,
-        "tasks": len(dump.results) + (1 if plan is not None else 0) + int(dump.digest_done),
+        "tasks": len(dump.results) + (1 if plan is not None else 0) + int(dump.hashed),
+        "sha256_note": dump.sha256_note,
         "records_files": sum(1 for r in dump.results if r.records_file),
     }
     facts = stat_facts(dump.path)

@@ -84,6 +84,7 @@ DUMP_FIELDS: tuple[tuple[str, str], ...] = (
     ("size", "int64"),
     ("mtime_ns", "int64"),
     ("sha256", "string"),
+    ("sha256_note", "string"),  # why sha256 is null for a scanned dump (--no-hash)
     ("format", "string"),
     ("architecture", "string"),
     ("layout", "string"),

@@ -21,8 +21,11 @@ _COLUMNS = (
 def headline(view: PoolView, dump: str) -> str:
     """One sentence: where the address lies, or that nothing holds it."""
     held = view.holding
+    translated = f"{view.address:#x} {view.translation_text}; " if view.translation_text else ""
     if held is None:
-        if view.page is None:
+        if view.translation_text and view.page is None:
+            where = view.translation_text
+        elif view.page is None:
             where = "the dump holds no page there"
         elif view.blocks:
             where = f"none of the {len(view.blocks)} block(s) of page {view.page:#x} spans it"
@@ -33,6 +36,8 @@ def headline(view: PoolView, dump: str) -> str:
             if "bigpool" in view.searched
             else "; not a kernel virtual address, so the big-page table was not searched"
         )
+        if view.translation_text and view.page is not None:
+            where = f"it {view.translation_text}, where {where}"
         return f"{dump}: no pool allocation holds {view.address:#x}: {where}{table}"
     if held.source == "bigpool":
         return (
@@ -41,7 +46,7 @@ def headline(view: PoolView, dump: str) -> str:
             f"{held.entry:#x}; found by a full scan of {dump})"
         )
     return (
-        f"{view.address:#x} is {view.offset_in_block:#x} bytes into the block at "
+        f"{translated}{view.address:#x} is {view.offset_in_block:#x} bytes into the block at "
         f"{held.offset:#x} ({held.size:#x} bytes); page {view.page:#x} of {dump} holds "
         f"{len(view.blocks)} block(s):"
     )
@@ -105,6 +110,7 @@ def as_document(view: PoolView, meta: dict[str, Any], hexdump: bool) -> dict[str
         "holding": view.holding.as_dict() if view.holding else None,
         "offset_in_block": view.offset_in_block,
         "blocks": [b.as_dict() for b in view.blocks],
+        "translation": view.translation,
     }
     if hexdump:
         doc["hexdump"] = {

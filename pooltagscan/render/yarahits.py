@@ -28,13 +28,15 @@ FIELDS = (
     "before",
     "after",
     "context",
+    "virtual_address",
 )
 _COLUMNS = (
-    Column("Address", right=True, width=14),
+    # 18: a 64-bit kernel virtual address in full (minidump hits, big-pool allocations).
+    Column("Address", right=True, width=18),
     Column("Rule", width=28, cut=""),
     Column("String", width=10, cut="", sep=" "),
     Column("Tag", width=6, cut=None, sep=" "),
-    Column("Allocation", right=True, width=14, sep=" "),
+    Column("Allocation", right=True, width=18, sep=" "),
     Column("+Off", right=True, width=7, sep=" "),
     Column("Context [match]"),
 )
