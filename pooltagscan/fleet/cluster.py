@@ -150,7 +150,9 @@ def fleet_client(
                     protocol="tcp",
                     host="127.0.0.1",
                     scheduler_port=0,
-                    dashboard_address=":0" if dashboard_available() else None,
+                    # Loopback and a free port, always: None or ":0" would have Dask's
+                    # HTTP server listen on every interface (8787 by default).
+                    dashboard_address="127.0.0.1:0",
                     silence_logs=logging.CRITICAL,
                 )
                 local = LocalWorkers(cluster.scheduler_address, workers or default_workers())

@@ -118,14 +118,28 @@ class _Dump:
         )
 
 
-def _error_text(path: str, exc: BaseException) -> str:
+def _configured_allowed_failures() -> int | None:
+    try:
+        import dask.config
+
+        value = dask.config.get("distributed.scheduler.allowed-failures")
+    except Exception:  # noqa: BLE001 - no config: the generic words
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _error_text(path: str, exc: BaseException | None) -> str:
     """One line for a failed task, naming the dump."""
     if isinstance(exc, InputError):
         return str(exc)
     name = type(exc).__name__
-    if name == "KilledWorker":
-        # Dask's own text is a paragraph with a link; one line says what matters.
+    if exc is None or name == "KilledWorker":
+        # Dask's own text is a paragraph with a link; one line says what matters. A task
+        # whose worker died may also come back in error with no exception attached yet
+        # (seen under load): the cluster's retry allowance then comes from the config.
         allowed = getattr(exc, "allowed_failures", None)
+        if exc is None:
+            allowed = _configured_allowed_failures()
         if not isinstance(allowed, int):
             return f"{path}: the worker scanning it died more often than the cluster retries"
         tries = allowed + 1
