@@ -127,8 +127,9 @@ def _headers(arch: str, base: int, size: int, entry: int, sections: list[tuple],
     opt += dirs
     assert len(opt) == opt_size
     table = b"".join(
-        struct.pack("<8sIIIIIIHHI", name, vsize, rva, _align(vsize, 0x1000), rva, 0, 0, 0, 0,
-                    flags)  # fmt: skip
+        struct.pack(
+            "<8sIIIIIIHHI", name, vsize, rva, _align(vsize, 0x1000), rva, 0, 0, 0, 0, flags
+        )
         for name, rva, vsize, flags in sections
     )
     return bytes(dos) + b"PE\0\0" + coff + opt + table
@@ -147,7 +148,9 @@ def imports_of(data: bytes) -> list[tuple[str, int, str | None, int | None]]:
     for d in getattr(pe, "DIRECTORY_ENTRY_IMPORT", ()):
         for item in d.imports:
             name = item.name.decode() if item.name else None
-            out.append((d.dll.decode(), item.address - base, name, item.ordinal if not name else None))
+            out.append(
+                (d.dll.decode(), item.address - base, name, item.ordinal if not name else None)
+            )
     return out
 
 
@@ -329,7 +332,10 @@ def plant_images(seed: int, family_arch: str, mode: str, image: bytearray,
                                "sha256": hashlib.sha256(original).hexdigest() if original else None,
                                "wiped_header": name == WIPED, "missing_pages": []}  # fmt: skip
         lfanew = struct.unpack_from("<I", mem, 0x3C)[0]
-        nsec, optsize = struct.unpack_from("<HH", mem, lfanew + 6)[0], struct.unpack_from("<H", mem, lfanew + 20)[0]
+        nsec, optsize = (
+            struct.unpack_from("<HH", mem, lfanew + 6)[0],
+            struct.unpack_from("<H", mem, lfanew + 20)[0],
+        )
         row["entry"] = struct.unpack_from("<I", mem, lfanew + 40)[0]
         bss = []
         for k in range(nsec):
@@ -364,7 +370,9 @@ def plant_images(seed: int, family_arch: str, mode: str, image: bytearray,
             row["loader_name"] = None
         else:
             row["loader_name"] = installed
-            folder = "\\SystemRoot\\System32\\" + ("drivers\\" if installed.endswith(".sys") else "")
+            folder = "\\SystemRoot\\System32\\" + (
+                "drivers\\" if installed.endswith(".sys") else ""
+            )
             listed.append({**row, "full": folder + installed})
     loader_va = REGIONS[mode] - 0x20000
     mapper.map(loader_va, mapper.new_page("loader-list", _loader_entries(arch, loader_va, listed)))

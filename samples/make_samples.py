@@ -29,8 +29,8 @@ if str(HERE) not in sys.path:  # the gen_* helpers live next to this file, not i
     sys.path.insert(0, str(HERE))
 
 from gen_common import PAGE, Spec, header_like, legacy_chain, page_is_clean, tag_text
-from gen_pages import NON_POOL_MAKERS, NON_POOL_WEIGHTS
 from gen_images import plant_images
+from gen_pages import NON_POOL_MAKERS, NON_POOL_WEIGHTS
 from gen_paging import PAGING, plant_page_tables
 from gen_pool import Record, legacy_page, lfh_subsegment, vs_subsegment
 from gen_tables import BIG_FORMATS, TRACKER_FORMATS, big_page_table, tracker_table

@@ -32,7 +32,6 @@ from pooltagscan.addressing import KernelSpace
 from pooltagscan.addressing.paging import PAGE_SIZE, X64
 from pooltagscan.carving.images import (
     HEADER,
-    MAX_IMAGE_BYTES,
     Candidate,
     Import,
     exports,
@@ -42,7 +41,7 @@ from pooltagscan.carving.images import (
     parse_layout,
     rebuild,
 )
-from pooltagscan.carving.walk import Mapping, WalkStats, kernel_mappings
+from pooltagscan.carving.walk import WalkStats, kernel_mappings
 from pooltagscan.inputs.base import MemoryImage
 
 __all__ = ["CarveResult", "CarvedImage", "carve"]
@@ -103,7 +102,9 @@ def carve(image: MemoryImage, space: KernelSpace) -> CarveResult:
     found = _find(image, kernel_mappings(tables, image.read, image.max_address, skip, stats), arch)
     result.pages_walked, result.tables_read = stats.pages, stats.tables
     if stats.truncated:
-        result.notes.append("the page-table walk stopped at its table budget; images past it were not looked for")
+        result.notes.append(
+            "the page-table walk stopped at its table budget; images past it were not looked for"
+        )
     accepted: list[Candidate] = []
     for cand in sorted(found, key=lambda c: (c.base, c.found_by != HEADER)):
         if accepted and cand.base < accepted[-1].base + accepted[-1].size:
@@ -267,7 +268,9 @@ def _finish(cand: Candidate, memory: bytes, missing: list[int], exported: dict[i
             module, name = exported[int(values[index])]
             imports.append(Import(module, name, index * width))
         if len(hits):
-            notes.append(f"no import directory: {len(hits)} IAT slot(s) found by the addresses they hold")
+            notes.append(
+                f"no import directory: {len(hits)} IAT slot(s) found by the addresses they hold"
+            )
     if unresolved:
         notes.append(f"{unresolved} IAT slot(s) hold addresses no carved image exports")
     entry = cand.entry
@@ -309,7 +312,9 @@ def _version_name(data: bytes) -> str | None:
 # -- loader entries ------------------------------------------------------------------------
 
 
-def loader_names(image: MemoryImage, tables, arch: str, images: dict[int, int]) -> dict[int, tuple[str, int]]:
+def loader_names(
+    image: MemoryImage, tables, arch: str, images: dict[int, int]
+) -> dict[int, tuple[str, int]]:
     """Base -> (BaseDllName, EntryPoint RVA) from the KLDR_DATA_TABLE_ENTRY records
     found anywhere in the dump: a pointer-aligned DllBase equal to a carved image's
     base, followed by an EntryPoint inside it (or 0), SizeOfImage equal to the carved
@@ -350,7 +355,11 @@ def _entry(chunk: bytes, here: int, x64: bool, images: dict[int, int], tables):
     base, entry = struct.unpack_from(p + p[1], chunk, here + base_off)
     (size,) = struct.unpack_from("<I", chunk, here + base_off + 2 * w)
     kernel = (1 << 63) if x64 else (1 << 31)
-    if not flink & kernel or not blink & kernel or images.get(base) != -(-size // PAGE_SIZE) * PAGE_SIZE:
+    if (
+        not flink & kernel
+        or not blink & kernel
+        or images.get(base) != -(-size // PAGE_SIZE) * PAGE_SIZE
+    ):
         return None
     if entry and not base <= entry < base + size:
         return None

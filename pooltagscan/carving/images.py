@@ -123,7 +123,9 @@ def parse_header(base: int, page: bytes) -> Candidate | None:
         return None
     (entry,) = struct.unpack_from("<I", page, opt + 16)
     (size,) = struct.unpack_from("<I", page, opt + 56)
-    (image_base,) = struct.unpack_from("<Q" if arch == "x64" else "<I", page, opt + (24 if arch == "x64" else 28))
+    (image_base,) = struct.unpack_from(
+        "<Q" if arch == "x64" else "<I", page, opt + (24 if arch == "x64" else 28)
+    )
     if not PAGE_SIZE <= size <= MAX_IMAGE_BYTES:
         return None
     dirs_at, count_at = (opt + 112, opt + 108) if arch == "x64" else (opt + 96, opt + 92)
@@ -257,7 +259,9 @@ class Descriptor:
     count: int
 
 
-def import_descriptors(memory: bytes, directory: tuple[int, int] | None, wide: bool) -> list[Descriptor]:
+def import_descriptors(
+    memory: bytes, directory: tuple[int, int] | None, wide: bool
+) -> list[Descriptor]:
     """The import directory's descriptors (at most 1024, each at most MAX_ENTRIES
     slots); empty when the directory is absent."""
     out: list[Descriptor] = []
@@ -285,7 +289,9 @@ def import_descriptors(memory: bytes, directory: tuple[int, int] | None, wide: b
                 (thunk,) = struct.unpack_from(fmt, memory, oft + width * count)
             if not slot and not thunk:
                 break
-            names.append(None if not thunk or thunk & flag else c_string(memory, (thunk & 0x7FFF_FFFF) + 2))
+            names.append(
+                None if not thunk or thunk & flag else c_string(memory, (thunk & 0x7FFF_FFFF) + 2)
+            )
             count += 1
         out.append(Descriptor(c_string(memory, name_rva), iat, tuple(names), count))
     return out
@@ -359,7 +365,9 @@ def rebuild(candidate: Candidate, memory: bytes, imports: list[Import], entry: i
     if len(header) > min(first_section, PAGE_SIZE):
         raise ValueError("the rebuilt headers do not fit before the first section")
     out[: len(header)] = header
-    out[len(header) : min(first_section, PAGE_SIZE)] = bytes(min(first_section, PAGE_SIZE) - len(header))
+    out[len(header) : min(first_section, PAGE_SIZE)] = bytes(
+        min(first_section, PAGE_SIZE) - len(header)
+    )
     return bytes(out)
 
 
@@ -374,7 +382,11 @@ def _header(candidate: Candidate, sections: list[SectionRow], directories: dict[
                        0, 0, opt_size, 0x22)  # fmt: skip
     common = struct.pack("<BBIIII", 0, 0, 0, 0, 0, entry)
     if x64:
-        opt = struct.pack("<H", 0x20B) + common + struct.pack("<IQII", 0, candidate.base, PAGE_SIZE, 0x200)
+        opt = (
+            struct.pack("<H", 0x20B)
+            + common
+            + struct.pack("<IQII", 0, candidate.base, PAGE_SIZE, 0x200)
+        )
     else:
         opt = struct.pack("<H", 0x10B) + common + struct.pack("<IIIII", 0, 0, candidate.base, PAGE_SIZE, 0x200)  # fmt: skip
     opt += struct.pack("<HHHHHHIIII", 6, 1, 6, 1, 6, 1, 0, size, PAGE_SIZE, 0)

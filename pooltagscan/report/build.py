@@ -140,10 +140,17 @@ def _carved(image, prepared, rule_files, save_to, reports, problems, notes) -> d
     )
     return {
         "images": [
-            {"name": c.name, "base": c.base, "size": c.size, "found_by": c.found_by,
-             "named_by": c.named_by, "imports": c.imports, "missing_pages": c.missing_pages}
+            {
+                "name": c.name,
+                "base": c.base,
+                "size": c.size,
+                "found_by": c.found_by,
+                "named_by": c.named_by,
+                "imports": c.imports,
+                "missing_pages": c.missing_pages,
+            }
             for c in result.images
-        ],  # fmt: skip
+        ],
         "pages_walked": result.pages_walked,
         "seconds": round(result.seconds, 3),
     }
