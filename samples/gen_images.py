@@ -127,9 +127,7 @@ def _headers(arch: str, base: int, size: int, entry: int, sections: list[tuple],
     opt += dirs
     assert len(opt) == opt_size
     table = b"".join(
-        struct.pack(
-            "<8sIIIIIIHHI", name, vsize, rva, _align(vsize, 0x1000), rva, 0, 0, 0, 0, flags
-        )
+        struct.pack("<8sIIIIIIHHI", name, vsize, rva, _align(vsize, 0x1000), rva, 0, 0, 0, 0, flags)
         for name, rva, vsize, flags in sections
     )
     return bytes(dos) + b"PE\0\0" + coff + opt + table
