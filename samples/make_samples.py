@@ -29,6 +29,7 @@ if str(HERE) not in sys.path:  # the gen_* helpers live next to this file, not i
     sys.path.insert(0, str(HERE))
 
 from gen_common import PAGE, Spec, header_like, legacy_chain, page_is_clean, tag_text
+from gen_images import plant_images
 from gen_pages import NON_POOL_MAKERS, NON_POOL_WEIGHTS
 from gen_paging import PAGING, plant_page_tables
 from gen_pool import Record, legacy_page, lfh_subsegment, vs_subsegment
@@ -104,11 +105,12 @@ def _segment_heap(rng: np.random.Generator, spec: Spec, n_pages: int
     return vpages, vkinds, vrecs
 
 
-def _build(spec: Spec, pages: int, seed: int, tables: bool = True
+def _build(spec: Spec, pages: int, seed: int, tables: bool = True, images: bool = False
            ) -> tuple[bytearray, list[str], list[Record], dict]:  # fmt: skip
     """Image, page kinds, allocation records (absolute offsets, sorted) and the kernel
     tables planted (big-page table entries, tracker rows; none with `tables` off: their
-    pages stay decoys)."""
+    pages stay decoys). With `images`, driver images loaded in kernel space on pages
+    appended after `pages` (gen_images; the pages before keep their bytes)."""
     if pages < 64:
         raise ValueError("an image needs at least 64 pages to hold every page kind")
     rng = np.random.default_rng(seed)
@@ -139,6 +141,15 @@ def _build(spec: Spec, pages: int, seed: int, tables: bool = True
         made = plant_page_tables(seed, PAGING[spec.name], image, plan, planted["bigpool"])
         if made is not None:
             planted["kernel_space"], planted["kernel_mappings"] = made
+            if images:
+                extra, loaded = plant_images(
+                    seed, spec.layout, PAGING[spec.name], image, planted["kernel_space"]
+                )
+                planted["loader_list"] = loaded["loader_list"]
+                planted["kernel_images"] = loaded["images"]
+                for kind, data in extra:
+                    image += data
+                    plan.append(kind)
     return image, plan, recs, planted
 
 
@@ -221,7 +232,7 @@ def build_family(name: str, pages: int = DEFAULT_PAGES, seed: int | None = None
     """(image, manifest) of one family; same arguments, same bytes."""
     spec = SPECS[name]
     seed = spec.seed if seed is None else seed
-    image, plan, recs, tables = _build(spec, pages, seed)
+    image, plan, recs, tables = _build(spec, pages, seed, images=True)
     data = bytes(image)
     kinds: dict[str, int] = {}
     for kind in plan:
@@ -244,7 +255,7 @@ def build_family(name: str, pages: int = DEFAULT_PAGES, seed: int | None = None
 
 def manifest_text(manifest: dict[str, Any]) -> str:
     """JSON with one allocation per line, so a regenerated manifest diffs readably."""
-    listed = ("bigpool", "tracker", "kernel_mappings", "allocations")
+    listed = ("bigpool", "tracker", "kernel_mappings", "kernel_images", "allocations")
     head = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in manifest.items() if k not in listed]
     for key in listed:
         if key in manifest:

@@ -85,11 +85,12 @@ def test_jsonl_follows_contract_and_manifest():
             want["state"],
         )
         assert r["layout"] == "x64"
-    # One summary line: 5,533 page records of 820 KiB, over the 2 MiB dump, x64 on 205 pages.
+    # One summary line: 5,533 page records of 820 KiB, over the dump (2 MiB plus the
+    # 94 pages of loaded drivers gen_images appends), x64 on 205 pages.
     line = "\n".join(stderr_lines(proc.stderr, SAMPLE)) + "\n"
     assert (
         line
-        == f"pooltagscan: {SAMPLE}: 5,533 records, 820 KiB in T s over 2.0 MiB; x64 (x64 205)\n"
+        == f"pooltagscan: {SAMPLE}: 5,533 records, 820 KiB in T s over 2.4 MiB; x64 (x64 205)\n"
     )
     assert "\r" not in proc.stderr  # no progress bar when stderr is not a terminal
 

@@ -27,6 +27,8 @@ NON_POOL_KINDS = {
     "big-pool",
     "pointer-text",
     "handle-table",
+    "pe-image",  # loaded drivers (gen_images)
+    "loader-list",
 }
 
 

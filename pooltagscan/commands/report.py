@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pooltagscan.commands.common import (
     EXIT_INPUT,
     EXIT_OK,
+    UsageError,
     add_dump_options,
     add_output_options,
     check_jobs,
@@ -18,6 +19,7 @@ from pooltagscan.commands.common import (
     tag_list_inputs,
     warn_forced_layout,
 )
+from pooltagscan.outputs import OutputFolder
 from pooltagscan.progress import ProgressBar
 from pooltagscan.render.writers import formats, write_view
 from pooltagscan.tags.database import TagDatabase
@@ -43,6 +45,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="PATH",
         help="driver files or folders to attribute tags to",
+    )
+    parser.add_argument(
+        "--drivers-from-dump",
+        action="store_true",
+        help="also carve the drivers loaded in the dump's kernel space (needs its page "
+        "tables) and attribute tags to them, with no driver files at hand",
+    )
+    parser.add_argument(
+        "--save-drivers",
+        metavar="DIR",
+        help="with --drivers-from-dump: write the carved drivers (rebuilt as PE files) to DIR",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="write into --save-drivers DIR even when not empty"
     )
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
     parser.add_argument(
@@ -81,6 +97,14 @@ def inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
     check_jobs(args)
+    folder = None
+    if args.save_drivers:
+        if not args.drivers_from_dump:
+            raise UsageError("--save-drivers needs --drivers-from-dump")
+        folder = OutputFolder("--save-drivers", args.save_drivers, args.force)
+        for what, path in inputs(args):
+            folder.check_inputs([path], what)
+        folder.create()
     db = TagDatabase.load(args.pooltag)
     from pooltagscan.commands.drivers import guard_expansion
     from pooltagscan.report.build import make_report  # loads the driver analysis
@@ -101,9 +125,13 @@ def run_command(args: argparse.Namespace, outputs: Outputs) -> int:
             bar,
             check_files=lambda files: guard_expansion(files, outputs),
             objects=args.objects,
+            from_dump=args.drivers_from_dump,
+            save_to=folder,
         )
     finally:
         bar.close()
+        if folder is not None:
+            folder.discard()
     if args.layout != "auto":
         warn_forced_layout(args, args.dump, args.layout, report.meta.get("evidence") or {})
     for problem in report.problems:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from pooltagscan.carving import carve
+from pooltagscan.carving.analysis import analyze_carved
 from pooltagscan.diff import load_snapshot
 from pooltagscan.drivers.attribution import (
     DriverFailure,
@@ -16,6 +18,7 @@ from pooltagscan.drivers.attribution import (
 from pooltagscan.drivers.yarascan import RuleSet
 from pooltagscan.inputs import open_image
 from pooltagscan.objects import decode_records, hidden_objects, object_records
+from pooltagscan.outputs import OutputFolder
 from pooltagscan.provenance import FileDigest
 from pooltagscan.provenance import document as provenance
 from pooltagscan.records import concat
@@ -42,10 +45,14 @@ def make_report(
     progress: ProgressCallback | None = None,
     check_files: Callable[[list[str]], None] | None = None,
     objects: bool = False,
+    from_dump: bool = False,
+    save_to: OutputFolder | None = None,
 ) -> Report:
     """The report of one dump. Unusable driver files become `problems` (the batch goes
     on); an unusable dump or baseline raises InputError. `check_files` sees the driver
-    files found before any is read (the CLI refuses outputs among them)."""
+    files found before any is read (the CLI refuses outputs among them). `from_dump`
+    adds the drivers carved from the dump's kernel space (`carving`), written to
+    `save_to` when given."""
     db = db or TagDatabase.builtin()
     image = open_image(dump)
     try:
@@ -60,13 +67,26 @@ def make_report(
             progress,
             check_files,
             objects,
+            from_dump,
+            save_to,
         )
     finally:
         image.close()
 
 
 def _report(
-    image, driver_paths, db, baseline, layout, jobs, rule_files, progress, check_files, objects
+    image,
+    driver_paths,
+    db,
+    baseline,
+    layout,
+    jobs,
+    rule_files,
+    progress,
+    check_files,
+    objects=False,
+    from_dump=False,
+    save_to=None,
 ):
     problems: list[str] = []
     notes: list[str] = []
@@ -106,6 +126,9 @@ def _report(
         notes += [f"objects: {n}" for n in object_notes]
     seconds = time.perf_counter() - start
     samples.fill_previews(image.read, virtual=image.format == "minidump")
+    carved_meta = None
+    if from_dump:
+        carved_meta = _carved(image, prepared, rule_files, save_to, reports, problems, notes)
 
     meta = prepared.metadata()
     if objects:
@@ -118,6 +141,8 @@ def _report(
         baseline=snapshot.source if snapshot else None,
         provenance=provenance([hashed]),
     )
+    if carved_meta is not None:
+        meta["carved_drivers"] = carved_meta
     return Report(
         meta=meta,
         rows=build_rows(stats, db, reports, snapshot, samples),
@@ -127,3 +152,41 @@ def _report(
         notes=notes,
         hidden=hidden,
     )
+
+
+def _carved(image, prepared, rule_files, save_to, reports, problems, notes) -> dict:
+    """Carve the dump's drivers, analyse them into `reports`, save them when asked;
+    what the report's metadata says of them."""
+    result = carve(image, prepared.kernel_space())
+    notes.extend(f"carving: {n}" for n in result.notes)
+    taken = set()
+    for carved in result.images:
+        if save_to is not None:
+            save_to.write(carved.name, [carved.data])
+        taken.add(carved.name)
+    for outcome in analyze_carved(result.images, rule_files):
+        if isinstance(outcome, DriverFailure):
+            notes.append(f"carved image {outcome}")  # memory, not a user file: a note
+        else:
+            reports.append(outcome)
+    notes.append(
+        f"{len(result.images)} image(s) carved from the kernel space "
+        f"({result.pages_walked:,} mapped pages, {result.seconds:.2f}s)"
+        + (f", written to {save_to.path}" if save_to is not None else "")
+    )
+    return {
+        "images": [
+            {
+                "name": c.name,
+                "base": c.base,
+                "size": c.size,
+                "found_by": c.found_by,
+                "named_by": c.named_by,
+                "imports": c.imports,
+                "missing_pages": c.missing_pages,
+            }
+            for c in result.images
+        ],
+        "pages_walked": result.pages_walked,
+        "seconds": round(result.seconds, 3),
+    }
