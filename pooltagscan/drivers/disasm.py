@@ -192,26 +192,17 @@ class CodeIndex:
         self._code: list[tuple[int, int, memoryview]] = []  # (start, end, bytes) decoded
         self._cache: dict[int, capstone.CsInsn | None] = {}
 
-        skipped = merge_ranges(skip)
         view = memoryview(image.data)
-        swept_rvas: list[tuple[int, int]] = []
-        swept_raw: list[tuple[int, int]] = []
-        for section in sorted(image.executable_sections(), key=lambda s: s.rva):
-            start, end = section.rva, section.rva + section.loaded_size
-            base = section.raw_offset - section.rva
-            # Section headers may alias (overlapping RVAs, or the same raw bytes given
-            # again at other RVAs, a trick to multiply a disassembler's work): every
-            # RVA and every file byte is decoded once.
-            aliased = [(lo - base, hi - base) for lo, hi in swept_raw]
-            holes = merge_ranges([*skipped, *swept_rvas, *aliased])
-            for run_start, run_end in _subtract((start, end), holes):
+        for run_start, run_end, base in code_runs(image, skip):
+            if self.truncated_at is not None:
+                break
+            for piece_start, piece_end in self._select(run_start, run_end):
                 if self.truncated_at is not None:
                     break
-                chunk = view[run_start + base : run_end + base]
-                run_end = run_start + self._sweep(chunk, run_start)
-                self._code.append((run_start, run_end, chunk[: run_end - run_start]))
-                swept_rvas.append((run_start, run_end))
-                swept_raw.append((run_start + base, run_end + base))
+                chunk = view[piece_start + base : piece_end + base]
+                swept_end = piece_start + self._sweep(chunk, piece_start)
+                self._code.append((piece_start, swept_end, chunk[: swept_end - piece_start]))
+                self._after_piece(piece_end)
         self._code.sort(key=lambda c: c[0])
         self.jump_sources.finish()
         self.call_sources.finish()
@@ -222,8 +213,25 @@ class CodeIndex:
         starts.add(image.entry_rva)
         starts.update(image.export_rvas())
         starts.update(extra_starts)
-        self.function_starts = sorted(rva for rva in starts if self.is_instruction(rva))
+        self.function_starts = sorted(rva for rva in starts if self._position(rva) is not None)
         self._function_set = frozenset(self.function_starts)
+
+    # -- hooks for an index of part of the code (candidates.PartialIndex) -----------------
+
+    def _select(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of the code run [start, end) to sweep: all of it here."""
+        return [(start, end)]
+
+    def _after_piece(self, end: int) -> None:
+        """Called after each swept part (nothing to do when everything is swept)."""
+
+    def _decode_lite(self, code: bytes, address: int) -> np.ndarray:
+        """capstone's light decoding of `code` as one array (`bulk.decode_lite`)."""
+        return decode_lite(self._lite, code, address)
+
+    def _is_gap(self, position: int) -> bool:
+        """Whether `position` marks code that was not swept (never, here)."""
+        return False
 
     # -- the sweep ----------------------------------------------------------------------
 
@@ -267,7 +275,7 @@ class CodeIndex:
         while position < total:
             end = min(total, position + _PIECE_BYTES)
             last = total if end == total else end - _MAX_INSN
-            batch = decode_lite(self._lite, bytes(chunk[position:end]), base + position)
+            batch = self._decode_lite(bytes(chunk[position:end]), base + position)
             offsets = batch["address"] - np.uint64(base)
             batch = batch[: int(np.searchsorted(offsets, last, "left"))]
             resume = position
@@ -406,6 +414,8 @@ class CodeIndex:
             return False
         cursor = position - 1
         while cursor >= 0 and position - cursor <= 16:
+            if self._is_gap(cursor):
+                return True  # PartialIndex: noted as code it needs
             if self.flags[cursor] & NO_FALLTHROUGH:
                 return True
             if not self.flags[cursor] & PADDING:
@@ -417,6 +427,9 @@ class CodeIndex:
 
     def index_of(self, rva: int) -> int | None:
         """Position of the instruction starting at `rva`, or None."""
+        return self._position(rva)
+
+    def _position(self, rva: int) -> int | None:
         index = bisect.bisect_left(self.starts, rva)
         if index < len(self.starts) and self.starts[index] == rva:
             return index
@@ -434,6 +447,13 @@ class CodeIndex:
 
     def is_function_start(self, rva: int) -> bool:
         return rva in self._function_set
+
+    def next_function_start(self, function: int) -> int | None:
+        """The first function entry after `function`, or None."""
+        following = bisect.bisect_right(self.function_starts, function)
+        if following < len(self.function_starts):
+            return self.function_starts[following]
+        return None
 
     def function_of(self, rva: int) -> int | None:
         """The nearest function entry at or before `rva`."""
@@ -514,6 +534,30 @@ def _is_padding_text(mnemonic: str, operands: str) -> bool:
         register, _, memory = operands.partition(", ")
         return memory == f"[{register}]"
     return False
+
+
+def code_runs(image: DriverImage, skip: Iterable[tuple[int, int]] = ()) -> list[tuple[int, int, int]]:
+    """(start RVA, end RVA, file offset minus RVA) of the code the sweep decodes, in
+    address order: the executable sections less `skip`.
+
+    Section headers may alias (overlapping RVAs, or the same raw bytes given again at
+    other RVAs, a trick to multiply a disassembler's work): every RVA and every file
+    byte is in one run at most.
+    """
+    skipped = merge_ranges(skip)
+    runs: list[tuple[int, int, int]] = []
+    swept_rvas: list[tuple[int, int]] = []
+    swept_raw: list[tuple[int, int]] = []
+    for section in sorted(image.executable_sections(), key=lambda s: s.rva):
+        start, end = section.rva, section.rva + section.loaded_size
+        base = section.raw_offset - section.rva
+        aliased = [(lo - base, hi - base) for lo, hi in swept_raw]
+        holes = merge_ranges([*skipped, *swept_rvas, *aliased])
+        for run_start, run_end in _subtract((start, end), holes):
+            runs.append((run_start, run_end, base))
+            swept_rvas.append((run_start, run_end))
+            swept_raw.append((run_start + base, run_end + base))
+    return runs
 
 
 def _subtract(span: tuple[int, int], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
