@@ -190,6 +190,7 @@ class CodeIndex:
         self.loads_slot = False  # some `mov reg, [slot]`: register calls need resolving
         self.const_stores: dict[int, list[tuple[int, int]]] = {}  # global -> (value, rva)
         self._code: list[tuple[int, int, memoryview]] = []  # (start, end, bytes) decoded
+        self._code_starts: list[int] | None = None  # their starts, for bisect
         self._cache: dict[int, capstone.CsInsn | None] = {}
 
         view = memoryview(image.data)
@@ -487,8 +488,12 @@ class CodeIndex:
 
     def code_bytes(self, start: int, end: int) -> bytes:
         """The decoded code bytes between two RVAs (within one decoded run)."""
-        for run_start, run_end, chunk in self._code:
-            if run_start <= start < run_end:
+        if self._code_starts is None:
+            self._code_starts = [run[0] for run in self._code]
+        position = bisect.bisect_right(self._code_starts, start) - 1
+        if position >= 0:
+            run_start, run_end, chunk = self._code[position]
+            if start < run_end:
                 return bytes(chunk[start - run_start : min(end, run_end) - run_start])
         return b""
 
