@@ -36,13 +36,22 @@ function entries), and such a load names the slot in its own block.
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
+from array import array
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from pooltagscan.drivers.disasm import MAX_INSTRUCTIONS, NO_FALLTHROUGH, CodeIndex, code_runs
+from pooltagscan.drivers.disasm import (
+    _PIECE_BYTES,
+    MAX_INSTRUCTIONS,
+    NO_FALLTHROUGH,
+    CodeIndex,
+    Edges,
+    code_runs,
+)
 from pooltagscan.drivers.pe import DriverImage
 
 __all__ = ["CodePlan", "PartialIndex", "analysis_indexes"]
@@ -72,17 +81,21 @@ def _pdata_begins(image: DriverImage) -> list[int]:
     return sorted({begin for begin, _e, _u in struct.iter_unpack("<III", table[:usable]) if begin})
 
 
-def _le32(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Signed little-endian dwords of `data` at `offsets` (all within bounds)."""
-    values = data[offsets].astype(np.uint32)
-    for shift in (1, 2, 3):
-        values |= data[offsets + shift].astype(np.uint32) << np.uint32(8 * shift)
-    return values.view(np.int32).astype(np.int64)
+def _dwords(data: np.ndarray) -> np.ndarray:
+    """The signed little-endian dword at every offset of `data` (len(data) - 3 of
+    them), from four aligned views rather than byte gathers."""
+    count = len(data) - 3
+    result = np.empty(max(count, 0), np.int32)
+    for shift in range(4):
+        whole = (len(data) - shift) // 4
+        result[shift::4] = data[shift : shift + 4 * whole].view(_INT32)[: len(result[shift::4])]
+    return result
 
 
 def _add_candidates(
     into: tuple[list, list],
     code: np.ndarray,
+    dwords: np.ndarray,
     start: int,
     mask: np.ndarray,
     length: int,
@@ -95,7 +108,7 @@ def _add_candidates(
     offsets = np.flatnonzero(mask)
     offsets = offsets[offsets + length <= len(code)]
     if wide:
-        disp = _le32(code, offsets + disp_at)
+        disp = dwords[offsets + disp_at].astype(np.int64)
     else:
         disp = code[offsets + disp_at].view(np.int8).astype(np.int64)
     into[0].append(offsets + start + length + disp)
@@ -130,22 +143,27 @@ class CodePlan:
         begins = _pdata_begins(image) if image.arch == "x64" else []
         starts: list[int] = []
         ends: list[int] = []
-        for run_start, run_end, _base in self.runs:
+        bases: list[int] = []
+        for run_start, run_end, base in self.runs:
             low = np.searchsorted(begins, run_start, "right")
             high = np.searchsorted(begins, run_end, "left")
             edges = [run_start, *begins[low:high], run_end]
             starts += edges[:-1]
             ends += edges[1:]
+            bases += [base] * (len(edges) - 1)
         self.block_starts = np.array(starts, np.int64)
         self.block_ends = np.array(ends, np.int64)
+        self.block_bases = bases  # file offset minus RVA, per block
         code = sum(end - start for start, end, _ in self.runs)
         #: Whether a partial index can stand for the full sweep here.
         self.usable = bool(begins) and len(starts) > 1 and code <= MAX_INSTRUCTIONS
-        self.decoded_pieces: dict[tuple[int, int], np.ndarray] = {}
+        self.block_facts: dict[int, tuple] = {}  # block start -> what indexing it gave
+        self._starts_list = [int(x) for x in self.block_starts]
         self._calls: _Edges | None = None
         self._jumps: _Edges | None = None
         self._stores: _Edges | None = None
         self._seeds: frozenset[int] | None = None
+        self._dword_cache: dict[int, np.ndarray] = {}  # run start -> `_dwords` of it
         #: Detailed decodes by RVA, valid for every pass (the bytes do not change).
         self.detail_cache: dict = {}
 
@@ -154,7 +172,7 @@ class CodePlan:
 
     def block_of(self, rva: int) -> int | None:
         """The block holding `rva`, or None outside the swept code."""
-        block = int(np.searchsorted(self.block_starts, rva, "right")) - 1
+        block = bisect.bisect_right(self._starts_list, rva) - 1
         if block >= 0 and rva < self.block_ends[block]:
             return block
         return None
@@ -164,6 +182,12 @@ class CodePlan:
         blocks = np.searchsorted(self.block_starts, rvas, "right") - 1
         inside = (blocks >= 0) & (rvas < self.block_ends[np.maximum(blocks, 0)])
         return np.where(inside, blocks, -1)
+
+    def _dwords_of(self, start: int, code: np.ndarray) -> np.ndarray:
+        cached = self._dword_cache.get(start)
+        if cached is None:
+            cached = self._dword_cache[start] = _dwords(code)
+        return cached
 
     def _code(self) -> Iterator[tuple[int, np.ndarray]]:
         data = np.frombuffer(self.image.data, np.uint8)
@@ -182,9 +206,13 @@ class CodePlan:
             for start, code in self._code():
                 if len(code) < 4 or not len(wanted):
                     continue
-                offsets = np.arange(len(code) - 3)
-                rvas = offsets + start
-                hits = rvas[np.isin(rvas + 4 + _le32(code, offsets), wanted)]
+                # In 32 bits (RVAs are): rva + 4 + disp, then only the few in the
+                # slots' span go through isin.
+                values = np.arange(start + 4, start + len(code) + 1, dtype=np.uint32)
+                values += self._dwords_of(start, code).view(np.uint32)
+                near = np.flatnonzero((values >= wanted[0]) & (values <= wanted[-1]))
+                near = near[np.isin(values[near], wanted)]
+                hits = near.astype(np.int64) + start
                 found.update(int(b) for b in self.blocks_of(hits) if b >= 0)
             self._seeds = frozenset(found)
         return self._seeds
@@ -196,8 +224,10 @@ class CodePlan:
         for start, code in self._code():
             size = len(code)
 
-            def add(into, mask, length, disp_at, wide, code=code, start=start) -> None:
-                _add_candidates(into, code, start, mask, length, disp_at, wide)
+            dwords = self._dwords_of(start, code)
+
+            def add(into, mask, length, disp_at, wide, code=code, start=start, dwords=dwords):
+                _add_candidates(into, code, dwords, start, mask, length, disp_at, wide)
 
             add(calls, code == 0xE8, 5, 1, True)
             add(jumps, code == 0xE9, 5, 1, True)
@@ -259,6 +289,7 @@ class PartialIndex(CodeIndex):
         self._decoded[sorted(blocks)] = True
         self.missing: set[int] = set()
         self._gaps: set[int] = set()
+        self._prepared = False
         super().__init__(plan.image, plan.slots, plan.skip)
         self._cache = plan.detail_cache
         self.const_stores = _CheckedStores(self, self.const_stores)
@@ -269,16 +300,13 @@ class PartialIndex(CodeIndex):
         plan = self._plan
         first = int(np.searchsorted(plan.block_starts, start, "left"))
         last = int(np.searchsorted(plan.block_starts, end, "left"))
-        pieces: list[tuple[int, int]] = []
-        for block in range(first, last):
-            if not self._decoded[block]:
-                continue
-            low, high = int(plan.block_starts[block]), int(plan.block_ends[block])
-            if pieces and pieces[-1][1] == low:
-                pieces[-1] = (pieces[-1][0], high)
-            else:
-                pieces.append((low, high))
-        return pieces
+        # One piece per block (block ends are instruction boundaries of the full
+        # sweep), so that what a block holds is indexed once for every pass.
+        return [
+            (int(plan.block_starts[block]), int(plan.block_ends[block]))
+            for block in range(first, last)
+            if self._decoded[block]
+        ]
 
     def _after_piece(self, end: int) -> None:
         """A marker instruction (no length, no fall-through) where undecoded code
@@ -291,13 +319,115 @@ class PartialIndex(CodeIndex):
         self.starts.append(end)
         self._info.append(NO_FALLTHROUGH << 4)
 
-    def _decode_lite(self, code: bytes, address: int) -> np.ndarray:
-        key = (address, len(code))
-        cached = self._plan.decoded_pieces.get(key)
-        if cached is None:
-            cached = super()._decode_lite(code, address)
-            self._plan.decoded_pieces[key] = cached
-        return cached
+    def _sweep(self, chunk: memoryview, base: int) -> int:
+        """The full sweep's indexing of one block, done the first time a pass needs
+        the block and replayed by later passes."""
+        if not self._prepared:
+            self._prepared = True
+            self._index_new_blocks()
+        facts = self._plan.block_facts.get(base)
+        if facts is None:
+            facts = self._plan.block_facts[base] = self._index_block(chunk, base)
+        starts, info, jumps, calls, api_sites, registers, register_jumps, loads, stores = facts
+        self.starts.frombytes(starts)
+        self._info.extend(info)
+        for edges, (targets, sources) in ((self.jump_sources, jumps), (self.call_sources, calls)):
+            edges._targets.extend(targets)
+            edges._sources.extend(sources)
+        self.api_sites.extend(api_sites)
+        self._register_calls.extend(registers)
+        self._register_jumps.extend(register_jumps)
+        self.loads_slot = self.loads_slot or loads
+        for target, values in stores.items():
+            self.const_stores.setdefault(target, []).extend(values)
+        return len(chunk)
+
+    def _index_new_blocks(self) -> None:
+        """Decode the blocks this pass adds (those that fit one capstone piece), index
+        their instructions with one `_index_batch` call and split what it found per
+        block: numpy's per-call cost, paid per block, was most of a pass."""
+        plan = self._plan
+        blocks = [
+            int(b)
+            for b in np.flatnonzero(self._decoded)
+            if int(plan.block_starts[b]) not in plan.block_facts
+            and plan.block_ends[b] - plan.block_starts[b] <= _PIECE_BYTES
+        ]
+        if not blocks:
+            return
+        data = plan.image.data
+        batches = []
+        for block in blocks:
+            start, end = int(plan.block_starts[block]), int(plan.block_ends[block])
+            base = plan.block_bases[block]
+            batches.append(self._decode_lite(bytes(data[start + base : end + base]), start))
+        facts = self._index_records(np.concatenate(batches))
+        starts, info, jumps, calls, api_sites, registers, register_jumps, loads, stores = facts
+        addresses = np.frombuffer(starts, np.uint32)
+        bounds = np.array([int(plan.block_starts[b]) for b in blocks], np.int64)
+        ends = np.array([int(plan.block_ends[b]) for b in blocks], np.int64)
+
+        def split(rvas) -> tuple[np.ndarray, np.ndarray]:
+            values = np.asarray(rvas, np.int64)
+            return np.searchsorted(values, bounds, "left"), np.searchsorted(values, ends, "left")
+
+        cuts = split(addresses)
+        jump_cuts, call_cuts = split(jumps[1]), split(calls[1])
+        site_cuts = split([site.rva for site in api_sites])
+        register_cuts = split(registers)
+        per_block_stores: list[dict] = [{} for _ in blocks]
+        for target, values in stores.items():
+            for value, rva in values:
+                which = int(np.searchsorted(bounds, rva, "right")) - 1
+                per_block_stores[which].setdefault(target, []).append((value, rva))
+        for number, block in enumerate(blocks):
+            low, high = cuts[0][number], cuts[1][number]
+            j_low, j_high = jump_cuts[0][number], jump_cuts[1][number]
+            c_low, c_high = call_cuts[0][number], call_cuts[1][number]
+            r_low, r_high = register_cuts[0][number], register_cuts[1][number]
+            plan.block_facts[int(plan.block_starts[block])] = (
+                starts[4 * low : 4 * high], info[low:high],
+                (jumps[0][j_low:j_high], jumps[1][j_low:j_high]),
+                (calls[0][c_low:c_high], calls[1][c_low:c_high]),
+                api_sites[site_cuts[0][number] : site_cuts[1][number]],
+                registers[r_low:r_high], register_jumps[r_low:r_high],
+                loads, per_block_stores[number],
+            )  # fmt: skip
+
+    def _index_block(self, chunk: memoryview, base: int) -> tuple:
+        """`CodeIndex._sweep` of one block into fresh containers: its facts alone."""
+        return self._isolated(lambda: CodeIndex._sweep(self, chunk, base))
+
+    def _index_records(self, records: np.ndarray) -> tuple:
+        """`CodeIndex._index_batch` of decoded records into fresh containers."""
+        return self._isolated(lambda: self._index_batch(records))
+
+    def _isolated(self, work) -> tuple:
+        """Run indexing `work` into fresh containers and return what it filled (the
+        per-block facts, see `_sweep`); the index's own containers are untouched.
+        (A block's `loads_slot` is that of its batch: batches only grow together.)"""
+        saved = (
+            self.starts, self._info, self.jump_sources, self.call_sources, self.api_sites,
+            self._register_calls, self._register_jumps, self.loads_slot, self.const_stores,
+        )  # fmt: skip
+        self.starts, self._info = array("I"), bytearray()
+        self.jump_sources, self.call_sources = Edges(), Edges()
+        self.api_sites, self.loads_slot, self.const_stores = [], False, {}
+        self._register_calls, self._register_jumps = array("I"), bytearray()
+        try:
+            work()
+            return (
+                self.starts.tobytes(), bytes(self._info),
+                (self.jump_sources._targets, self.jump_sources._sources),
+                (self.call_sources._targets, self.call_sources._sources),
+                self.api_sites, self._register_calls, bytes(self._register_jumps),
+                self.loads_slot, self.const_stores,
+            )  # fmt: skip
+        finally:
+            (
+                self.starts, self._info, self.jump_sources, self.call_sources, self.api_sites,
+                self._register_calls, self._register_jumps, self.loads_slot, self.const_stores,
+            ) = saved  # fmt: skip
 
     def _is_gap(self, position: int) -> bool:
         if position in self._gaps:
@@ -393,9 +523,7 @@ class PartialIndex(CodeIndex):
     def register_calls(self) -> Iterator[tuple[int, bool]]:
         seeds = self._plan.seeds
         return (
-            (rva, jump)
-            for rva, jump in super().register_calls
-            if self._plan.block_of(rva) in seeds
+            (rva, jump) for rva, jump in super().register_calls if self._plan.block_of(rva) in seeds
         )
 
 

@@ -541,7 +541,9 @@ def _is_padding_text(mnemonic: str, operands: str) -> bool:
     return False
 
 
-def code_runs(image: DriverImage, skip: Iterable[tuple[int, int]] = ()) -> list[tuple[int, int, int]]:
+def code_runs(
+    image: DriverImage, skip: Iterable[tuple[int, int]] = ()
+) -> list[tuple[int, int, int]]:
     """(start RVA, end RVA, file offset minus RVA) of the code the sweep decodes, in
     address order: the executable sections less `skip`.
 
