@@ -79,6 +79,11 @@ class Edges:
         self._targets.append(target)
         self._sources.append(source)
 
+    def extend(self, targets: np.ndarray, sources: np.ndarray) -> None:
+        """`add` for many edges at once (RVAs below 2**32)."""
+        self._targets.frombytes(targets.astype("<u4").tobytes())
+        self._sources.frombytes(sources.astype("<u4").tobytes())
+
     def finish(self) -> None:
         if not self._targets:
             return
@@ -140,6 +145,33 @@ def _number(text: str) -> int | None:
 _STOP_BYTES = [m.encode() for m in sorted(_STOPS)]
 _LOOP = np.frombuffer(b"loop", np.uint8)
 _RIP = np.frombuffer(b"rip", np.uint8)
+
+
+_HEX_WIDTH = 18  # "0x" and at most 16 digits
+_NIBBLE = np.full(256, 255, np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _hex_operands(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values of operand texts that are a lone hex number (`0x1a2b`), vectorised:
+    (uint64 values, whether each text is one). Other texts (memory, registers, a
+    decimal number) are left to the caller."""
+    width = texts.dtype.itemsize
+    grid = np.ascontiguousarray(texts).view(np.uint8).reshape(len(texts), width)
+    grid = grid[:, : min(width, _HEX_WIDTH + 1)]
+    ok = (grid[:, 0] == ord("0")) & (grid[:, 1] == ord("x"))
+    if grid.shape[1] > _HEX_WIDTH:
+        ok &= grid[:, _HEX_WIDTH] == 0
+    digits = grid[:, 2:_HEX_WIDTH]
+    present = np.logical_and.accumulate(digits != 0, axis=1)
+    nibbles = _NIBBLE[digits]
+    ok &= ~(present & (nibbles == 255)).any(axis=1)
+    count = present.sum(axis=1)
+    ok &= count > 0
+    shifts = (count[:, None] - 1 - np.arange(digits.shape[1])[None, :]).clip(0) * 4
+    values = np.where(present, nibbles.astype(np.uint64) << shifts.astype(np.uint64), 0)
+    return values.sum(axis=1, dtype=np.uint64), ok
 
 
 def _contains(texts: np.ndarray, needle: np.ndarray) -> np.ndarray:
@@ -324,6 +356,21 @@ class CodeIndex:
         addresses, sizes = batch["address"], batch["size"]
         is_move = np.zeros(count, bool)
         is_move[moves] = True
+        # Direct branches (`jne 0x1234`, `call 0x5678`): their edges in bulk; the
+        # loop below only sees branches through memory or registers (and targets
+        # capstone writes in decimal, which `_branch` reads as before).
+        branches = np.flatnonzero(branch)
+        if len(branches):
+            targets, direct = _hex_operands(operands[branches])
+            if direct.any():
+                sites = addresses[branches[direct]]
+                targets = targets[direct]
+                calls = mnemonics[branches[direct]] == b"call"
+                inside = targets <= np.uint64(0xFFFFFFFF)
+                self.call_sources.extend(targets[inside & calls], sites[inside & calls])
+                self.jump_sources.extend(targets[inside & ~calls], sites[inside & ~calls])
+                branch = branch.copy()
+                branch[branches[direct]] = False
         for i in np.flatnonzero(branch | is_move):
             address, size = int(addresses[i]), int(sizes[i])
             operand_text = text(operands[i])
