@@ -116,18 +116,21 @@ def _add_candidates(
 
 
 class _Edges:
-    """Candidate (target, source) pairs sorted by target."""
+    """Candidate (target, source) pairs sorted by target. Kept as `array`s: the
+    queries are one target at a time, where `bisect` on an array costs a fraction of
+    a numpy call."""
 
     def __init__(self, targets: list[np.ndarray], sources: list[np.ndarray]):
         target = np.concatenate(targets) if targets else np.zeros(0, np.int64)
         source = np.concatenate(sources) if sources else np.zeros(0, np.int64)
         order = np.argsort(target, kind="stable")
-        self.targets, self.sources = target[order], source[order]
+        self.targets = array("q", target[order].astype(np.int64).tobytes())
+        self.sources = array("q", source[order].astype(np.int64).tobytes())
 
-    def between(self, low: int, high: int) -> np.ndarray:
+    def between(self, low: int, high: int) -> array:
         """Sources of candidates whose target lies in [low, high)."""
-        first = np.searchsorted(self.targets, low, "left")
-        last = np.searchsorted(self.targets, high, "left")
+        first = bisect.bisect_left(self.targets, low)
+        last = bisect.bisect_left(self.targets, high, first)
         return self.sources[first:last]
 
 
@@ -159,6 +162,7 @@ class CodePlan:
         self.usable = bool(begins) and len(starts) > 1 and code <= MAX_INSTRUCTIONS
         self.block_facts: dict[int, tuple] = {}  # block start -> what indexing it gave
         self._starts_list = [int(x) for x in self.block_starts]
+        self._ends_list = [int(x) for x in self.block_ends]
         self._calls: _Edges | None = None
         self._jumps: _Edges | None = None
         self._stores: _Edges | None = None
@@ -173,7 +177,7 @@ class CodePlan:
     def block_of(self, rva: int) -> int | None:
         """The block holding `rva`, or None outside the swept code."""
         block = bisect.bisect_right(self._starts_list, rva) - 1
-        if block >= 0 and rva < self.block_ends[block]:
+        if block >= 0 and rva < self._ends_list[block]:
             return block
         return None
 
@@ -242,19 +246,19 @@ class CodePlan:
                 add(stores, store, 10, 2, True)
         self._calls, self._jumps, self._stores = _Edges(*calls), _Edges(*jumps), _Edges(*stores)
 
-    def call_sources(self, low: int, high: int) -> np.ndarray:
+    def call_sources(self, low: int, high: int) -> array:
         if self._calls is None:
             self._build_edges()
         assert self._calls is not None
         return self._calls.between(low, high)
 
-    def jump_sources(self, low: int, high: int) -> np.ndarray:
+    def jump_sources(self, low: int, high: int) -> array:
         if self._jumps is None:
             self._build_edges()
         assert self._jumps is not None
         return self._jumps.between(low, high)
 
-    def store_sources(self, rva: int) -> np.ndarray:
+    def store_sources(self, rva: int) -> array:
         if self._stores is None:
             self._build_edges()
         assert self._stores is not None
@@ -285,8 +289,10 @@ class PartialIndex(CodeIndex):
 
     def __init__(self, plan: CodePlan, blocks: Iterable[int]):
         self._plan = plan
-        self._decoded = np.zeros(len(plan), bool)
-        self._decoded[sorted(blocks)] = True
+        decoded = np.zeros(len(plan), bool)
+        decoded[sorted(blocks)] = True
+        self._decoded_array = decoded
+        self._decoded = decoded.tolist()  # per-query lookups: a list is faster
         self.missing: set[int] = set()
         self._gaps: set[int] = set()
         self._prepared = False
@@ -349,7 +355,7 @@ class PartialIndex(CodeIndex):
         plan = self._plan
         blocks = [
             int(b)
-            for b in np.flatnonzero(self._decoded)
+            for b in np.flatnonzero(self._decoded_array)
             if int(plan.block_starts[b]) not in plan.block_facts
             and plan.block_ends[b] - plan.block_starts[b] <= _PIECE_BYTES
         ]
@@ -446,13 +452,12 @@ class PartialIndex(CodeIndex):
             return True
         return False
 
-    def _need_sources(self, sources: np.ndarray) -> None:
-        if not len(sources):
-            return
-        blocks = self._plan.blocks_of(sources)
-        for block in blocks[blocks >= 0]:
-            if not self._decoded[block]:
-                self.missing.add(int(block))
+    def _need_sources(self, sources: Iterable[int]) -> None:
+        block_of, decoded = self._plan.block_of, self._decoded
+        for source in sources:
+            block = block_of(source)
+            if block is not None and not decoded[block]:
+                self.missing.add(block)
 
     def _need_stores(self, rva: int) -> None:
         self._need_sources(self._plan.store_sources(rva))
@@ -511,12 +516,13 @@ class PartialIndex(CodeIndex):
         if len(sources):
             calls = self._plan._calls
             assert calls is not None
-            first = np.searchsorted(calls.targets, function + 1, "left")
+            first = bisect.bisect_left(calls.targets, function + 1)
             targets = calls.targets[first : first + len(sources)]
-            keep = [
-                i for i, target in enumerate(targets) if self._position(int(target)) is not None
-            ]
-            self._need_sources(sources[keep])
+            self._need_sources(
+                source
+                for source, target in zip(sources, targets)
+                if self._position(target) is not None
+            )
         return following
 
     @property
