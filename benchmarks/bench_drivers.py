@@ -9,11 +9,18 @@ end to end (process start, folder walk, YARA, disassembly, data flow, output).
 Part two (skipped with --no-real-size) times real-size drivers generated from our own C by
 gen_big_driver.py and built with MinGW-w64 (cached under benchmarks/out/drivers/): a batch
 of four drivers with a few hundred KB of code each (x64 and x86), and one x64 driver with
-about 10 MB of code (--big-functions). Each run's tags are compared with the generator's
+about 10 MB of code (--big-functions functions of 16 to 32 statements, gcc -O1: about two
+minutes to build on 2 cores, once). Each run's tags are compared with the generator's
 ground truth.
 
+Every measurement runs --repeat times (default 3) with the candidate path (the default,
+drivers/candidates.py) and, unless --no-compare, as often with the full sweep
+(POOLTAGSCAN_DRIVERS_SWEEP=full), interleaved so that both see the same machine load;
+min and median are printed for each.
+
     python benchmarks/bench_drivers.py [--count 500] [--jobs N] [--include-real]
-                                       [--no-real-size] [--big-functions 50000]
+                                       [--no-real-size] [--big-functions 10000]
+                                       [--repeat 3] [--no-compare]
 
 Each copy is analysed from scratch (nothing is cached between files), so identical
 copies cost what different drivers of the same size would. Prints the seconds, drivers
@@ -29,6 +36,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,47 +87,72 @@ def _code_bytes(path: Path) -> int:
     return code_bytes(path)
 
 
-def _run_cli(paths: list[Path], jobs: int | None) -> tuple[float, subprocess.CompletedProcess]:
+def _run_cli(
+    paths: list[Path], jobs: int | None, full: bool = False
+) -> tuple[float, subprocess.CompletedProcess]:
     command = [sys.executable, "-m", "pooltagscan", "drivers", *map(str, paths)]
     command += ["--format", "jsonl"] + (["--jobs", str(jobs)] if jobs else [])
+    env = dict(os.environ)
+    if full:
+        env["POOLTAGSCAN_DRIVERS_SWEEP"] = "full"
     start = time.perf_counter()
-    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, env=env)
     return time.perf_counter() - start, result
 
 
-def real_size(jobs: int | None, big_functions: int) -> bool:
+def _modes(compare: bool) -> list[tuple[str, bool]]:
+    return [("candidates", False)] + ([("full sweep", True)] if compare else [])
+
+
+def _report(title: str, count: int, code: int, runs: dict[str, list[float]], extra: str) -> None:
+    """One line per mode: min and median seconds, drivers/s and MB of code/s of both."""
+    for mode, seconds in runs.items():
+        best, middle = min(seconds), statistics.median(seconds)
+        print(
+            f"{title} [{mode}, {len(seconds)} runs]: min {best:.2f} s, median {middle:.2f} s: "
+            f"{count / best:.1f} / {count / middle:.1f} drivers/s, "
+            f"{code / 1e6 / best:.2f} / {code / 1e6 / middle:.2f} MB of code/s (min / median)"
+            f"{extra}"
+        )
+
+
+def real_size(jobs: int | None, big_functions: int, repeat: int, compare: bool) -> bool:
     """Time the generated real-size drivers; False when a run's tags were wrong."""
     sys.path.insert(0, str(HERE))
     from gen_big_driver import build
 
     mid = [build(2000, arch, seed) for seed in (11, 12) for arch in ("x64", "x86")]
-    big = [build(big_functions, "x64", 11)]
+    big = [build(big_functions, "x64", 11, steps=(16, 32), opt="-O1")]
     ok = True
     for title, paths in (("few-hundred-KB batch", mid), ("large driver", big)):
-        seconds, result = _run_cli(paths, jobs)
-        if result.returncode != 0:
-            print(result.stderr, file=sys.stderr)
-            return False
-        found: dict[str, set[str]] = {}
-        for line in result.stdout.splitlines():
-            record = json.loads(line)
-            found.setdefault(record["path"], set()).add(record["tag"])
+        runs: dict[str, list[float]] = {mode: [] for mode, _ in _modes(compare)}
+        records = 0
+        for _ in range(repeat):
+            for mode, full in _modes(compare):
+                seconds, result = _run_cli(paths, jobs, full)
+                if result.returncode != 0:
+                    print(result.stderr, file=sys.stderr)
+                    return False
+                runs[mode].append(seconds)
+                records = len(result.stdout.splitlines())
+                found: dict[str, set[str]] = {}
+                for line in result.stdout.splitlines():
+                    record = json.loads(line)
+                    found.setdefault(record["path"], set()).add(record["tag"])
+                for path in paths:
+                    truth = set(json.loads(path.with_suffix(".json").read_text())["tags"])
+                    tags = found.get(str(path), set())
+                    if tags != truth:
+                        ok = False
+                        print(
+                            f"{path.name} ({mode}): {len(truth - tags)} tags missed, "
+                            f"{len(tags - truth)} extra",
+                            file=sys.stderr,
+                        )
         code = sum(_code_bytes(p) for p in paths)
         sizes = ", ".join(f"{_code_bytes(p) / 1e6:.2f}" for p in paths)
-        print(
-            f"{title}: {len(paths)} driver(s) ({sizes} MB of code) in {seconds:.2f} s: "
-            f"{len(paths) / seconds:.2f} drivers/s, {code / 1e6 / seconds:.2f} MB of code/s, "
-            f"{len(result.stdout.splitlines())} records"
-        )
-        for path in paths:
-            truth = set(json.loads(path.with_suffix(".json").read_text())["tags"])
-            tags = found.get(str(path), set())
-            if tags != truth:
-                ok = False
-                print(
-                    f"{path.name}: {len(truth - tags)} tags missed, {len(tags - truth)} extra",
-                    file=sys.stderr,
-                )
+        title = f"{title}: {len(paths)} driver(s) ({sizes} MB of code)"
+        _report(title, len(paths), code, runs, f", {records} records")
     return ok
 
 
@@ -136,13 +169,17 @@ def main() -> int:
     parser.add_argument(
         "--big-functions",
         type=int,
-        default=50000,
-        help="functions of the large generated driver (50000: about 10 MB of code)",
+        default=10000,
+        help="functions of the large generated driver (10000: about 10 MB of code)",
     )
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
+    parser.add_argument("--no-compare", action="store_true", help="do not also time the full sweep")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     files = sources(args.include_real)
     expected = expected_tags(files)
+    compare = not args.no_compare
+    runs: dict[str, list[float]] = {mode: [] for mode, _ in _modes(compare)}
     with tempfile.TemporaryDirectory(prefix="pooltagscan-bench-") as tmp:
         batch = Path(tmp) / "drivers"
         batch.mkdir()
@@ -152,36 +189,34 @@ def main() -> int:
             copy = batch / f"{number:04d}_{source.name}"
             shutil.copyfile(source, copy)
             origin[copy.name] = source.name
-        command = [sys.executable, "-m", "pooltagscan", "drivers", str(batch), "--format", "jsonl"]
-        if args.jobs:
-            command += ["--jobs", str(args.jobs)]
-        start = time.perf_counter()
-        result = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        print(result.stderr, file=sys.stderr)
-        return 1
-    found: dict[str, set[str]] = {}
-    for line in result.stdout.splitlines():
-        record = json.loads(line)
-        found.setdefault(record["driver"], set()).add(record["tag"])
-    wrong = [
-        name
-        for name, source in origin.items()
-        if source in expected and found.get(name, set()) != expected[source]
-    ]
+        for _ in range(args.repeat):
+            for mode, full in _modes(compare):
+                seconds, result = _run_cli([batch], args.jobs, full)
+                if result.returncode != 0:
+                    print(result.stderr, file=sys.stderr)
+                    return 1
+                runs[mode].append(seconds)
+                found: dict[str, set[str]] = {}
+                for line in result.stdout.splitlines():
+                    record = json.loads(line)
+                    found.setdefault(record["driver"], set()).add(record["tag"])
+                wrong = [
+                    name
+                    for name, source in origin.items()
+                    if source in expected and found.get(name, set()) != expected[source]
+                ]
+                if wrong:
+                    print(f"{len(wrong)} copies gave unexpected tags ({mode}), e.g. {wrong[:3]}",
+                          file=sys.stderr)  # fmt: skip
+                    return 1
     code = sum(_code_bytes(files[n % len(files)]) for n in range(args.count))
-    print(
-        f"{args.count} driver files ({len(files)} distinct) in {seconds:.2f} s: "
-        f"{args.count / seconds:.1f} drivers/s, {code / 1e6 / seconds:.2f} MB of code/s, "
-        f"{len(result.stdout.splitlines())} records, "
-        f"jobs={args.jobs or 'all cores'} ({os.cpu_count()} CPUs)"
+    title = (
+        f"{args.count} driver files ({len(files)} distinct, "
+        f"jobs={args.jobs or 'all cores'}, {os.cpu_count()} CPUs)"
     )
-    if wrong:
-        print(f"{len(wrong)} copies gave unexpected tags, e.g. {wrong[:3]}", file=sys.stderr)
-        return 1
+    _report(title, args.count, code, runs, f", {len(result.stdout.splitlines())} records")
     print("every copy gave exactly its ground-truth tags")
-    if not args.no_real_size and not real_size(args.jobs, args.big_functions):
+    if not args.no_real_size and not real_size(args.jobs, args.big_functions, args.repeat, compare):
         return 1
     return 0
 

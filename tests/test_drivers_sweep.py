@@ -1,6 +1,8 @@
 """The sweep over capstone's records as numpy arrays (`drivers/bulk.py`) indexes exactly
 what the per-instruction Python sweep does, on every sample and real driver, and the
-analysis gives the same findings either way."""
+analysis gives the same findings either way; and the candidate path (`candidates.py`:
+only the blocks the analysis needs are decoded) reports exactly what the full sweep
+does, on the same files."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pooltagscan.drivers import candidates
 from pooltagscan.drivers.attribution import AnalysisContext, analyze_file
 from pooltagscan.drivers.disasm import CodeIndex
 from pooltagscan.drivers.yarascan import RuleSet
@@ -19,7 +22,12 @@ REAL = (
     / "real-drivers"
     / "drivers"
 )
-FILES = sorted((REPO / "samples" / "drivers").rglob("*.sys")) + sorted(REAL.glob("*.sys"))
+MORE = REAL.parent / "more"  # tests/test_drivers_real.py's MORE_DRIVERS
+FILES = (
+    sorted((REPO / "samples" / "drivers").rglob("*.sys"))
+    + sorted(REAL.glob("*.sys"))
+    + sorted(MORE.rglob("*.sys"))
+)
 
 
 def _index_facts(index: CodeIndex) -> tuple:
@@ -36,7 +44,11 @@ def _index_facts(index: CodeIndex) -> tuple:
     )
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def _ids(path: Path) -> str:
+    return path.name if MORE not in path.parents else f"{path.parent.name}/{path.name}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=_ids)
 def test_bulk_sweep_matches_the_python_twin(path, monkeypatch):
     built: dict[bool, tuple] = {}
     reports = {}
@@ -55,3 +67,63 @@ def test_bulk_sweep_matches_the_python_twin(path, monkeypatch):
     if built:  # files importing no pool API are never disassembled
         assert built[True] == built[False]
         assert len(built[True][0]) > 0
+
+
+def _outcome(report) -> tuple:
+    return (
+        report.findings,
+        report.unresolved,
+        report.call_sites,
+        report.untagged_frees,
+        report.pool_apis,
+        report.indirect_apis,
+        report.notes,
+    )
+
+
+@pytest.mark.parametrize("path", FILES, ids=_ids)
+def test_candidate_path_matches_the_full_sweep(path, monkeypatch):
+    passes: list[int] = []
+    original = candidates.PartialIndex.__init__
+
+    def record(self, plan, blocks):
+        original(self, plan, blocks)
+        passes.append(len(self.missing))
+
+    monkeypatch.setattr(candidates.PartialIndex, "__init__", record)
+    context = AnalysisContext(RuleSet())
+    partial = analyze_file(str(path), context)
+    monkeypatch.setattr(candidates, "ENABLED", False)
+    full = analyze_file(str(path), context)
+    assert _outcome(partial) == _outcome(full)
+    if passes:  # the last partial pass, when it was kept, needed nothing more
+        assert passes[-1] == 0 or len(passes) == candidates._MAX_PASSES
+
+
+def test_the_candidate_path_is_taken_on_x64_drivers_with_pdata(monkeypatch):
+    """dynamic_x64.sys: x64 with .pdata (8 blocks), so it is analysed on a partial
+    index of the 2 blocks that name its pool and resolver imports, which settles in one
+    pass (the same findings as the full sweep: checked above)."""
+    kept = []
+    original = candidates.PartialIndex.__init__
+
+    def record(self, plan, blocks):
+        original(self, plan, blocks)
+        kept.append((len(set(blocks)), len(plan)))
+
+    monkeypatch.setattr(candidates.PartialIndex, "__init__", record)
+    analyze_file(str(REPO / "samples" / "drivers" / "dynamic_x64.sys"), AnalysisContext(RuleSet()))
+    assert kept == [(2, 8)]
+
+
+def test_the_environment_switch_selects_the_full_sweep(monkeypatch):
+    monkeypatch.setenv("POOLTAGSCAN_DRIVERS_SWEEP", "full")
+    made = []
+    original = candidates.PartialIndex.__init__
+    monkeypatch.setattr(
+        candidates.PartialIndex,
+        "__init__",
+        lambda self, *args: made.append(1) or original(self, *args),
+    )
+    analyze_file(str(REPO / "samples" / "drivers" / "dynamic_x64.sys"), AnalysisContext(RuleSet()))
+    assert made == []

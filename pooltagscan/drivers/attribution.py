@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import capstone
 from capstone import x86 as cs_x86
@@ -26,6 +26,7 @@ from pooltagscan.drivers.apis import (
     lookup,
     module_key,
 )
+from pooltagscan.drivers.candidates import analysis_indexes
 from pooltagscan.drivers.dataflow import (
     DATA,
     DIRECT,
@@ -343,14 +344,29 @@ def analyze_image(image: DriverImage, context: AnalysisContext) -> DriverReport:
     if not context.rules.imports_pool_api(image.data):
         return report
     imported = _pool_slots(image, context, report)
-    slots = imported.pool
-    if not slots and not imported.indirect:
+    if not imported.pool and not imported.indirect:
         return report
-    index = CodeIndex(
-        image,
-        {*slots, *imported.resolvers, *imported.binds},
-        skip=image.import_data_ranges(),
-    )
+    wanted = {*imported.pool, *imported.resolvers, *imported.binds}
+    # Candidate functions first (candidates.py): each pass analyses with an index of
+    # part of the code and is kept when it needed nothing more (then its results are
+    # the full sweep's); otherwise a larger part is decoded and the analysis rerun.
+    for index in analysis_indexes(image, wanted, image.import_data_ranges()):
+        attempt = replace(report, notes=list(report.notes), findings=[], unresolved=[])
+        _attribute(image, context, index, imported, attempt)
+        if not getattr(index, "missing", None):
+            return attempt
+    raise AssertionError("analysis_indexes ends with the full sweep")  # pragma: no cover
+
+
+def _attribute(
+    image: DriverImage,
+    context: AnalysisContext,
+    index: CodeIndex,
+    imported: _Imports,
+    report: DriverReport,
+) -> None:
+    """The analysis proper, on one index of the code: fills `report`."""
+    slots = dict(imported.pool)  # indirect APIs add synthetic slots: per pass
     resolver = TagResolver(index, slots)
     resolver.reference_finder = lambda targets: data_references(image, index, targets)
     sites = [site for site in index.api_sites if site.slot in slots]
@@ -414,7 +430,6 @@ def analyze_image(image: DriverImage, context: AnalysisContext) -> DriverReport:
             f"analysis stopped after {resolver.spent:,} steps (the per-file work budget): "
             "the tags found until then are reported, other call sites may have more"
         )
-    return report
 
 
 def _key(finding: Finding) -> tuple:

@@ -35,7 +35,6 @@ each, not once per path through them.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -570,12 +569,9 @@ class TagResolver:
         position = index.index_of(function)
         if position is None or depth > 2 or index.thunk_slot(function) is not None:
             return self._volatile
-        following = bisect.bisect_right(index.function_starts, function)
-        end = (
-            index.function_starts[following]
-            if following < len(index.function_starts)
-            else index.starts[-1] + 1
-        )
+        end = index.next_function_start(function)
+        if end is None:
+            end = index.starts[-1] + 1
         written: set[str] = set()
         cursor = position
         while cursor < len(index.starts) and index.starts[cursor] < end:

@@ -79,6 +79,11 @@ class Edges:
         self._targets.append(target)
         self._sources.append(source)
 
+    def extend(self, targets: np.ndarray, sources: np.ndarray) -> None:
+        """`add` for many edges at once (RVAs below 2**32)."""
+        self._targets.frombytes(targets.astype("<u4").tobytes())
+        self._sources.frombytes(sources.astype("<u4").tobytes())
+
     def finish(self) -> None:
         if not self._targets:
             return
@@ -142,6 +147,33 @@ _LOOP = np.frombuffer(b"loop", np.uint8)
 _RIP = np.frombuffer(b"rip", np.uint8)
 
 
+_HEX_WIDTH = 18  # "0x" and at most 16 digits
+_NIBBLE = np.full(256, 255, np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _hex_operands(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values of operand texts that are a lone hex number (`0x1a2b`), vectorised:
+    (uint64 values, whether each text is one). Other texts (memory, registers, a
+    decimal number) are left to the caller."""
+    width = texts.dtype.itemsize
+    grid = np.ascontiguousarray(texts).view(np.uint8).reshape(len(texts), width)
+    grid = grid[:, : min(width, _HEX_WIDTH + 1)]
+    ok = (grid[:, 0] == ord("0")) & (grid[:, 1] == ord("x"))
+    if grid.shape[1] > _HEX_WIDTH:
+        ok &= grid[:, _HEX_WIDTH] == 0
+    digits = grid[:, 2:_HEX_WIDTH]
+    present = np.logical_and.accumulate(digits != 0, axis=1)
+    nibbles = _NIBBLE[digits]
+    ok &= ~(present & (nibbles == 255)).any(axis=1)
+    count = present.sum(axis=1)
+    ok &= count > 0
+    shifts = (count[:, None] - 1 - np.arange(digits.shape[1])[None, :]).clip(0) * 4
+    values = np.where(present, nibbles.astype(np.uint64) << shifts.astype(np.uint64), 0)
+    return values.sum(axis=1, dtype=np.uint64), ok
+
+
 def _contains(texts: np.ndarray, needle: np.ndarray) -> np.ndarray:
     """Per fixed-width bytes string of `texts`, whether it holds `needle` (vectorised)."""
     width = texts.dtype.itemsize
@@ -190,28 +222,20 @@ class CodeIndex:
         self.loads_slot = False  # some `mov reg, [slot]`: register calls need resolving
         self.const_stores: dict[int, list[tuple[int, int]]] = {}  # global -> (value, rva)
         self._code: list[tuple[int, int, memoryview]] = []  # (start, end, bytes) decoded
+        self._code_starts: list[int] | None = None  # their starts, for bisect
         self._cache: dict[int, capstone.CsInsn | None] = {}
 
-        skipped = merge_ranges(skip)
         view = memoryview(image.data)
-        swept_rvas: list[tuple[int, int]] = []
-        swept_raw: list[tuple[int, int]] = []
-        for section in sorted(image.executable_sections(), key=lambda s: s.rva):
-            start, end = section.rva, section.rva + section.loaded_size
-            base = section.raw_offset - section.rva
-            # Section headers may alias (overlapping RVAs, or the same raw bytes given
-            # again at other RVAs, a trick to multiply a disassembler's work): every
-            # RVA and every file byte is decoded once.
-            aliased = [(lo - base, hi - base) for lo, hi in swept_raw]
-            holes = merge_ranges([*skipped, *swept_rvas, *aliased])
-            for run_start, run_end in _subtract((start, end), holes):
+        for run_start, run_end, base in code_runs(image, skip):
+            if self.truncated_at is not None:
+                break
+            for piece_start, piece_end in self._select(run_start, run_end):
                 if self.truncated_at is not None:
                     break
-                chunk = view[run_start + base : run_end + base]
-                run_end = run_start + self._sweep(chunk, run_start)
-                self._code.append((run_start, run_end, chunk[: run_end - run_start]))
-                swept_rvas.append((run_start, run_end))
-                swept_raw.append((run_start + base, run_end + base))
+                chunk = view[piece_start + base : piece_end + base]
+                swept_end = piece_start + self._sweep(chunk, piece_start)
+                self._code.append((piece_start, swept_end, chunk[: swept_end - piece_start]))
+                self._after_piece(piece_end)
         self._code.sort(key=lambda c: c[0])
         self.jump_sources.finish()
         self.call_sources.finish()
@@ -222,8 +246,25 @@ class CodeIndex:
         starts.add(image.entry_rva)
         starts.update(image.export_rvas())
         starts.update(extra_starts)
-        self.function_starts = sorted(rva for rva in starts if self.is_instruction(rva))
+        self.function_starts = sorted(rva for rva in starts if self._position(rva) is not None)
         self._function_set = frozenset(self.function_starts)
+
+    # -- hooks for an index of part of the code (candidates.PartialIndex) -----------------
+
+    def _select(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of the code run [start, end) to sweep: all of it here."""
+        return [(start, end)]
+
+    def _after_piece(self, end: int) -> None:
+        """Called after each swept part (nothing to do when everything is swept)."""
+
+    def _decode_lite(self, code: bytes, address: int) -> np.ndarray:
+        """capstone's light decoding of `code` as one array (`bulk.decode_lite`)."""
+        return decode_lite(self._lite, code, address)
+
+    def _is_gap(self, position: int) -> bool:
+        """Whether `position` marks code that was not swept (never, here)."""
+        return False
 
     # -- the sweep ----------------------------------------------------------------------
 
@@ -267,7 +308,7 @@ class CodeIndex:
         while position < total:
             end = min(total, position + _PIECE_BYTES)
             last = total if end == total else end - _MAX_INSN
-            batch = decode_lite(self._lite, bytes(chunk[position:end]), base + position)
+            batch = self._decode_lite(bytes(chunk[position:end]), base + position)
             offsets = batch["address"] - np.uint64(base)
             batch = batch[: int(np.searchsorted(offsets, last, "left"))]
             resume = position
@@ -315,6 +356,21 @@ class CodeIndex:
         addresses, sizes = batch["address"], batch["size"]
         is_move = np.zeros(count, bool)
         is_move[moves] = True
+        # Direct branches (`jne 0x1234`, `call 0x5678`): their edges in bulk; the
+        # loop below only sees branches through memory or registers (and targets
+        # capstone writes in decimal, which `_branch` reads as before).
+        branches = np.flatnonzero(branch)
+        if len(branches):
+            targets, direct = _hex_operands(operands[branches])
+            if direct.any():
+                sites = addresses[branches[direct]]
+                targets = targets[direct]
+                calls = mnemonics[branches[direct]] == b"call"
+                inside = targets <= np.uint64(0xFFFFFFFF)
+                self.call_sources.extend(targets[inside & calls], sites[inside & calls])
+                self.jump_sources.extend(targets[inside & ~calls], sites[inside & ~calls])
+                branch = branch.copy()
+                branch[branches[direct]] = False
         for i in np.flatnonzero(branch | is_move):
             address, size = int(addresses[i]), int(sizes[i])
             operand_text = text(operands[i])
@@ -406,6 +462,8 @@ class CodeIndex:
             return False
         cursor = position - 1
         while cursor >= 0 and position - cursor <= 16:
+            if self._is_gap(cursor):
+                return True  # PartialIndex: noted as code it needs
             if self.flags[cursor] & NO_FALLTHROUGH:
                 return True
             if not self.flags[cursor] & PADDING:
@@ -417,6 +475,9 @@ class CodeIndex:
 
     def index_of(self, rva: int) -> int | None:
         """Position of the instruction starting at `rva`, or None."""
+        return self._position(rva)
+
+    def _position(self, rva: int) -> int | None:
         index = bisect.bisect_left(self.starts, rva)
         if index < len(self.starts) and self.starts[index] == rva:
             return index
@@ -434,6 +495,13 @@ class CodeIndex:
 
     def is_function_start(self, rva: int) -> bool:
         return rva in self._function_set
+
+    def next_function_start(self, function: int) -> int | None:
+        """The first function entry after `function`, or None."""
+        following = bisect.bisect_right(self.function_starts, function)
+        if following < len(self.function_starts):
+            return self.function_starts[following]
+        return None
 
     def function_of(self, rva: int) -> int | None:
         """The nearest function entry at or before `rva`."""
@@ -467,8 +535,12 @@ class CodeIndex:
 
     def code_bytes(self, start: int, end: int) -> bytes:
         """The decoded code bytes between two RVAs (within one decoded run)."""
-        for run_start, run_end, chunk in self._code:
-            if run_start <= start < run_end:
+        if self._code_starts is None:
+            self._code_starts = [run[0] for run in self._code]
+        position = bisect.bisect_right(self._code_starts, start) - 1
+        if position >= 0:
+            run_start, run_end, chunk = self._code[position]
+            if start < run_end:
                 return bytes(chunk[start - run_start : min(end, run_end) - run_start])
         return b""
 
@@ -514,6 +586,32 @@ def _is_padding_text(mnemonic: str, operands: str) -> bool:
         register, _, memory = operands.partition(", ")
         return memory == f"[{register}]"
     return False
+
+
+def code_runs(
+    image: DriverImage, skip: Iterable[tuple[int, int]] = ()
+) -> list[tuple[int, int, int]]:
+    """(start RVA, end RVA, file offset minus RVA) of the code the sweep decodes, in
+    address order: the executable sections less `skip`.
+
+    Section headers may alias (overlapping RVAs, or the same raw bytes given again at
+    other RVAs, a trick to multiply a disassembler's work): every RVA and every file
+    byte is in one run at most.
+    """
+    skipped = merge_ranges(skip)
+    runs: list[tuple[int, int, int]] = []
+    swept_rvas: list[tuple[int, int]] = []
+    swept_raw: list[tuple[int, int]] = []
+    for section in sorted(image.executable_sections(), key=lambda s: s.rva):
+        start, end = section.rva, section.rva + section.loaded_size
+        base = section.raw_offset - section.rva
+        aliased = [(lo - base, hi - base) for lo, hi in swept_raw]
+        holes = merge_ranges([*skipped, *swept_rvas, *aliased])
+        for run_start, run_end in _subtract((start, end), holes):
+            runs.append((run_start, run_end, base))
+            swept_rvas.append((run_start, run_end))
+            swept_raw.append((run_start + base, run_end + base))
+    return runs
 
 
 def _subtract(span: tuple[int, int], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
