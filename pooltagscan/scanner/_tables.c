@@ -896,12 +896,124 @@ static PyObject *join_rows(PyObject *self, PyObject *args)
     return out;
 }
 
+/* unique_inverse(values) -> (distinct, inverse)
+ * np.unique(values, return_inverse=True) for uint64 values (a contiguous buffer):
+ * `distinct` the sorted distinct values (uint64 bytes), `inverse` each value's index
+ * among them (int64 bytes). A window repeats a few dozen tags (or a few hundred record
+ * combinations) tens of thousands of times: an open-addressing hash table finds the
+ * distinct ones in one pass, and only they are sorted, where np.unique sorts them all. */
+typedef struct { uint64_t key; int64_t id; } slot_t;
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xFF51AFD7ED558CCDull;
+    x ^= x >> 33;
+    x *= 0xC4CEB9FE1A85EC53ull;
+    return x ^ (x >> 33);
+}
+
+static int by_key(const void *a, const void *b)
+{
+    uint64_t x = ((const slot_t *)a)->key, y = ((const slot_t *)b)->key;
+    return (x > y) - (x < y);
+}
+
+static PyObject *unique_inverse(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "O", &obj))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (view.len % 8) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "values must be uint64");
+        return NULL;
+    }
+    Py_ssize_t n = view.len / 8, cap = 1024, count = 0;
+    const uint64_t *values = view.buf;
+    slot_t *table = PyMem_RawCalloc(cap, sizeof(slot_t));
+    slot_t *seen = PyMem_RawMalloc(cap / 2 * sizeof(slot_t));  /* distinct, by id */
+    int64_t *ids = PyMem_RawMalloc((n + 1) * sizeof(int64_t));
+    int64_t *rank = NULL;
+    int failed = !table || !seen || !ids;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        uint64_t key = values[i];
+        size_t at = (size_t)mix(key) & (size_t)(cap - 1);
+        /* id + 1 is stored: 0 marks an empty slot */
+        while (table[at].id && table[at].key != key)
+            at = (at + 1) & (size_t)(cap - 1);
+        if (!table[at].id) {
+            if (2 * (count + 1) > cap) {  /* keep the load under a half: grow and rehash */
+                Py_ssize_t grown = cap * 2;
+                slot_t *bigger = PyMem_RawCalloc(grown, sizeof(slot_t));
+                slot_t *more = PyMem_RawRealloc(seen, grown / 2 * sizeof(slot_t));
+                if (more)
+                    seen = more;
+                if (!bigger || !more) {
+                    PyMem_RawFree(bigger);
+                    failed = 1;
+                    break;
+                }
+                for (Py_ssize_t k = 0; k < count; k++) {
+                    size_t to = (size_t)mix(seen[k].key) & (size_t)(grown - 1);
+                    while (bigger[to].id)
+                        to = (to + 1) & (size_t)(grown - 1);
+                    bigger[to] = seen[k];
+                    bigger[to].id = k + 1;
+                }
+                PyMem_RawFree(table);
+                table = bigger, cap = grown;
+                at = (size_t)mix(key) & (size_t)(cap - 1);
+                while (table[at].id)
+                    at = (at + 1) & (size_t)(cap - 1);
+            }
+            table[at].key = key;
+            table[at].id = count + 1;
+            seen[count].key = key;
+            seen[count].id = count;
+            count++;
+        }
+        ids[i] = table[at].id - 1;
+    }
+    if (!failed) {
+        qsort(seen, count, sizeof(slot_t), by_key);
+        rank = PyMem_RawMalloc((count + 1) * sizeof(int64_t));
+        failed = !rank;
+    }
+    if (!failed) {
+        for (Py_ssize_t k = 0; k < count; k++)
+            rank[seen[k].id] = k;
+        for (Py_ssize_t i = 0; i < n; i++)
+            ids[i] = rank[ids[i]];
+        for (Py_ssize_t k = 0; k < count; k++)
+            ((uint64_t *)table)[k] = seen[k].key;  /* the sorted distinct values */
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *out = NULL;
+    if (failed)
+        PyErr_NoMemory();
+    else
+        out = Py_BuildValue("(y#y#)", (char *)table, count * 8, (char *)ids, n * 8);
+    PyMem_RawFree(table);
+    PyMem_RawFree(seen);
+    PyMem_RawFree(ids);
+    PyMem_RawFree(rank);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"probe_pages", probe_pages, METH_VARARGS,
      "Per page: which big-page table layouts its first entries fit, and whether it may "
      "hold pool tracker table entries."},
     {"segment_records", segment_records, METH_VARARGS,
      "The segment-heap scanner's records of a window of contiguous pages."},
+    {"unique_inverse", unique_inverse, METH_VARARGS,
+     "np.unique(values, return_inverse=True) of uint64 values, by a hash table."},
     {"join_rows", join_rows, METH_VARARGS,
      "The text of a batch of record lines: offsets interleaved with row fragments."},
     {"legacy_records", legacy_records, METH_VARARGS,
