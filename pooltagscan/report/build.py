@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 
 from pooltagscan.carving import carve
 from pooltagscan.carving.analysis import analyze_carved
@@ -54,104 +55,71 @@ def make_report(
     adds the drivers carved from the dump's kernel space (`carving`), written to
     `save_to` when given."""
     db = db or TagDatabase.builtin()
-    image = open_image(dump)
-    try:
-        return _report(
-            image,
-            driver_paths,
-            db,
-            baseline,
-            layout,
-            jobs,
-            rule_files,
-            progress,
-            check_files,
-            objects,
-            from_dump,
-            save_to,
-        )
-    finally:
-        image.close()
+    with closing(open_image(dump)) as image:
+        problems: list[str] = []
+        notes: list[str] = []
+        reports = []
+        if driver_paths:
+            expansion = expand_paths(driver_paths)
+            if check_files is not None:
+                check_files(expansion.files)
+            problems += [str(f) for f in expansion.failures]
+            walked = expansion.walked
+            seen = []
+            for result in scan_batch(expansion.files, RuleSet(rule_files), jobs, walked=walked):
+                seen.append(result)
+                if isinstance(result, DriverFailure):
+                    problems.append(str(result))
+                elif isinstance(result, DriverReport):
+                    reports.append(result)
+                # A DriverSkipped (a user-mode image found in a folder) is counted below.
+            notes += folder_notes(expansion, seen)
+        snapshot = load_snapshot(baseline, layout, db, jobs) if baseline else None
 
-
-def _report(
-    image,
-    driver_paths,
-    db,
-    baseline,
-    layout,
-    jobs,
-    rule_files,
-    progress,
-    check_files,
-    objects=False,
-    from_dump=False,
-    save_to=None,
-):
-    problems: list[str] = []
-    notes: list[str] = []
-    reports = []
-    if driver_paths:
-        expansion = expand_paths(driver_paths)
-        if check_files is not None:
-            check_files(expansion.files)
-        problems += [str(f) for f in expansion.failures]
-        walked = expansion.walked
-        seen = []
-        for result in scan_batch(expansion.files, RuleSet(rule_files), jobs, walked=walked):
-            seen.append(result)
-            if isinstance(result, DriverFailure):
-                problems.append(str(result))
-            elif isinstance(result, DriverReport):
-                reports.append(result)
-            # A DriverSkipped (a user-mode image found in a folder) is counted below.
-        notes += folder_notes(expansion, seen)
-    snapshot = load_snapshot(baseline, layout, db, jobs) if baseline else None
-
-    start = time.perf_counter()
-    digest = FileDigest(image.file)  # the dump's sha256, read alongside the scan
-    prepared = prepare(image, layout, db)
-    stats = TagStats()
-    samples = SampleCollector(db)
-    object_parts = []
-    for records in run(prepared, jobs=jobs, progress=progress):
-        stats.add(records)
-        samples.add(records)
+        start = time.perf_counter()
+        digest = FileDigest(image.file)  # the dump's sha256, read alongside the scan
+        prepared = prepare(image, layout, db)
+        stats = TagStats()
+        samples = SampleCollector(db)
+        object_parts = []
+        for records in run(prepared, jobs=jobs, progress=progress):
+            stats.add(records)
+            samples.add(records)
+            if objects:
+                object_parts.append(object_records(records))
+        hidden = None
         if objects:
-            object_parts.append(object_records(records))
-    hidden = None
-    if objects:
-        decoded, object_notes = decode_records(prepared, concat(object_parts))
-        hidden = hidden_objects(decoded)
-        notes += [f"objects: {n}" for n in object_notes]
-    seconds = time.perf_counter() - start
-    samples.fill_previews(image.read, virtual=image.format == "minidump")
-    carved_meta = None
-    if from_dump:
-        carved_meta = _carved(image, prepared, rule_files, save_to, reports, problems, notes)
+            decoded, object_notes = decode_records(prepared, concat(object_parts))
+            hidden = hidden_objects(decoded)
+            notes += [f"objects: {n}" for n in object_notes]
+        seconds = time.perf_counter() - start
+        samples.fill_previews(image.read, virtual=image.format == "minidump")
+        carved_meta = None
+        if from_dump:
+            carved_meta = _carved(image, prepared, rule_files, save_to, reports, problems, notes)
 
-    meta = prepared.metadata()
-    if objects:
-        meta["objects"] = decoded.metadata()
-    hashed = digest.result()
-    meta.update(
-        size=image.file_size,
-        sha256=hashed["sha256"],
-        scan_seconds=round(seconds, 3),
-        baseline=snapshot.source if snapshot else None,
-        provenance=provenance([hashed]),
-    )
-    if carved_meta is not None:
-        meta["carved_drivers"] = carved_meta
-    return Report(
-        meta=meta,
-        rows=build_rows(stats, db, reports, snapshot, samples),
-        totals=stats.totals(),
-        drivers=driver_summaries(reports),
-        problems=problems,
-        notes=notes,
-        hidden=hidden,
-    )
+        meta = prepared.metadata()
+        if objects:
+            meta["objects"] = decoded.metadata()
+        hashed = digest.result()
+        meta.update(
+            size=image.file_size,
+            sha256=hashed["sha256"],
+            scan_seconds=round(seconds, 3),
+            baseline=snapshot.source if snapshot else None,
+            provenance=provenance([hashed]),
+        )
+        if carved_meta is not None:
+            meta["carved_drivers"] = carved_meta
+        return Report(
+            meta=meta,
+            rows=build_rows(stats, db, reports, snapshot, samples),
+            totals=stats.totals(),
+            drivers=driver_summaries(reports),
+            problems=problems,
+            notes=notes,
+            hidden=hidden,
+        )
 
 
 def _carved(image, prepared, rule_files, save_to, reports, problems, notes) -> dict:
