@@ -32,6 +32,7 @@ from pooltagscan.addressing import KernelSpace
 from pooltagscan.addressing.paging import PAGE_SIZE, X64
 from pooltagscan.carving.images import (
     HEADER,
+    MAX_ENTRIES,
     Candidate,
     Import,
     exports,
@@ -51,6 +52,7 @@ MAX_IMAGES = 4096
 _BATCH_PAGES = 2048
 _HEAD = 0x400
 _LOADER_CHUNK = 16 << 20
+_EXAMINE_SLACK = 1 << 16
 _NAME_OK = re.compile(r"^[\w.\-+$~ ]{1,128}$")
 
 
@@ -99,11 +101,17 @@ def carve(image: MemoryImage, space: KernelSpace) -> CarveResult:
     arch = "x64" if tables.mode == X64 else "x86"
     stats = WalkStats()
     skip = space.root.index if space.root is not None and tables.mode == X64 else None
-    found = _find(image, kernel_mappings(tables, image.read, image.max_address, skip, stats), arch)
+    mappings = kernel_mappings(tables, image.read, image.max_address, skip, stats)
+    found, exhausted = _find(image, mappings, arch)
     result.pages_walked, result.tables_read = stats.pages, stats.tables
     if stats.truncated:
         result.notes.append(
             "the page-table walk stopped at its table budget; images past it were not looked for"
+        )
+    if exhausted:
+        result.notes.append(
+            "the page-table walk stopped at its page budget (the dump's pages twice over); "
+            "images past it were not looked for"
         )
     accepted: list[Candidate] = []
     for cand in sorted(found, key=lambda c: (c.base, c.found_by != HEADER)):
@@ -163,10 +171,15 @@ def carve(image: MemoryImage, space: KernelSpace) -> CarveResult:
     return result
 
 
-def _find(image: MemoryImage, mappings, arch: str) -> list[Candidate]:
-    """Candidates from every page-aligned start of the mappings, in batches."""
+def _find(image: MemoryImage, mappings, arch: str) -> tuple[list[Candidate], bool]:
+    """Candidates from every page-aligned start of the mappings, in batches, and
+    whether the page budget stopped the search."""
     found: list[Candidate] = []
     batch: list[tuple[int, int]] = []
+    # Pages looked at, at most: the dump's pages a few times over (aliases of an image's
+    # pages are legitimate, hostile large pages over the same memory by the thousand are
+    # not) plus a constant for small dumps.
+    budget = 2 * (image.max_address // PAGE_SIZE) + _EXAMINE_SLACK
 
     def flush() -> None:
         if not batch:
@@ -179,17 +192,21 @@ def _find(image: MemoryImage, mappings, arch: str) -> list[Candidate]:
         batch.clear()
 
     for mapping in mappings:
-        if len(found) >= MAX_IMAGES * 4:
+        if len(found) >= MAX_IMAGES * 4 or budget <= 0:
             break
         if mapping.size == PAGE_SIZE:
+            budget -= 1
             batch.append((mapping.virtual, mapping.physical))
             if len(batch) >= _BATCH_PAGES:
                 flush()
             continue
         for offset in range(0, mapping.size, _BATCH_PAGES * PAGE_SIZE):
             length = min(_BATCH_PAGES * PAGE_SIZE, mapping.size - offset)
-            data = image.read(mapping.physical + offset, length)
+            if budget <= 0:
+                break
+            data = image.read(mapping.physical + offset, min(length, budget * PAGE_SIZE))
             whole = len(data) // PAGE_SIZE
+            budget -= max(whole, 1)
             if not whole:
                 continue
             heads = np.frombuffer(data, np.uint8, whole * PAGE_SIZE).reshape(whole, PAGE_SIZE)
@@ -197,7 +214,7 @@ def _find(image: MemoryImage, mappings, arch: str) -> list[Candidate]:
                      for k in range(whole)]  # fmt: skip
             _judge(image, heads[:, :_HEAD], pages, arch, found)
     flush()
-    return found
+    return found, budget <= 0
 
 
 def _judge(image: MemoryImage, heads: np.ndarray, pages: list[tuple[int, int]], arch: str,
@@ -264,6 +281,9 @@ def _finish(cand: Candidate, memory: bytes, missing: list[int], exported: dict[i
         values = np.frombuffer(memory, "<u8" if wide else "<u4", len(memory) // width)
         keys = np.fromiter(exported, dtype=np.uint64, count=len(exported))
         hits = np.flatnonzero(np.isin(values.astype(np.uint64), keys))
+        if len(hits) > MAX_ENTRIES:  # hostile memory full of exported addresses
+            notes.append(f"{len(hits)} slots hold exported addresses: the first {MAX_ENTRIES} kept")
+            hits = hits[:MAX_ENTRIES]
         for index in hits.tolist():
             module, name = exported[int(values[index])]
             imports.append(Import(module, name, index * width))

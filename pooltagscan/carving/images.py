@@ -262,8 +262,9 @@ class Descriptor:
 def import_descriptors(
     memory: bytes, directory: tuple[int, int] | None, wide: bool
 ) -> list[Descriptor]:
-    """The import directory's descriptors (at most 1024, each at most MAX_ENTRIES
-    slots); empty when the directory is absent."""
+    """The import directory's descriptors (at most 1024, at most MAX_ENTRIES slots in
+    all: hostile descriptors can all name the same long IAT); empty when the directory
+    is absent."""
     out: list[Descriptor] = []
     if directory is None:
         return out
@@ -271,7 +272,10 @@ def import_descriptors(
     width = 8 if wide else 4
     flag = 1 << (63 if wide else 31)
     fmt = "<Q" if wide else "<I"
+    room = MAX_ENTRIES
     for k in range(1024):
+        if room <= 0:
+            break
         at = rva + 20 * k
         if at + 20 > len(memory):
             break
@@ -282,7 +286,7 @@ def import_descriptors(
             continue
         names: list[str | None] = []
         count = 0
-        while count < MAX_ENTRIES and _inside(memory, iat + width * count, width):
+        while count < room and _inside(memory, iat + width * count, width):
             (slot,) = struct.unpack_from(fmt, memory, iat + width * count)
             thunk = 0
             if oft and _inside(memory, oft + width * count, width):
@@ -293,6 +297,7 @@ def import_descriptors(
                 None if not thunk or thunk & flag else c_string(memory, (thunk & 0x7FFF_FFFF) + 2)
             )
             count += 1
+        room -= count
         out.append(Descriptor(c_string(memory, name_rva), iat, tuple(names), count))
     return out
 

@@ -5,7 +5,9 @@ terabytes of mostly empty space; reading each table page once and keeping its pr
 entries (numpy over the 512 or 1024 entries) visits only what is mapped. The self-map
 entry (the top table pointing at itself, see `addressing.search`) is skipped: through it
 every page table reappears as data. A hostile table cannot make the walk loop (its
-depth is fixed) and `MAX_TABLES` bounds how many table pages are read.
+depth is fixed), `MAX_TABLES` bounds how many table pages are read, and a table page
+is walked once: entries that point at a table already walked (hostile aliasing: every
+PDE naming the same page table multiplies the mappings by 512 per level) are skipped.
 """
 
 from __future__ import annotations
@@ -87,15 +89,19 @@ class _Walker:
     def __init__(self, tables: PageTables, read: Reader, limit: int, stats: WalkStats):
         self.mode = tables.mode
         self.read, self.limit, self.stats = read, limit, stats
+        self.walked: set[int] = set()
 
     def entries(
         self, table: int, first: int, stop: int, wide: bool, last: bool = False
     ) -> Iterator[tuple[int, int]]:
         """(index, entry) of the present entries of one table page (transition PTEs
         too when `last`)."""
+        if table in self.walked:
+            return
         if self.stats.tables >= MAX_TABLES:
             self.stats.truncated = True
             return
+        self.walked.add(table)
         self.stats.tables += 1
         data = self.read(table, PAGE_SIZE)
         if len(data) < PAGE_SIZE:
