@@ -108,15 +108,13 @@ class LineBuilder:
         self,
         names: TagNames,
         make: FragmentMaker,
-        offset_text: Callable[[list[int]], Any] | None = None,
         entries: bool = True,
         hex_width: Callable[[], int] | None = None,
     ) -> None:
         self.names = names
         self.make = make
-        self.offset_text = offset_text or (lambda offsets: map(str, offsets))
-        # Offsets in hex right-aligned in this many columns (what `offset_text` writes),
-        # else in decimal: how the C join writes them.
+        # Offsets in `0x` hex right-aligned in this many columns (asked per batch: the
+        # table sets its width per dump), else in decimal. Both joins write them so.
         self.hex_width = hex_width
         self.entries = entries  # whether big-pool lines show their table entry
         # Rewrites the rows of some records in place (the object fields of `--objects`):
@@ -234,7 +232,8 @@ class LineBuilder:
                     lead = ""
                     continue
             parts: list[Any] = [None] * (2 * (stop - start))
-            parts[0::2] = self.offset_text(offsets[start:stop].tolist())
+            text_of = f"{{:>#{width}x}}".format if self.hex_width is not None else str
+            parts[0::2] = map(text_of, offsets[start:stop].tolist())
             parts[1::2] = rows[start:stop].tolist()
             if stop == count and self.head:
                 parts[-1] = parts[-1][: -len(self.head)]  # the next line's head
@@ -506,9 +505,7 @@ class TableWriter(RecordWriter):
         self, out: TextIO, extra: dict[str, Any] | None = None, db: TagDatabase | None = None
     ):
         super().__init__(out, extra, db)
-        self._lines = LineBuilder(
-            self.names, self._fragment, self._addresses, entries=False, hex_width=self._width
-        )
+        self._lines = LineBuilder(self.names, self._fragment, entries=False, hex_width=self._width)
         self._lines.patch = self._patch(self._lines)
         self._addr = 18
         self._rows = 0
@@ -526,9 +523,6 @@ class TableWriter(RecordWriter):
 
     def _width(self) -> int:
         return self._addr
-
-    def _addresses(self, offsets: list[int]) -> Any:
-        return map(f"{{:>#{self._addr}x}}".format, offsets)
 
     def _cells(self, cells: Sequence[str]) -> str:
         """Everything of a line after the address."""
