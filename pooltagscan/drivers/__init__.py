@@ -8,11 +8,8 @@ Stages, one module each, data flowing one way:
 - `disasm`: one linear sweep of the code into a compact index;
 - `dataflow`: the tag argument of each call followed backwards (wrappers, globals);
 - `attribution`: per-file analysis, records, and the (parallel) batch;
-- `render`: table, json, jsonl, csv and localtag.txt output.
+- `render`: the drivers view on the shared writers, and its own localtag.txt format
+  (`render.FORMATS`, the command's format list).
 
 The library never prints; `pooltagscan.commands.drivers` is the command-line shell.
 """
-
-#: Output formats of `pooltagscan drivers` (here so the CLI can list them without
-#: loading the analysis).
-FORMATS = ("table", "json", "jsonl", "csv", "localtag")
