@@ -230,7 +230,7 @@ def _changing_scan(monkeypatch, change):
     victim.raw is read."""
     from pooltagscan.inputs import base
 
-    original = base.MemoryImage.read_file_range
+    original = base.MemoryImage.file_range
     done = []
 
     def hooked(self, offset, length):
@@ -239,7 +239,7 @@ def _changing_scan(monkeypatch, change):
             change(Path(self.path))
         return original(self, offset, length)
 
-    monkeypatch.setattr(base.MemoryImage, "read_file_range", hooked)
+    monkeypatch.setattr(base.MemoryImage, "file_range", hooked)
     return cli.main
 
 
@@ -272,16 +272,25 @@ def test_dump_replaced_mid_scan_is_reported(tmp_path, monkeypatch, capsys):
     assert "was replaced by another file during the scan" in err and str(victim) in err
 
 
-def test_dump_that_shrinks_under_the_workers_is_one_line(tmp_path):
-    """Workers map their windows; one that touches a page cut off the file dies of SIGBUS
-    and the parent says what happened to the dump, in one line."""
+@pytest.mark.parametrize("guard", [True, False], ids=["guarded", "unguarded"])
+def test_dump_that_shrinks_under_the_workers_is_one_line(tmp_path, guard):
+    """Workers map their windows. Under the SIGBUS guard a worker that touches a page cut
+    off the file reads zeros and reports where the file ended; without it the worker dies
+    of SIGBUS and the parent says what happened to the dump. One line either way."""
+    from pooltagscan.inputs import mapguard
+
+    if guard and not mapguard.available():
+        pytest.skip("the SIGBUS guard is not built here")
     dump = tmp_path / "big.raw"
     with open(dump, "wb") as f:
         f.truncate(16 << 30)  # sparse
+    env = dict(os.environ)
+    if not guard:
+        env["POOLTAGSCAN_NO_MAPGUARD"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pooltagscan", "scan", str(dump), "--stats", "--layout", "x64",
          "--jobs", "2", "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     from test_signals import children
 
@@ -292,12 +301,18 @@ def test_dump_that_shrinks_under_the_workers_is_one_line(tmp_path):
     os.truncate(dump, 1 << 30)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
-    assert err.strip().splitlines() == [
-        (
-            f"pooltagscan: error: {dump}: the file shrank from {16 << 30} to {1 << 30} bytes "
-            "during the scan; its results cannot be trusted"
-        )
-    ]
+    # A worker that maps a window after the cut is refused the mapping, and says where
+    # the file ends; without the guard, one that had mapped it before dies.
+    said = (
+        f"pooltagscan: error: {dump}: the file shrank during the scan (it was {16 << 30} "
+        f"bytes, it is now {1 << 30}); the scan stopped at offset 0x40000000"
+    )
+    died = (
+        f"pooltagscan: error: {dump}: the file shrank from {16 << 30} to {1 << 30} bytes "
+        "during the scan; its results cannot be trusted"
+    )
+    lines = err.strip().splitlines()
+    assert lines == [said] if guard else lines in ([said], [died])
     assert out == ""
 
 

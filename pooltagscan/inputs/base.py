@@ -6,18 +6,17 @@ for flat files and the container formats whose page map Volatility reads for us 
 dumps, LiME, ELF cores, VMware) the bytes come straight from the evidence file.
 Kernel minidumps override `words` to assemble pages from fragments (see `minidump`).
 
-Windows are read with `pread` on the one descriptor opened for the dump (see
-`pooltagscan.files`) into a buffer reused from window to window. Unlike a mapping, a
-read cannot kill the process when the file shrinks under it (an access past the end of a
-mapped file raises SIGBUS): it comes back short, and the scan stops with a one-line
-error. Scan workers of large dumps map their windows instead (`use_mapping`): no copy,
-and a worker that dies of SIGBUS is reported by the parent as the shrunken dump.
+Windows are mapped from the one descriptor opened for the dump (see `pooltagscan.files`)
+under the SIGBUS guard of `mapguard`: a file that shrinks under the scan stops it with a
+one-line error instead of killing the process. Where the guard is not built they are read
+with `pread` into a buffer reused from window to window (a short read is the same
+error), except in scan workers, which map unguarded (`use_mapping`): a worker that dies
+of SIGBUS is reported by the parent as the shrunken dump.
 Subclasses must stay picklable when `parallel_ok`: worker processes receive the image.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ import numpy as np
 
 from pooltagscan.errors import InputError
 from pooltagscan.files import InputFile
+from pooltagscan.inputs import mapguard
 from pooltagscan.layouts import PAGE_SIZE
 
 # Human names of MemoryImage.format values (the values are what JSON outputs carry).
@@ -187,9 +187,32 @@ class MemoryImage:
             self.__dict__["_buf"] = buf
         return memoryview(buf)[:length]
 
-    def read_file_range(self, offset: int, length: int) -> memoryview:
-        """`length` file bytes at `offset` in the reusable buffer; InputError when the
-        file no longer holds them (it shrank after it was opened)."""
+    @contextmanager
+    def file_range(self, offset: int, length: int) -> Iterator[memoryview]:
+        """`length` file bytes at `offset`, valid inside the block; InputError when the
+        file no longer holds them (it shrank after it was opened).
+
+        Mapped where the SIGBUS guard is built (inputs/mapguard.py): no copy out of the
+        page cache, which cost as much as the scan itself. Else read into a buffer
+        reused from window to window, except in scan workers (`use_mapping`), which map
+        unguarded and may die of SIGBUS.
+        """
+        guard = mapguard.available()
+        if not guard and not self.__dict__.get("_mapped"):
+            yield self._read_range(offset, length)
+            return
+        try:
+            with mapguard.mapped(self.file.fd, offset, length, guard) as view:
+                yield view
+        except mapguard.Faulted as fault:
+            raise self.shrank(fault.offset) from None
+        except (OSError, ValueError) as exc:
+            self.check_unchanged()
+            raise InputError(
+                self.path, f"cannot map bytes {offset:#x}-{offset + length:#x}: {exc}"
+            ) from None
+
+    def _read_range(self, offset: int, length: int) -> memoryview:
         view = self._buffer(length)
         got = self.file.readinto(view, offset)
         if got < length:
@@ -208,26 +231,19 @@ class MemoryImage:
         )
 
     def use_mapping(self) -> None:
-        """Read windows by mapping them instead of copying them (scan workers only).
-
-        A mapping skips the copy (the segment-heap scan runs about 1.5x faster), but an
-        access past the end of a file that shrank under it raises SIGBUS, which no
-        Python code survives. Worker processes may die that way: the parent then reports
-        the shrunken dump in one line (`scanner.engine`). The parent never maps.
-        """
+        """Map windows even where the SIGBUS guard is not built (scan workers only): an
+        access past the end of a file that shrank under the scan then kills the
+        process, and the parent reports the shrunken dump in one line
+        (`scanner.engine`). The parent never maps unguarded."""
         self.__dict__["_mapped"] = True
 
     @contextmanager
     def words(self, window: Window) -> Iterator[np.ndarray]:
         """A read-only uint32 view (pages, 1024) of a window, valid inside the block."""
-        if self.__dict__.get("_mapped"):
-            with map_range(self.file, window.file_offset, window.length) as view:
-                yield np.frombuffer(view, dtype="<u4").reshape(-1, PAGE_SIZE // 4)
-            return
-        view = self.read_file_range(window.file_offset, window.length)
-        words = np.frombuffer(view, dtype="<u4").reshape(-1, PAGE_SIZE // 4)
-        words.flags.writeable = False
-        yield words
+        with self.file_range(window.file_offset, window.length) as view:
+            words = np.frombuffer(view, dtype="<u4").reshape(-1, PAGE_SIZE // 4)
+            words.flags.writeable = False
+            yield words
 
     def read(self, address: int, length: int) -> bytes:
         """Bytes at an address of the scanned space (short or empty outside the runs)."""
@@ -254,43 +270,12 @@ class MemoryImage:
         return state
 
 
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-
-
 def _raise_if_changed(source: InputFile) -> None:
     problem = source.changed()
     if problem:
         raise InputError(
             source.path, f"the file {problem} during the scan; its results cannot be trusted"
         )
-
-
-@contextmanager
-def map_range(source: InputFile, offset: int, length: int) -> Iterator[memoryview]:
-    """`length` bytes at `offset` of an open input, mapped read-only (shared, faulted in
-    at once), unmapped on exit. Only for processes allowed to die of SIGBUS."""
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    delta = offset - start
-    try:
-        if _POPULATE:
-            mm = mmap.mmap(source.fd, delta + length, flags=mmap.MAP_SHARED | _POPULATE,
-                           prot=mmap.PROT_READ, offset=start)  # fmt: skip
-        else:
-            mm = mmap.mmap(source.fd, delta + length, offset=start, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as exc:
-        _raise_if_changed(source)
-        raise InputError(
-            source.path, f"cannot map bytes {offset:#x}-{offset + length:#x}: {exc}"
-        ) from None
-    view = memoryview(mm)[delta : delta + length]
-    try:
-        yield view
-    finally:
-        view.release()
-        try:
-            mm.close()
-        except BufferError:
-            pass  # a caller kept a view; the mapping goes when it does
 
 
 def open_checked(path: str | os.PathLike[str]) -> InputFile:

@@ -521,6 +521,133 @@ enum { STATE_ALLOCATED, STATE_FREE };
 enum { CONF_LOW, CONF_MEDIUM, CONF_HIGH };
 #define MIN_PARTIAL_LINKS 3
 
+/* Records are written straight into the bytearray that is returned, cut to length at the
+ * end; copying them out of a scratch buffer cost a fifth of the scan. The bytearray is
+ * sized from the records per page of the kernel's previous window, so consecutive
+ * windows ask malloc for about the same size and get back the memory the last one
+ * freed: a buffer grown and shrunk every window took fresh pages from the kernel,
+ * 6,600 page faults a GiB on the segment heap (a fifth of its scan). A window with more
+ * records grows it, with the GIL taken back. The estimate is only a size: sharing it
+ * between threads is harmless. */
+typedef struct {
+    PyObject *array;
+    record_t *rec;
+    Py_ssize_t cap;
+} records_t;
+
+typedef struct {
+    Py_ssize_t per_kpage;  /* records per 1024 pages of the last window */
+} sizing_t;
+
+static sizing_t legacy_sizing = {12 * 1024}, segment_sizing = {16 * 1024};
+
+/* Room for a window of `pages`, plus `slack` records that a page may add before the
+ * check for room. */
+static int records_open(records_t *o, Py_ssize_t pages, Py_ssize_t slack, const sizing_t *s)
+{
+    Py_ssize_t cap = pages * s->per_kpage / 1024;
+    o->cap = cap + cap / 16 + slack + 1024;
+    o->array = PyByteArray_FromStringAndSize(NULL, o->cap * (Py_ssize_t)sizeof(record_t));
+    o->rec = o->array ? (record_t *)PyByteArray_AS_STRING(o->array) : NULL;
+    return o->array ? 0 : -1;
+}
+
+/* Room for `need` records in all; called without the GIL, which it takes for the resize. */
+static int records_room(records_t *o, Py_ssize_t need)
+{
+    if (need <= o->cap)
+        return 0;
+    Py_ssize_t cap = o->cap;
+    while (cap < need)
+        cap *= 2;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int failed = PyByteArray_Resize(o->array, cap * (Py_ssize_t)sizeof(record_t)) < 0;
+    if (failed)
+        PyErr_Clear();
+    else {
+        o->rec = (record_t *)PyByteArray_AS_STRING(o->array);
+        o->cap = cap;
+    }
+    PyGILState_Release(gil);
+    return failed ? -1 : 0;
+}
+
+/* The bytearray cut to `n` records (and the estimate updated), or NULL with MemoryError
+ * when the scan failed. */
+static PyObject *records_close(records_t *o, Py_ssize_t n, Py_ssize_t pages, int failed,
+                               sizing_t *s)
+{
+    if (failed || PyByteArray_Resize(o->array, n * (Py_ssize_t)sizeof(record_t)) < 0) {
+        Py_CLEAR(o->array);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    if (pages >= 256)  /* not from a page or two (`pool` views, detection's tiny dumps) */
+        s->per_kpage = n * 1024 / pages;
+    return o->array;
+}
+
+/* The 8 bytes at a record's `pooltype` field: pooltype, pool, state, confidence,
+ * protected, family, source and the first byte of `entry` (0). Four wide stores write a
+ * record instead of eleven narrow ones. */
+#define MIDDLE(type, pool_state, conf, prot, family)                                      \
+    ((uint64_t)(type) | (uint64_t)(pool_state) << 8 | (uint64_t)(conf) << 24 |            \
+     (uint64_t)(prot) << 32 | (uint64_t)(family) << 40)
+#define REC_OFFSET 0
+#define REC_TAG 8
+#define REC_MIDDLE 16
+#define REC_CONF 19
+#define REC_ENTRY 23
+
+static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+/* Walk one legacy page's chain (the rules of scanner/legacy.py; walk_page is the same
+ * walk for legacy_walk) and write its records at `out` as it goes, their confidence left
+ * to the caller; -1 when the page does not start a chain, else the links written.
+ * `decode[type]` is pool | state << 8 for every PoolType below the limit. The loop has one
+ * branch a link: the tests are combined with `|`, and the tag tests are branch-free. */
+static inline int legacy_page(const uint8_t *page, const chain_t *c, const uint16_t *decode,
+                              uint64_t base, uint64_t family, uint8_t *out, int *complete,
+                              int *good, int *mixed)
+{
+    uint32_t first = rd32(page);
+    if (((first >> c->ps) & c->pm) != 0 || ((first >> c->bs) & c->bm) == 0 ||
+        ((first >> c->ts) & c->tm) >= c->limit)
+        return -1;
+    const uint32_t units = PAGE / c->unit, unit = (uint32_t)c->unit;
+    uint32_t pos = 0, last = 0, seen = 0;
+    int links = 0, printable = 0;
+    *complete = 0;
+    for (;;) {
+        uint32_t w0 = rd32(page + pos * unit);
+        uint32_t prev = (w0 >> c->ps) & c->pm, block = (w0 >> c->bs) & c->bm;
+        uint32_t type = (w0 >> c->ts) & c->tm;
+        if ((prev != last) | (block == 0) | (type >= c->limit) | (pos + block > units))
+            break;
+        uint32_t tag = rd32(page + pos * unit + 4);
+        uint32_t pw = printable_word(tag & 0x7FFFFFFFu);
+        uint32_t prot = (tag >> 31) & pw;
+        uint8_t *r = out + (size_t)links * sizeof(record_t);
+        wr64(r + REC_OFFSET, base + (uint64_t)pos * unit);
+        wr64(r + REC_TAG, (uint64_t)(tag & ~(prot << 31)) | (uint64_t)(block * unit) << 32);
+        wr64(r + REC_MIDDLE, MIDDLE(type, decode[type], 0, prot, family));
+        wr64(r + REC_ENTRY, 0);
+        printable += (int)pw;
+        /* bit 1: an even non-zero PoolType, bit 2: an odd one */
+        seen |= (uint32_t)(type != 0) << (1 + (type & 1));
+        links++;
+        pos += block;
+        if (pos == units) {
+            *complete = 1;
+            break;
+        }
+        last = block;
+    }
+    *good = printable;
+    *mixed = seen == 6;
+    return links;
+}
+
 /* legacy_records(buffer, address, unit, prev_shift, prev_mask, block_shift, block_mask,
  *                type_shift, type_mask, type_limit, xp, family, tables, wide, combos,
  *                probe) -> (records as a bytearray, flags)
@@ -544,89 +671,72 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
                           &combos, &probe) ||
         check_chain(&c) < 0 || parse_combos(combos, probe, &cb) < 0)
         return NULL;
+    if (c.limit > 256) {
+        PyErr_SetString(PyExc_ValueError, "PoolType limit above 256");
+        return NULL;
+    }
+    uint16_t decode[256];
+    for (uint32_t type = 0; type < c.limit; type++) {
+        unsigned pool, state;
+        if (xp) {
+            pool = type == 0 ? POOL_UNKNOWN : ((type & 1) ? POOL_NONPAGED : POOL_PAGED);
+            state = type == 0 ? STATE_FREE : STATE_ALLOCATED;
+        } else {
+            pool = (type & 1) ? POOL_PAGED : POOL_NONPAGED;
+            state = (type & 2) ? STATE_ALLOCATED : STATE_FREE;
+        }
+        decode[type] = (uint16_t)(pool | state << 8);
+    }
     Py_buffer view;
     Py_ssize_t pages;
     if (get_pages(obj, &view, &pages) < 0)
         return NULL;
     PyObject *flags = PyBytes_FromStringAndSize(NULL, tables ? pages * 2 : 0);
-    if (!flags) {
+    records_t o;
+    int units = PAGE / c.unit;
+    if (!flags || records_open(&o, pages, units, &legacy_sizing) < 0) {
+        Py_XDECREF(flags);
         PyBuffer_Release(&view);
         return NULL;
     }
     uint8_t *flag = (uint8_t *)PyBytes_AS_STRING(flags);
-    int units = PAGE / c.unit;
-    int32_t at[PAGE / 8];
-    uint32_t w0s[PAGE / 8];
-    Py_ssize_t cap = 1 << 15, n = 0;
-    record_t *out = PyMem_RawMalloc(cap * sizeof(record_t));
-    int failed = !out;
+    Py_ssize_t n = 0;
+    int failed = 0;
     const uint8_t *buf = view.buf;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t p = 0; p < pages && !failed; p++) {
+    for (Py_ssize_t p = 0; p < pages; p++) {
         const uint8_t *page = buf + p * PAGE;
         if (p + AHEAD < pages)
             prefetch_page(page + AHEAD * PAGE);
         if (tables)  /* the table search's first look, while the page is in the cache */
             probe_page(page, &cb, wide, flag + 2 * p);
-        int complete, links = walk_page(page, &c, at, w0s, &complete);
-        if (links < 0)
-            continue;
-        if (n + units > cap) {
-            record_t *more = PyMem_RawRealloc(out, cap * 2 * sizeof(record_t));
-            if (!more) {
-                failed = 1;
-                break;
-            }
-            out = more, cap *= 2;
+        if (records_room(&o, n + units) < 0) {
+            failed = 1;
+            break;
         }
-        Py_ssize_t start = n;
-        int good = 0, odd = 0, even = 0;
-        for (int i = 0; i < links; i++) {
-            uint32_t w0 = w0s[i], block = (w0 >> c.bs) & c.bm, type = (w0 >> c.ts) & c.tm;
-            uint32_t tag = rd32(page + at[i] * c.unit + 4);
-            record_t *r = &out[n++];
-            int prot = (tag & 0x80000000u) && printable_tag(tag & 0x7FFFFFFFu, 0);
-            good += printable_tag(tag, 1);
-            if (type) {
-                odd |= type & 1;
-                even |= !(type & 1);
-            }
-            r->offset = address + (uint64_t)p * PAGE + (uint64_t)at[i] * c.unit;
-            r->tag = prot ? tag & 0x7FFFFFFFu : tag;
-            r->size = block * (uint32_t)c.unit;
-            r->pooltype = (uint8_t)type;
-            if (xp) {
-                r->pool = type == 0 ? POOL_UNKNOWN : ((type & 1) ? POOL_NONPAGED : POOL_PAGED);
-                r->state = type == 0 ? STATE_FREE : STATE_ALLOCATED;
-            } else {
-                r->pool = (type & 1) ? POOL_PAGED : POOL_NONPAGED;
-                r->state = (type & 2) ? STATE_ALLOCATED : STATE_FREE;
-            }
-            r->protected_ = (uint8_t)prot;
-            r->family = (uint8_t)family;
-            r->source = 0;
-            r->entry = 0;
-        }
+        uint8_t *at = (uint8_t *)(o.rec + n);
+        int complete, good, mixed;
+        int links = legacy_page(page, &c, decode, address + (uint64_t)p * PAGE,
+                                (uint64_t)family, at, &complete, &good, &mixed);
         uint8_t conf;
+        if (links <= 0)
+            continue;
         if (complete)
-            conf = (!(odd && even) && 2 * good >= links) ? CONF_HIGH : CONF_MEDIUM;
+            conf = (!mixed && 2 * good >= links) ? CONF_HIGH : CONF_MEDIUM;
         else if (links >= MIN_PARTIAL_LINKS && good == links)
             conf = CONF_LOW;
-        else {
-            n = start;  /* a short or garbled broken chain: nothing kept */
-            continue;
-        }
-        for (Py_ssize_t i = start; i < n; i++)
-            out[i].confidence = conf;
+        else
+            continue;  /* a short or garbled broken chain: nothing kept */
+        if (conf != CONF_LOW)
+            for (int i = 0; i < links; i++)
+                at[(size_t)i * sizeof(record_t) + REC_CONF] = conf;
+        n += links;
         if (tables && conf == CONF_HIGH)  /* a proven pool page holds no kernel table */
             flag[2 * p] = flag[2 * p + 1] = 0;
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    PyObject *records = failed ? PyErr_NoMemory()
-                               : PyByteArray_FromStringAndSize((char *)out, n * sizeof(record_t));
-    PyMem_RawFree(out);
-    return pair(records, flags);
+    return pair(records_close(&o, n, pages, failed, &legacy_sizing), flags);
 }
 
 /* A sorted uint32 array holds `v` (the tag database's exact tags). */
@@ -646,6 +756,89 @@ static int known_tag(const uint32_t *known, Py_ssize_t n, uint32_t v)
 enum { STATE_UNKNOWN = 2 };
 #define MAX_SLOTS (PAGE / 8)
 
+/* A segment-heap header family: where candidates sit and how they link. */
+typedef struct {
+    int unit_words, unit, per_page;
+    unsigned mask, value, bs, bm, ts, tm, max_block, vs_units;
+} segment_t;
+
+static int check_segment(const segment_t *g)
+{
+    if ((g->unit_words != 2 && g->unit_words != 4) || g->bs > 31 || g->ts > 31) {
+        PyErr_SetString(PyExc_ValueError, "bad header layout");
+        return -1;
+    }
+    return 0;
+}
+
+/* One page's candidates: candidate k sits at slot at[k]; index[slot] is k, or -1 (all -1
+ * between pages: segment_reset puts back what segment_page set). */
+typedef struct {
+    int16_t index[MAX_SLOTS];
+    int at[MAX_SLOTS];
+    uint32_t blocks[MAX_SLOTS], tags[MAX_SLOTS], types[MAX_SLOTS];
+    uint8_t lfh[MAX_SLOTS], vs_next[MAX_SLOTS], vs_prev[MAX_SLOTS];
+} slots_t;
+
+static void slots_init(slots_t *t)
+{
+    for (int i = 0; i < MAX_SLOTS; i++)
+        t->index[i] = -1;
+}
+
+/* Find a page's candidates and link them (the rules above segment_records); returns how
+ * many, and whether any is linked in `linked`. */
+static int segment_page(const uint8_t *page, const segment_t *g, slots_t *t, int *linked)
+{
+    /* Which slots hold a candidate, without a branch per slot (most slots of a pool page
+     * are data, and whether one is a header cannot be predicted): a loop the compiler
+     * vectorizes over the unit's fixed stride. */
+    int count = 0;
+    for (int i = 0; i < g->per_page; i++) {
+        uint32_t w0 = rd32(page + i * g->unit);
+        if ((w0 & g->mask) != g->value)
+            continue;
+        uint32_t block = (w0 >> g->bs) & g->bm, tag = rd32(page + i * g->unit + 4);
+        if (block == 0 || block > g->max_block || !printable_tag(tag, 0))
+            continue;
+        t->index[i] = (int16_t)count;
+        t->at[count] = i, t->blocks[count] = block, t->tags[count] = tag;
+        t->types[count] = (w0 >> g->ts) & g->tm;
+        t->lfh[count] = t->vs_next[count] = t->vs_prev[count] = 0;
+        count++;
+    }
+    int any = 0;
+    for (int k = 0; k < count; k++) {
+        uint32_t next = (uint32_t)t->at[k] + t->blocks[k];
+        int n = next < (uint32_t)g->per_page ? t->index[next] : -1;
+        if (n >= 0 && t->blocks[n] == t->blocks[k] && (t->types[n] & 1) == (t->types[k] & 1))
+            t->lfh[k] = t->lfh[n] = any = 1;
+        next += g->vs_units;
+        n = next < (uint32_t)g->per_page ? t->index[next] : -1;
+        if (n >= 0)
+            t->vs_next[k] = t->vs_prev[n] = any = 1;
+    }
+    *linked = any;
+    return count;
+}
+
+static void segment_reset(slots_t *t, int count)
+{
+    for (int k = 0; k < count; k++)
+        t->index[t->at[k]] = -1;
+}
+
+#define SEGMENT_ARGS "iIIIIIIII"
+#define SEGMENT_FIELDS(g)                                                                   \
+    &(g).unit_words, &(g).mask, &(g).value, &(g).bs, &(g).bm, &(g).ts, &(g).tm,             \
+        &(g).max_block, &(g).vs_units
+
+static void segment_derive(segment_t *g)
+{
+    g->unit = g->unit_words * 4;
+    g->per_page = PAGE / (g->unit ? g->unit : 16);
+}
+
 /* segment_records(buffer, address, unit_words, mask, value, block_shift, block_mask,
  *                 type_shift, type_mask, max_block, vs_units, xp, family, known, tables,
  *                 wide, combos, probe) -> (records as a bytearray, flags)
@@ -661,19 +854,16 @@ static PyObject *segment_records(PyObject *self, PyObject *args)
 {
     PyObject *obj, *known_obj, *combos;
     unsigned long long address;
-    unsigned int mask, value, bs, bm, ts, tm, max_block, vs_units;
-    int unit_words, xp, family, tables, wide, probe;
-    if (!PyArg_ParseTuple(args, "OKiIIIIIIIIpiOppOi", &obj, &address, &unit_words, &mask,
-                          &value, &bs, &bm, &ts, &tm, &max_block, &vs_units, &xp, &family,
-                          &known_obj, &tables, &wide, &combos, &probe))
+    segment_t g;
+    int xp, family, tables, wide, probe;
+    if (!PyArg_ParseTuple(args, "OK" SEGMENT_ARGS "piOppOi", &obj, &address, SEGMENT_FIELDS(g),
+                          &xp, &family, &known_obj, &tables, &wide, &combos, &probe) ||
+        check_segment(&g) < 0)
         return NULL;
+    segment_derive(&g);
     combos_t cb;
     if (parse_combos(combos, probe, &cb) < 0)
         return NULL;
-    if ((unit_words != 2 && unit_words != 4) || bs > 31 || ts > 31) {
-        PyErr_SetString(PyExc_ValueError, "bad header layout");
-        return NULL;
-    }
     Py_buffer known;
     if (PyObject_GetBuffer(known_obj, &known, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
@@ -689,77 +879,51 @@ static PyObject *segment_records(PyObject *self, PyObject *args)
         return NULL;
     }
     PyObject *flags = PyBytes_FromStringAndSize(NULL, tables ? pages * 2 : 0);
-    int unit = unit_words * 4, per_page = PAGE / unit;
-    Py_ssize_t cap = 1 << 15, n = 0, nknown = known.len / 4;
-    record_t *out = PyMem_RawMalloc(cap * sizeof(record_t));
-    int failed = !out || !flags;
-    uint8_t *flag = flags ? (uint8_t *)PyBytes_AS_STRING(flags) : NULL;
+    slots_t *t = PyMem_RawMalloc(sizeof(slots_t));
+    records_t o;
+    if (!flags || !t || records_open(&o, pages, 0, &segment_sizing) < 0) {
+        Py_XDECREF(flags);
+        PyMem_RawFree(t);
+        PyBuffer_Release(&view);
+        PyBuffer_Release(&known);
+        return t ? NULL : PyErr_NoMemory();
+    }
+    slots_init(t);
+    Py_ssize_t n = 0, nknown = known.len / 4;
+    int failed = 0;
+    uint8_t *flag = (uint8_t *)PyBytes_AS_STRING(flags);
     const uint32_t *known_tags = known.buf;
     const uint8_t *buf = view.buf;
-    /* Per page: candidate k sits at slot at[k]; index[slot] is k, or -1. */
-    int16_t index[MAX_SLOTS];
-    int at[MAX_SLOTS];
-    uint32_t blocks[MAX_SLOTS], tags[MAX_SLOTS], types[MAX_SLOTS];
-    uint8_t lfh[MAX_SLOTS], vs_next[MAX_SLOTS], vs_prev[MAX_SLOTS];
-    for (int i = 0; i < MAX_SLOTS; i++)
-        index[i] = -1;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t p = 0; p < pages && !failed; p++) {
+    for (Py_ssize_t p = 0; p < pages; p++) {
         const uint8_t *page = buf + p * PAGE;
         if (p + AHEAD < pages)
             prefetch_page(page + AHEAD * PAGE);
         if (tables)
             probe_page(page, &cb, wide, flag + 2 * p);
-        int count = 0;
-        for (int i = 0; i < per_page; i++) {
-            uint32_t w0 = rd32(page + i * unit);
-            if ((w0 & mask) != value)
-                continue;
-            uint32_t block = (w0 >> bs) & bm, tag = rd32(page + i * unit + 4);
-            if (block == 0 || block > max_block || !printable_tag(tag, 0))
-                continue;
-            index[i] = (int16_t)count;
-            at[count] = i, blocks[count] = block, tags[count] = tag;
-            types[count] = (w0 >> ts) & tm;
-            lfh[count] = vs_next[count] = vs_prev[count] = 0;
-            count++;
-        }
+        int linked, count = segment_page(page, &g, t, &linked);
         if (!count)
             continue;
-        for (int k = 0; k < count; k++) {
-            uint32_t next = (uint32_t)at[k] + blocks[k];
-            int t = next < (uint32_t)per_page ? index[next] : -1;
-            if (t >= 0 && blocks[t] == blocks[k] && (types[t] & 1) == (types[k] & 1))
-                lfh[k] = lfh[t] = 1;
-            next += vs_units;
-            t = next < (uint32_t)per_page ? index[next] : -1;
-            if (t >= 0)
-                vs_next[k] = vs_prev[t] = 1;
-        }
-        if (n + count > cap) {
-            record_t *more = PyMem_RawRealloc(out, cap * 2 * sizeof(record_t));
-            if (!more) {
-                failed = 1;
-                break;
-            }
-            out = more, cap *= 2;
+        segment_reset(t, count);
+        if (records_room(&o, n + count) < 0) {
+            failed = 1;
+            break;
         }
         for (int k = 0; k < count; k++) {
-            record_t *r = &out[n++];
-            uint32_t type = types[k];
-            index[at[k]] = -1;
-            r->offset = address + ((uint64_t)p * per_page + (uint64_t)at[k]) * unit;
-            r->tag = tags[k];
-            r->size = blocks[k] * (uint32_t)unit;
+            record_t *r = &o.rec[n++];
+            uint32_t type = t->types[k];
+            r->offset = address + ((uint64_t)p * g.per_page + (uint64_t)t->at[k]) * g.unit;
+            r->tag = t->tags[k];
+            r->size = t->blocks[k] * (uint32_t)g.unit;
             r->pooltype = (uint8_t)type;
             if (xp)
                 r->pool = type == 0 ? POOL_UNKNOWN : ((type & 1) ? POOL_NONPAGED : POOL_PAGED);
             else
                 r->pool = (type & 1) ? POOL_PAGED : POOL_NONPAGED;
-            r->state = vs_prev[k] && !lfh[k] ? STATE_ALLOCATED : STATE_UNKNOWN;
-            r->confidence = (lfh[k] || vs_next[k] || vs_prev[k])       ? CONF_HIGH
-                            : known_tag(known_tags, nknown, tags[k]) ? CONF_MEDIUM
-                                                                      : CONF_LOW;
+            r->state = t->vs_prev[k] && !t->lfh[k] ? STATE_ALLOCATED : STATE_UNKNOWN;
+            r->confidence = (t->lfh[k] || t->vs_next[k] || t->vs_prev[k]) ? CONF_HIGH
+                            : known_tag(known_tags, nknown, t->tags[k])      ? CONF_MEDIUM
+                                                                             : CONF_LOW;
             r->protected_ = 0;
             r->family = (uint8_t)family;
             r->source = 0;
@@ -767,14 +931,99 @@ static PyObject *segment_records(PyObject *self, PyObject *args)
         }
     }
     Py_END_ALLOW_THREADS
+    PyMem_RawFree(t);
     PyBuffer_Release(&view);
     PyBuffer_Release(&known);
-    PyObject *records = failed ? PyErr_NoMemory()
-                               : PyByteArray_FromStringAndSize((char *)out, n * sizeof(record_t));
+    return pair(records_close(&o, n, pages, failed, &segment_sizing), flags);
+}
+
+/* segment_evidence(buffer, unit_words, mask, value, block_shift, block_mask, type_shift,
+ *                  type_mask, max_block, vs_units) -> pages
+ * How many pages of a window hold a linked segment-heap header (high confidence in
+ * segment_records): the family's evidence for detection (scanner/detect.py), without
+ * building records. */
+static PyObject *segment_evidence(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    segment_t g;
+    if (!PyArg_ParseTuple(args, "O" SEGMENT_ARGS, &obj, SEGMENT_FIELDS(g)) ||
+        check_segment(&g) < 0)
+        return NULL;
+    segment_derive(&g);
+    Py_buffer view;
+    Py_ssize_t pages, proven = 0;
+    if (get_pages(obj, &view, &pages) < 0)
+        return NULL;
+    slots_t *t = PyMem_RawMalloc(sizeof(slots_t));
+    if (!t) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    slots_init(t);
+    const uint8_t *buf = view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < pages; p++) {
+        if (p + AHEAD < pages)
+            prefetch_page(buf + (p + AHEAD) * PAGE);
+        int linked, count = segment_page(buf + p * PAGE, &g, t, &linked);
+        segment_reset(t, count);
+        proven += linked;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(t);
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(proven);
+}
+
+/* legacy_evidence(buffer, unit, prev_shift, prev_mask, block_shift, block_mask,
+ *                 type_shift, type_mask, type_limit) -> (pages, xp_votes, vista_votes)
+ * Detection's evidence for a legacy family (scanner/legacy.py's complete_pages and
+ * chain_votes are the numpy twin): pages whose chain is complete and consistent (high
+ * confidence in legacy_records), and among them the pages that vote XP (PoolType low
+ * bits 1 and no 2 or 3) and Vista (a 3). */
+static PyObject *legacy_evidence(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    chain_t c;
+    if (!PyArg_ParseTuple(args, "OiIIIIIII", &obj, &c.unit, &c.ps, &c.pm, &c.bs, &c.bm, &c.ts,
+                          &c.tm, &c.limit) ||
+        check_chain(&c) < 0)
+        return NULL;
+    if (c.limit > 256) {
+        PyErr_SetString(PyExc_ValueError, "PoolType limit above 256");
+        return NULL;
+    }
+    static const uint16_t decode[256];  /* pool and state are not needed here */
+    Py_buffer view;
+    Py_ssize_t pages, proven = 0, xp = 0, vista = 0;
+    if (get_pages(obj, &view, &pages) < 0)
+        return NULL;
+    record_t *out = PyMem_RawMalloc((PAGE / 8) * sizeof(record_t));
+    if (!out) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    const uint8_t *buf = view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t p = 0; p < pages; p++) {
+        if (p + AHEAD < pages)
+            prefetch_page(buf + (p + AHEAD) * PAGE);
+        int complete, good, mixed;
+        int links = legacy_page(buf + p * PAGE, &c, decode, 0, 0, (uint8_t *)out, &complete,
+                                &good, &mixed);
+        if (links <= 0 || !complete || mixed || 2 * good < links)
+            continue;
+        unsigned present = 0;
+        for (int i = 0; i < links; i++)
+            present |= 1u << (out[i].pooltype & 3);
+        proven++;
+        xp += (present & 0xE) == 0x2;
+        vista += (present & 0x8) != 0;
+    }
+    Py_END_ALLOW_THREADS
     PyMem_RawFree(out);
-    if (!flags)
-        flags = PyBytes_FromStringAndSize("", 0);  /* pair() needs both; records failed */
-    return pair(records, flags);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nnn)", proven, xp, vista);
 }
 
 static const char PAIRS[201] =
@@ -1018,6 +1267,10 @@ static PyMethodDef methods[] = {
      "The text of a batch of record lines: offsets interleaved with row fragments."},
     {"legacy_records", legacy_records, METH_VARARGS,
      "The legacy scanner's records of a window of contiguous pages."},
+    {"legacy_evidence", legacy_evidence, METH_VARARGS,
+     "Detection's evidence for a legacy family: proving pages and encoding votes."},
+    {"segment_evidence", segment_evidence, METH_VARARGS,
+     "Detection's evidence for a segment-heap family: pages with linked headers."},
     {"legacy_walk", legacy_walk, METH_VARARGS,
      "The legacy scanner's chain walk over every page of a window."},
     {"tracker_phases", tracker_phases, METH_VARARGS,

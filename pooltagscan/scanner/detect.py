@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pooltagscan.inputs.base import MemoryImage, Window
-from pooltagscan.layouts import LAYOUTS, PAGE_SIZE, Encoding, Family, Layout
+from pooltagscan.layouts import LAYOUTS, LEGACY_POOLTYPE_LIMIT, PAGE_SIZE, Encoding, Family, Layout
 from pooltagscan.scanner import legacy, segment
+from pooltagscan.scanner.native import native
 
 SAMPLE_BYTES = 64 << 20
 SAMPLE_SLICES = 32
@@ -81,12 +82,33 @@ def detect(
 
 def _evidence(words, layout: Layout) -> tuple[int, int, int]:
     """(pages this family proves, XP votes, Vista votes) in one window."""
+    if native is not None:
+        return _native_evidence(words, layout)
     if layout.scanner == "segment":
         found = segment.find_headers(words, layout)
         pages = np.unique(found.slot[found.linked] // layout.units_per_page).size
         return int(pages), 0, 0
     chunks = legacy.walk_chains(words, layout)
     return legacy.complete_pages(chunks), *legacy.chain_votes(chunks, layout)
+
+
+def _native_evidence(words, layout: Layout) -> tuple[int, int, int]:
+    """The same counts by the C module, which walks each page once and builds no
+    records: detection samples 64 MiB with every family, and the numpy walks cost a
+    sixth of a whole 1 GiB scan."""
+    if layout.scanner == "segment":
+        mask, value = layout.segment_w0
+        block, kind = layout.block, layout.pooltype
+        pages = native.segment_evidence(
+            words, layout.words_per_unit, int(mask), int(value), block.shift, block.mask,
+            kind.shift, kind.mask, layout.segment_max_block, layout.vs_header_units,
+        )  # fmt: skip
+        return pages, 0, 0
+    prev, block, kind = layout.previous, layout.block, layout.pooltype
+    return native.legacy_evidence(
+        words, layout.unit, prev.shift, prev.mask, block.shift, block.mask, kind.shift,
+        kind.mask, LEGACY_POOLTYPE_LIMIT,
+    )  # fmt: skip
 
 
 def _report_order(proven: dict[Family, int]) -> list[tuple[Family, int]]:

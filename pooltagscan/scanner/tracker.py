@@ -112,6 +112,8 @@ def _table_pages(words: np.ndarray, fields: PageFields, candidates: np.ndarray, 
         ),
         "<u2",
     )  # fmt: skip
+    if not masks.any():  # the common case: no candidate is a table page at any phase
+        return
     for bit, phase in enumerate(fmt.phases()):
         yield phase, np.flatnonzero(masks & (1 << bit))
 
