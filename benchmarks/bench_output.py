@@ -22,8 +22,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "samples"))
+sys.path.insert(0, str(HERE))
 
 import make_samples
+from bench_scan import ensure_dump, warm_page_cache
 
 VIEWS = {
     "stats": ["--stats"],
@@ -32,16 +34,6 @@ VIEWS = {
     "json": ["--format", "json"],
     "table": ["--format", "table"],
 }
-
-
-def ensure_dump(family: str, size: int) -> Path:
-    """The bench dump of bench_scan.py (same name, same builder), built when missing."""
-    out = HERE / "out"
-    out.mkdir(exist_ok=True)
-    path = out / f"bench-{family}-{size >> 20}MiB.raw"
-    if not path.exists() or path.stat().st_size != size:
-        make_samples.write_bench_dump(path, family, size)
-    return path
 
 
 def timed(command: list[str], dump: Path, view: list[str]) -> float:
@@ -73,9 +65,7 @@ def main() -> None:
     views = args.views.split(",")
     if "stats" not in views:
         views.insert(0, "stats")
-    with open(dump, "rb") as f:  # warm the page cache
-        while f.read(16 << 20):
-            pass
+    warm_page_cache(dump)
     seconds: dict[str, list[float]] = {v: [] for v in views}
     for _ in range(args.runs):  # interleaved: every view sees the same machine
         for view in views:

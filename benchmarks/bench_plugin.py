@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_scan import ensure_dump
+from bench_scan import ensure_dump, warm_page_cache
 
 from pooltagscan.parallel import default_jobs
 
@@ -162,7 +162,7 @@ def main() -> None:
     small = REPO / "samples" / "dumps" / f"{args.family}.raw"
     cache = tempfile.mkdtemp(prefix="bench-plugin-cache-")
     env = {**os.environ, "XDG_CACHE_HOME": cache}
-    timed_command(standalone_cmd(path, "--stats"), env, 1)  # warm the page cache
+    warm_page_cache(path)
     results: dict[str, object] = {"file": path.name, "size_mib": args.size_mib,
                                   "cpus": os.cpu_count(), "repeat": args.repeat}  # fmt: skip
 

@@ -15,6 +15,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define PAGE 4096
 #define QUICK_COUNT (1u << 29)
@@ -708,8 +711,6 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
         const uint8_t *page = buf + p * PAGE;
         if (p + AHEAD < pages)
             prefetch_page(page + AHEAD * PAGE);
-        if (tables)  /* the table search's first look, while the page is in the cache */
-            probe_page(page, &cb, wide, flag + 2 * p);
         if (records_room(&o, n + units) < 0) {
             failed = 1;
             break;
@@ -718,21 +719,28 @@ static PyObject *legacy_records(PyObject *self, PyObject *args)
         int complete, good, mixed;
         int links = legacy_page(page, &c, decode, address + (uint64_t)p * PAGE,
                                 (uint64_t)family, at, &complete, &good, &mixed);
-        uint8_t conf;
-        if (links <= 0)
+        uint8_t conf = CONF_LOW;
+        int kept = 0;
+        if (links > 0) {
+            if (complete)
+                conf = (!mixed && 2 * good >= links) ? CONF_HIGH : CONF_MEDIUM;
+            /* a short or garbled broken chain keeps nothing */
+            kept = complete || (links >= MIN_PARTIAL_LINKS && good == links);
+        }
+        /* The table search's first look, while the page is in the cache; a page proven
+         * a pool page (a high-confidence chain) holds no kernel table and is skipped. */
+        if (tables) {
+            if (kept && conf == CONF_HIGH)
+                flag[2 * p] = flag[2 * p + 1] = 0;
+            else
+                probe_page(page, &cb, wide, flag + 2 * p);
+        }
+        if (!kept)
             continue;
-        if (complete)
-            conf = (!mixed && 2 * good >= links) ? CONF_HIGH : CONF_MEDIUM;
-        else if (links >= MIN_PARTIAL_LINKS && good == links)
-            conf = CONF_LOW;
-        else
-            continue;  /* a short or garbled broken chain: nothing kept */
         if (conf != CONF_LOW)
             for (int i = 0; i < links; i++)
                 at[(size_t)i * sizeof(record_t) + REC_CONF] = conf;
         n += links;
-        if (tables && conf == CONF_HIGH)  /* a proven pool page holds no kernel table */
-            flag[2 * p] = flag[2 * p + 1] = 0;
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
@@ -786,26 +794,57 @@ static void slots_init(slots_t *t)
         t->index[i] = -1;
 }
 
+/* Bit i: slot i of the 64 at `at` has (w0 & mask) == value. Four slots a step with SSE2
+ * (every x86-64 has it): whether a slot is a header cannot be predicted, and a branch
+ * per slot was most of the segment-heap scan. */
+static inline uint64_t match_mask(const uint8_t *at, int unit, uint32_t mask, uint32_t value)
+{
+    uint64_t bits = 0;
+#if defined(__SSE2__)
+    const __m128 m = _mm_castsi128_ps(_mm_set1_epi32((int)mask));
+    const __m128i v = _mm_set1_epi32((int)value);
+    for (int i = 0; i < 64; i += 4) {
+        const uint8_t *p = at + (size_t)i * unit;
+        __m128 w;
+        if (unit == 16) {
+            __m128 ab = _mm_shuffle_ps(_mm_loadu_ps((const float *)p),
+                                       _mm_loadu_ps((const float *)(p + 16)), 0);
+            __m128 cd = _mm_shuffle_ps(_mm_loadu_ps((const float *)(p + 32)),
+                                       _mm_loadu_ps((const float *)(p + 48)), 0);
+            w = _mm_shuffle_ps(ab, cd, _MM_SHUFFLE(2, 0, 2, 0));
+        } else {
+            w = _mm_shuffle_ps(_mm_loadu_ps((const float *)p),
+                               _mm_loadu_ps((const float *)(p + 16)), _MM_SHUFFLE(2, 0, 2, 0));
+        }
+        __m128i hit = _mm_cmpeq_epi32(_mm_castps_si128(_mm_and_ps(w, m)), v);
+        bits |= (uint64_t)_mm_movemask_ps(_mm_castsi128_ps(hit)) << i;
+    }
+#else
+    for (int i = 0; i < 64; i++)
+        bits |= (uint64_t)((rd32(at + (size_t)i * unit) & mask) == value) << i;
+#endif
+    return bits;
+}
+
 /* Find a page's candidates and link them (the rules above segment_records); returns how
  * many, and whether any is linked in `linked`. */
 static int segment_page(const uint8_t *page, const segment_t *g, slots_t *t, int *linked)
 {
-    /* Which slots hold a candidate, without a branch per slot (most slots of a pool page
-     * are data, and whether one is a header cannot be predicted): a loop the compiler
-     * vectorizes over the unit's fixed stride. */
     int count = 0;
-    for (int i = 0; i < g->per_page; i++) {
-        uint32_t w0 = rd32(page + i * g->unit);
-        if ((w0 & g->mask) != g->value)
-            continue;
-        uint32_t block = (w0 >> g->bs) & g->bm, tag = rd32(page + i * g->unit + 4);
-        if (block == 0 || block > g->max_block || !printable_tag(tag, 0))
-            continue;
-        t->index[i] = (int16_t)count;
-        t->at[count] = i, t->blocks[count] = block, t->tags[count] = tag;
-        t->types[count] = (w0 >> g->ts) & g->tm;
-        t->lfh[count] = t->vs_next[count] = t->vs_prev[count] = 0;
-        count++;
+    for (int base = 0; base < g->per_page; base += 64) {
+        uint64_t bits = match_mask(page + (size_t)base * g->unit, g->unit, g->mask, g->value);
+        for (; bits; bits &= bits - 1) {
+            int i = base + __builtin_ctzll(bits);
+            uint32_t w0 = rd32(page + i * g->unit);
+            uint32_t block = (w0 >> g->bs) & g->bm, tag = rd32(page + i * g->unit + 4);
+            if (block == 0 || block > g->max_block || !printable_tag(tag, 0))
+                continue;
+            t->index[i] = (int16_t)count;
+            t->at[count] = i, t->blocks[count] = block, t->tags[count] = tag;
+            t->types[count] = (w0 >> g->ts) & g->tm;
+            t->lfh[count] = t->vs_next[count] = t->vs_prev[count] = 0;
+            count++;
+        }
     }
     int any = 0;
     for (int k = 0; k < count; k++) {

@@ -14,7 +14,7 @@ from conftest import DUMPS
 from pooltagscan.inputs import open_image
 from pooltagscan.layouts import LAYOUTS, Encoding, Family
 from pooltagscan.scan import prepare, run
-from pooltagscan.scanner import legacy, native, pages, tableprobe, tracker
+from pooltagscan.scanner import detect, legacy, native, pages, tableprobe, tracker
 from pooltagscan.scanner.pages import ScanConfig, scan_words
 
 FAMILIES = ("xp-x86", "win7-x86", "win7-x64", "win10-1809-x64", "win11-segheap-x64")
@@ -28,6 +28,7 @@ def numpy_only(monkeypatch) -> None:
     monkeypatch.setattr(legacy, "native", None)
     monkeypatch.setattr(tableprobe, "native", None)
     monkeypatch.setattr(tracker, "_native", None)
+    monkeypatch.setattr(detect, "native", None)
 
 
 def full_scan(family: str) -> tuple[bytes, bytes]:
@@ -80,6 +81,24 @@ def test_segment_records_agree_on_any_page(monkeypatch, encoding):
         if name == "win11-segheap-x64":
             confidence = np.bincount(fast["confidence"], minlength=3)
             assert fast.size > 1000 and confidence.min() > 0, confidence
+
+
+def test_detection_evidence_agrees(monkeypatch):
+    """Detection's counts (proving pages, XP and Vista votes) from the C evidence loops
+    and from the numpy walks, for every family read from every sample and from garbage."""
+    windows = list(_windows())
+    fast = [[detect._evidence(words, layout) for layout in LAYOUTS.values()]
+            for _, words in windows]  # fmt: skip
+    numpy_only(monkeypatch)
+    slow = [[detect._evidence(words, layout) for layout in LAYOUTS.values()]
+            for _, words in windows]  # fmt: skip
+    assert fast == slow
+    # The samples' own evidence, as `scan -v` reports it (pages, XP votes, Vista votes).
+    by_name = {name: dict(zip(LAYOUTS, row)) for (name, _), row in zip(windows, fast)}
+    assert by_name["xp-x86"][Family.X86] == (205, 87, 0)
+    assert by_name["win7-x86"][Family.X86] == (205, 0, 111)
+    assert by_name["win7-x64"][Family.X64] == (205, 0, 114)
+    assert by_name["win11-segheap-x64"][Family.SEGMENT_HEAP] == (139, 0, 0)
 
 
 def test_chain_walks_agree():
