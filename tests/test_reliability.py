@@ -289,7 +289,7 @@ def test_dump_that_shrinks_under_the_workers_is_one_line(tmp_path, guard):
         env["POOLTAGSCAN_NO_MAPGUARD"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pooltagscan", "scan", str(dump), "--stats", "--layout", "x64",
-         "--jobs", "2", "-q"],
+         "--jobs", "3", "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     from test_signals import children

@@ -86,7 +86,8 @@ def test_ctrl_c_ends_a_parallel_scan(tmp_path: Path):
     dump = tmp_path / "big.raw"
     with open(dump, "wb") as f:
         f.truncate(16 << 30)  # sparse: 16 GiB of zeros cost no disk, and take seconds to scan
-    interrupt_runs(["scan", str(dump), "--stats", "--layout", "x64", "--jobs", "2", "-q"])
+    # --jobs 3: this process and two workers
+    interrupt_runs(["scan", str(dump), "--stats", "--layout", "x64", "--jobs", "3", "-q"])
 
 
 def test_ctrl_c_ends_a_parallel_driver_batch(tmp_path: Path):

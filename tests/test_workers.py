@@ -119,3 +119,26 @@ def test_background_result_error_death_and_cancel():
     start = time.monotonic()
     job.cancel()
     assert time.monotonic() - start < 2 and not _alive(pid)
+
+
+def tagged(x: int) -> tuple[int, int]:
+    time.sleep(0.01)
+    return x * x, os.getpid()
+
+
+def test_this_process_takes_its_share_when_local():
+    """With `local`, jobs counts this process: one worker fewer, both compute, and the
+    results still come in input order."""
+    here = os.getpid()
+    results = list(ordered_map(tagged, range(30), 2, local=tagged))
+    assert [r[0] for r in results] == [x * x for x in range(30)]
+    pids = {r[1] for r in results}
+    assert here in pids and len(pids) == 2
+    assert all(r[1] == here for r in ordered_map(tagged, range(5), 1, local=tagged))
+
+
+def test_local_errors_are_raised_in_their_turn():
+    results = ordered_map(fail_on_five, range(10), 2, local=fail_on_five)
+    assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(InputError, match="shrank"):
+        next(results)

@@ -49,15 +49,20 @@ def scan_image(
     windows = list(image.windows(window_bytes))
     total = sum(w.length for w in windows)
     done = 0
-    # Large dumps are scanned by worker processes, which map the windows instead of
-    # copying them (see MemoryImage.use_mapping). With one job the scan stays in this
-    # process: a worker would only add shipping every record through a pipe, which cost
-    # more than the scan itself (2.7 M records a GiB). An image that lives only in this
-    # process (read through a Volatility layer) cannot be handed to workers.
+    # Large dumps are scanned by this process and jobs - 1 worker processes (ordered_map's
+    # `local`): this process is already warm, where a new worker's first windows cost 3-4
+    # times the others (page faults on its heap, copy-on-write after the fork). With one
+    # job the scan stays here: a worker would only add shipping every record through a
+    # pipe, which costs more than the scan itself (2.7 M records a GiB). An image that
+    # lives only in this process (read through a Volatility layer) cannot be handed to
+    # workers.
     workers = image.parallel_ok and jobs > 1 and total >= PARALLEL_MIN_BYTES and len(windows) > 1
     if workers:
         image.file  # noqa: B018 - opened before the fork: one descriptor, shared by all
-        results = ordered_map(_worker, windows, max(1, jobs), _init_worker, (image, config, reduce))
+        results = ordered_map(
+            _worker, windows, jobs, _init_worker, (image, config, reduce),
+            local=lambda window: _scan_window(image, config, window, reduce),
+        )  # fmt: skip
     else:
         results = (_scan_window(image, config, w, reduce) for w in windows)
     try:
