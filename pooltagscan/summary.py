@@ -21,6 +21,7 @@ import numpy as np
 
 from pooltagscan.filters import RecordFilter
 from pooltagscan.layouts import PAGE_SIZE
+from pooltagscan.parallel import record_view_jobs
 from pooltagscan.records import SOURCE_PAGE
 from pooltagscan.scan import PreparedScan
 from pooltagscan.scanner.engine import ProgressCallback, TrackerSink, scan_image
@@ -184,7 +185,9 @@ def collect_records(
     progress: ProgressCallback | None = None,
 ) -> Iterator[np.ndarray]:
     """The filtered record batches, feeding `summary` on the way; the filter runs where
-    each window is scanned. `summary` is finished when the batches are."""
+    each window is scanned (see record_view_jobs for how many processes). `summary` is
+    finished when the batches are."""
+    jobs = record_view_jobs(jobs, record_filter)
     for kept, counts in scan_image(
         prepared.image, prepared.config, jobs, progress, reduce=KeptRecords(record_filter)
     ):

@@ -63,16 +63,13 @@ def mapped(fd: int, offset: int, length: int, guard: bool) -> Iterator[memoryvie
     else:
         mm = mmap.mmap(fd, size, offset=start, access=mmap.ACCESS_READ)
     view = memoryview(mm)[delta : delta + length]
+    _sweep()
     slot = _mapguard.arm(view) if guard and _mapguard is not None else -1
     if guard and slot < 0:  # no guard to be had (all slots armed): copy the bytes instead
         view.release()
         mm.close()
         yield _read(fd, offset, length)
         return
-    # The range is watched for as long as the mapping lives: a caller that still holds a
-    # view when the block ends (a `with ... as words` name outlives its block) keeps the
-    # mapping, and the guard, until the view goes.
-    unwatch = weakref.finalize(mm, _mapguard.disarm, slot) if slot >= 0 else None
     try:
         yield view
     finally:
@@ -81,12 +78,27 @@ def mapped(fd: int, offset: int, length: int, guard: bool) -> Iterator[memoryvie
         try:
             mm.close()
         except BufferError:
-            pass
+            # A caller still holds a view (a `with ... as words` name outlives its block):
+            # the mapping lives on with it, and so must its guard, until it goes.
+            if slot >= 0:
+                _lingering.append((weakref.ref(mm), slot))
         else:
-            if unwatch is not None:
-                unwatch()
+            if slot >= 0:
+                _mapguard.disarm(slot)
     if fault >= 0:
         raise Faulted(offset + fault)
+
+
+# (mapping, slot) of guards kept for mappings that outlived their block. Swept, not called
+# back: a weakref callback that Ctrl-C interrupts is "ignored" and the interrupt lost.
+_lingering: list[tuple[weakref.ref, int]] = []
+
+
+def _sweep() -> None:
+    """Disarm the guards of lingering mappings that are gone now."""
+    for item in [item for item in _lingering if item[0]() is None]:
+        _lingering.remove(item)
+        _mapguard.disarm(item[1])
 
 
 def _read(fd: int, offset: int, length: int) -> memoryview:
