@@ -142,3 +142,30 @@ def test_local_errors_are_raised_in_their_turn():
     assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
     with pytest.raises(InputError, match="shrank"):
         next(results)
+
+
+def test_record_views_ship_records_from_one_process_unless_tags_narrow(tmp_path, monkeypatch):
+    """Shipping every record through a pipe costs more than scanning it: the record
+    views use workers only when a tag filter keeps a small part of the records."""
+    from pooltagscan.filters import RecordFilter
+    from pooltagscan.inputs import open_image
+    from pooltagscan.parallel import record_view_jobs
+    from pooltagscan.scan import prepare
+    from pooltagscan.scanner import engine
+    from pooltagscan.summary import ScanSummary, collect_records
+
+    assert record_view_jobs(4, None) == 1
+    assert record_view_jobs(4, RecordFilter.from_names(states=["free"])) == 1
+    assert record_view_jobs(4, RecordFilter.from_names(["Pro*"])) == 4
+    dump = tmp_path / "zeros.raw"
+    with open(dump, "wb") as f:
+        f.truncate(256 << 20)  # over engine.PARALLEL_MIN_BYTES
+    pools = []
+    real = engine.ordered_map
+    monkeypatch.setattr(engine, "ordered_map", lambda *a, **k: pools.append(a[2]) or real(*a, **k))
+    prepared = prepare(open_image(dump), "x64")
+    for record_filter, expected in ((None, []), (RecordFilter.from_names(["Pro*"]), [2])):
+        pools.clear()
+        summary = ScanSummary(prepared.image.scanned_bytes)
+        assert sum(b.size for b in collect_records(prepared, summary, record_filter, 2)) == 0
+        assert pools == expected
