@@ -171,3 +171,35 @@ def test_without_the_guard_the_windows_are_read(tmp_path, monkeypatch):
         got = words.tobytes()
     image.close()
     assert got == SAMPLE.read_bytes()[window.file_offset : window.file_offset + window.length]
+
+
+def test_a_file_that_cannot_be_mapped_is_read(monkeypatch):
+    """Some mounts refuse mmap (FUSE with direct I/O, as E01 mounts can be): the scan
+    reads those files with pread instead, to the same records."""
+    from pooltagscan.inputs import open_image
+    from pooltagscan.scan import prepare, run
+
+    def scan() -> bytes:
+        prepared = prepare(open_image(SAMPLE))
+        return np.concatenate(list(run(prepared))).tobytes()
+
+    mapped = scan()
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mapguard.mmap, "mmap", refuse)
+    assert scan() == mapped
+
+
+def test_an_error_of_the_reader_is_not_taken_for_the_mapping(tmp_path):
+    """Only the mapping call falls back: an OSError raised by the code reading the
+    window (a closed pipe, say) goes through as itself."""
+    from pooltagscan.inputs import open_image
+
+    image = open_image(SAMPLE)
+    window = next(image.windows(1 << 20))
+    with pytest.raises(BrokenPipeError), image.words(window):
+        raise BrokenPipeError(32, "Broken pipe")
+    assert "_unmappable" not in image.__dict__
+    image.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,19 +198,21 @@ class MemoryImage:
         unguarded and may die of SIGBUS.
         """
         guard = mapguard.available()
-        if not guard and not self.__dict__.get("_mapped"):
+        if (not guard and not self.__dict__.get("_mapped")) or self.__dict__.get("_unmappable"):
             yield self._read_range(offset, length)
             return
         try:
-            with mapguard.mapped(self.file.fd, offset, length, guard) as view:
+            with ExitStack() as stack:
+                try:
+                    view = stack.enter_context(mapguard.mapped(self.file.fd, offset, length, guard))
+                except (OSError, ValueError):
+                    # A file that cannot be mapped (a FUSE mount of an E01 with direct
+                    # I/O, say) is read instead, from here on.
+                    self.__dict__["_unmappable"] = True
+                    view = self._read_range(offset, length)
                 yield view
         except mapguard.Faulted as fault:
             raise self.shrank(fault.offset) from None
-        except (OSError, ValueError) as exc:
-            self.check_unchanged()
-            raise InputError(
-                self.path, f"cannot map bytes {offset:#x}-{offset + length:#x}: {exc}"
-            ) from None
 
     def _read_range(self, offset: int, length: int) -> memoryview:
         view = self._buffer(length)
