@@ -108,6 +108,13 @@ def _worker_main(
                 conn.send((index, False, WorkerError(f"result could not be sent: {exc}")))
 
 
+def can_start_workers() -> bool:
+    """Whether this process may start worker processes: a daemonic one (a multiprocessing
+    worker that calls us as a library) may not have children, and callers then do the
+    work in this process."""
+    return not multiprocessing.current_process().daemon
+
+
 def _context() -> Any:
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
@@ -296,7 +303,8 @@ class Background:
     dump next to a one-job scan waited for the interpreter lock at every chunk and made
     the run 4x slower. The process follows this module's rules (ignores SIGINT, dies
     with the parent, reports its death); `cancel` kills it at once. Without fork (the
-    worker would have to re-import everything), None is returned by `start`.
+    worker would have to re-import everything) or in a daemonic process, None is returned
+    by `start`.
     """
 
     def __init__(self, worker: _Worker) -> None:
@@ -313,7 +321,7 @@ class Background:
         initargs: tuple = (),
     ) -> Background | None:
         """Start computing; `initargs` reach the process unpickled (fork), `item` pickled."""
-        if "fork" not in multiprocessing.get_all_start_methods():
+        if "fork" not in multiprocessing.get_all_start_methods() or not can_start_workers():
             return None
         with _sigint_blocked():
             worker = _Worker(multiprocessing.get_context("fork"), func, initializer, initargs)

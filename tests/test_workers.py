@@ -169,3 +169,33 @@ def test_record_views_ship_records_from_one_process_unless_tags_narrow(tmp_path,
         summary = ScanSummary(prepared.image.scanned_bytes)
         assert sum(b.size for b in collect_records(prepared, summary, record_filter, 2)) == 0
         assert pools == expected
+
+
+def _scan_as_a_daemon(queue) -> None:
+    import contextlib
+    import hashlib
+    import io
+    import json
+    from pathlib import Path
+
+    from pooltagscan import cli
+
+    sample = Path(__file__).resolve().parent.parent / "samples" / "dumps" / "win7-x64.raw"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = cli.main(["scan", str(sample), "--stats", "--format", "json", "-q"])
+    digest = json.loads(out.getvalue())["provenance"]["inputs"][0]["sha256"] if code == 0 else None
+    queue.put((code, digest == hashlib.sha256(sample.read_bytes()).hexdigest()))
+
+
+def test_a_daemonic_caller_gets_its_work_done_in_process():
+    """A multiprocessing worker (daemonic: it may not have children) that calls us as a
+    library: the provenance hash runs in a thread instead of a process, not an error."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_scan_as_a_daemon, args=(queue,), daemon=True)
+    process.start()
+    assert queue.get(timeout=60) == (0, True)
+    process.join(10)

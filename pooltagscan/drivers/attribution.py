@@ -43,7 +43,7 @@ from pooltagscan.drivers.pe import DriverImage, NotADriver, load_image, read_fil
 from pooltagscan.drivers.yarascan import RuleSet, is_tag_like
 from pooltagscan.errors import InputError
 from pooltagscan.tags.patterns import tag_from_bytes
-from pooltagscan.workers import ordered_map
+from pooltagscan.workers import can_start_workers, ordered_map
 
 __all__ = [
     "CONFIDENCE",
@@ -633,7 +633,7 @@ def scan_batch(
     """
     walked = walked or {}
     ordinals = ordinal_exports(files)
-    if jobs <= 1 or len(files) < _MIN_PARALLEL_FILES:
+    if jobs <= 1 or len(files) < _MIN_PARALLEL_FILES or not can_start_workers():
         context = AnalysisContext(rules, ordinals)
         results: Iterable = (_analyze_or_fail(path, context) for path in files)
     else:

@@ -20,7 +20,7 @@ from pooltagscan.scanner.bigpages import big_page_records
 from pooltagscan.scanner.pages import ScanConfig, scan_words
 from pooltagscan.scanner.tableprobe import fused_pass, probe
 from pooltagscan.scanner.tracker import TRACKER_DTYPE, tracker_entries, wide
-from pooltagscan.workers import WorkerError, ordered_map
+from pooltagscan.workers import WorkerError, can_start_workers, ordered_map
 
 WINDOW_BYTES = 32 << 20
 # Below this, starting worker processes costs more than it saves.
@@ -56,7 +56,13 @@ def scan_image(
     # pipe, which costs more than the scan itself (2.7 M records a GiB). An image that
     # lives only in this process (read through a Volatility layer) cannot be handed to
     # workers.
-    workers = image.parallel_ok and jobs > 1 and total >= PARALLEL_MIN_BYTES and len(windows) > 1
+    workers = (
+        image.parallel_ok
+        and jobs > 1
+        and total >= PARALLEL_MIN_BYTES
+        and len(windows) > 1
+        and can_start_workers()
+    )
     if workers:
         image.file  # noqa: B018 - opened before the fork: one descriptor, shared by all
         results = ordered_map(
