@@ -150,6 +150,22 @@ class Family:
         return self
 
 
+PATTERN_DRIVERS = ("dynamic", "helpers", "kmdf", "negative", "structs", "videocb")
+
+
+def code_regions(data: bytes) -> list[Region]:
+    """pe_regions, plus the code and data sections in 256-byte pieces: mutated code
+    drives the disassembly, the data flow and the indirect-call resolution."""
+    import pefile
+
+    pe = pefile.PE(data=data, fast_load=True)
+    regions = pe_regions(data)
+    for section in pe.sections:
+        start, size = section.PointerToRawData, section.SizeOfRawData
+        regions += [(at, min(at + 256, start + size)) for at in range(start, start + size, 256)]
+    return regions
+
+
 FAMILIES = {
     "crash": Family(
         "crash",
@@ -189,6 +205,14 @@ FAMILIES = {
             )
         ],
         pe_regions,
+        kind="driver",
+    ),
+    # The drivers of the attribution patterns (runtime-resolved APIs, KMDF, NDIS structs,
+    # helpers, decoys), code and data mutated too.
+    "driver-code": Family(
+        "driver-code",
+        [DRIVERS / f"{n}_{a}.sys" for n in PATTERN_DRIVERS for a in ("x64", "x86")],
+        code_regions,
         kind="driver",
     ),
 }

@@ -34,3 +34,17 @@ def test_mutants_are_reproducible():
     assert len({data for _, data in first}) == 5
     sample = {name: data for name, data, _ in family.samples}
     assert all(data != sample[name] for name, data in first)
+
+
+# Mutants that once failed, replayed on every run: (family, seed, index, what it was).
+FINDINGS = [
+    # A KMDF table read at a negative displacement made a key below WDF_KEY, looked up as
+    # a resolved routine: "analysis failed (KeyError)".
+    ("driver-code", 11, 4412),
+]
+
+
+@pytest.mark.parametrize(("name", "seed", "index"), FINDINGS)
+def test_past_findings_end_cleanly(name: str, seed: int, index: int, tmp_path: Path):
+    result = fuzz.run_one(fuzz.FAMILIES[name].load(), seed, index, tmp_path, timeout=20)
+    assert result["verdict"] == "ok", result["stderr"]

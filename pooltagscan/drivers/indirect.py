@@ -44,6 +44,8 @@ __all__ = ["WDF_KEY", "IndirectApis", "find_indirect"]
 
 #: Synthetic slot keys of KMDF table entries: above every RVA.
 WDF_KEY = 1 << 33
+# Slots of the KMDF function table read (about 450 in KMDF 1.33; room for later ones).
+WDF_TABLE_SLOTS = 4096
 _MASK = 0xFFFFFFFF
 _FORWARD_LIMIT = 48  # instructions followed forward from a name or a load
 _STORE_LIMIT = 24  # instructions between a resolver call and the store of its result
@@ -469,13 +471,8 @@ def _track(
                 if address in dispatch:
                     value = state.get("rax")
                     key = value if isinstance(value, int) else None
-                elif (
-                    base in state
-                    and state[base] == _TABLE
-                    and not mem.index
-                    and mem.disp % ptr == 0
-                ):
-                    key = WDF_KEY + mem.disp // ptr
+                elif base in state and state[base] == _TABLE and not mem.index:
+                    key = _table_key(mem.disp, ptr)
             if key is not None:
                 sites.append((later.address, key, mnemonic == "jmp"))
             if mnemonic == "jmp":
@@ -494,8 +491,8 @@ def _track(
                     value = state.get(forward.family(source.reg) or "")
                 elif source.type == _MEM and not source.mem.index and source.mem.base:
                     base = forward.family(source.mem.base)
-                    if state.get(base or "") == _TABLE and source.mem.disp % ptr == 0:
-                        value = WDF_KEY + source.mem.disp // ptr
+                    if state.get(base or "") == _TABLE:
+                        value = _table_key(source.mem.disp, ptr)
                 if value is not None:
                     state[target] = value
                     continue
@@ -503,6 +500,15 @@ def _track(
             state.pop(family, None)
         if not state:
             break
+
+
+def _table_key(disp: int, ptr: int) -> int | None:
+    """The key of the KMDF table entry at byte `disp` of the table, if it can be one: a
+    whole pointer slot, at or after the start, within the table (a mutated or hostile
+    displacement gave a key below WDF_KEY, taken for a resolved routine)."""
+    if disp < 0 or disp % ptr or disp // ptr >= WDF_TABLE_SLOTS:
+        return None
+    return WDF_KEY + disp // ptr
 
 
 def find_indirect(
@@ -537,7 +543,7 @@ def find_indirect(
         if key >= WDF_KEY:
             api = WDF_APIS.get(key - WDF_KEY)
         else:
-            api = POOL_APIS.get(resolved[key])
+            api = POOL_APIS.get(resolved.get(key, ""))
         if api is None:
             continue  # a KMDF function, or a resolved routine, that takes no tag
         found.slots[key] = api
