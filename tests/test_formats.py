@@ -162,6 +162,31 @@ def test_captured_only_drops_headers_in_padding():
     assert top.captured_only(records)["offset"].tolist() == [2**64 - 16, 2**64 - 9]
 
 
+def test_the_top_page_of_the_address_space_is_read(tmp_path):
+    """A block that reaches the last page of the 64-bit space: the window's end, 2**64,
+    wrapped to 0 and the whole window read as zeros (a fuzz finding)."""
+    from pooltagscan.inputs.minidump import Blocks
+
+    data = bytes(range(256)) * 32  # 8 KiB
+    path = tmp_path / "blocks.bin"
+    path.write_bytes(data)
+    low = 2**64 - 8192
+    image = MinidumpImage(
+        path=str(path),
+        format="minidump",
+        runs=[],
+        blocks=Blocks(
+            va=np.array([low], np.uint64),
+            end=np.array([2**64 - 1], np.uint64),  # the last byte is never captured
+            offset=np.array([0], np.int64),
+        ),
+        pages=np.array([low, low + 4096], np.uint64),
+    )
+    assert image.read(low, 8192) == data[:8191] + b"\0"
+    assert image.read(2**64 - 4096, 16) == data[4096 : 4096 + 16]
+    image.close()
+
+
 EVIDENCE = {"x86": "x86", "x64": "x64", "x64-segment-heap": "seg"}
 
 

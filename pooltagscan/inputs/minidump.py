@@ -153,13 +153,15 @@ class MinidumpImage(MemoryImage):
         blocks = self.blocks
         if blocks is None or not len(blocks) or not pages.size:
             return buf
-        low, high = pages[0], pages[-1] + _PAGE
+        # The windows' last byte, not its end: the end of the top page of the address
+        # space is 2**64, which wrapped to 0 and made the whole window read as zeros.
+        low, top = pages[0], pages[-1] + np.uint64(PAGE_SIZE - 1)
         lo = int(np.searchsorted(blocks.end, low, side="right"))
-        hi = int(np.searchsorted(blocks.va, high, side="left"))
+        hi = int(np.searchsorted(blocks.va, top, side="right"))
         if lo >= hi:
             return buf
         va = np.maximum(blocks.va[lo:hi], low)
-        end = np.minimum(blocks.end[lo:hi], high)
+        end = np.minimum(blocks.end[lo:hi] - np.uint64(1), top) + np.uint64(1)
         offset = blocks.offset[lo:hi] + (va - blocks.va[lo:hi]).astype(np.int64)
         # Where each piece's first byte lands in the buffer: its page's position among
         # the window's pages. A block's pages are consecutive there (they are all
