@@ -120,3 +120,29 @@ def test_a_hostile_import_directory_gives_at_most_the_slot_budget(tmp_path):
     assert carved.imports + carved.unresolved_slots <= MAX_ENTRIES
     cli = pooltagscan("report", str(dump), "--drivers-from-dump", "--format", "json")
     assert "Traceback" not in cli.stderr
+
+
+def test_memory_full_of_loader_entries_that_fit_is_read_within_a_budget(tmp_path, monkeypatch):
+    """Every word of the dump equal to an image base, so that every word starts a
+    loader entry whose fixed fields fit (links, EntryPoint and SizeOfImage read the same
+    base): the fields are tested in numpy, and at most _LOADER_CANDIDATES entries are
+    read further in Python, not one per word (4 M here; the old loop took 5 s on 32 MiB,
+    minutes on a GiB)."""
+    from pooltagscan import carving
+    from pooltagscan.inputs import open_image
+
+    base = 0xFFFFF80000400000  # its low half, 0x400000, is the SizeOfImage read
+    dump = tmp_path / "bases.raw"
+    dump.write_bytes(struct.pack("<Q", base) * (4 << 20))  # 32 MiB
+    entries = []
+    real = carving._entry
+    monkeypatch.setattr(carving, "_entry", lambda *a: entries.append(a[1]) or real(*a))
+    image = open_image(dump)
+    start = time.monotonic()
+    try:
+        found = carving.loader_names(image, None, "x64", {base: 0x400000})
+    finally:
+        image.close()
+    assert found == {}  # an empty BaseDllName: no name
+    assert len(entries) == carving._LOADER_CANDIDATES
+    assert time.monotonic() - start < 10

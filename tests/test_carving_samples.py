@@ -156,3 +156,24 @@ def test_hostile_section_counts_and_sizes_are_refused():
     struct.pack_into("<H", page, 0x98, 0x10B)
     struct.pack_into("<I", page, 0x98 + 56, MAX_IMAGE_BYTES + 4096)
     assert parse_header(0x8000_0000, bytes(page)) is None  # SizeOfImage over the cap
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("chunk", [0x1000 + 0x38, 0x800 + 0x18, 0x100])
+def test_loader_entries_across_chunk_boundaries_still_name_images(family, chunk, monkeypatch):
+    """The dump is searched for loader entries chunk by chunk; chunks cut at odd places
+    (so that entries straddle them) must name every image as the default chunks do."""
+    from pooltagscan import carving
+
+    def names() -> dict[int, tuple[str, str]]:
+        image = open_image(DUMPS / f"{family}.raw")
+        try:
+            result = carve(image, prepare(image, "auto", TagDatabase.builtin()).kernel_space())
+        finally:
+            image.close()
+        return {c.base: (c.name, c.named_by) for c in result.images}
+
+    whole = names()
+    assert sum(by == "loader entry" for _, by in whole.values()) >= 10
+    monkeypatch.setattr(carving, "_LOADER_CHUNK", chunk)
+    assert names() == whole

@@ -52,6 +52,9 @@ MAX_IMAGES = 4096
 _BATCH_PAGES = 2048
 _HEAD = 0x400
 _LOADER_CHUNK = 16 << 20
+# Loader entries whose fixed fields fit that are read through the page tables, at most
+# (a real kernel loads a few hundred modules; a hostile dump may repeat one everywhere).
+_LOADER_CANDIDATES = 100_000
 _EXAMINE_SLACK = 1 << 16
 _NAME_OK = re.compile(r"^[\w.\-+$~ ]{1,128}$")
 
@@ -339,28 +342,56 @@ def loader_names(
     found anywhere in the dump: a pointer-aligned DllBase equal to a carved image's
     base, followed by an EntryPoint inside it (or 0), SizeOfImage equal to the carved
     size, kernel-address list links, and a BaseDllName UNICODE_STRING (even length at
-    most its maximum and 512 bytes) whose buffer translates to printable UTF-16."""
+    most its maximum and 512 bytes) whose buffer translates to printable UTF-16.
+
+    The dump is read in chunks that overlap by an entry, so an entry across a chunk
+    boundary is seen (it is found twice at most, and kept once). The fixed fields are
+    tested with numpy over every candidate word at once: a dump full of words equal to
+    an image base costs a vector pass, not a Python call each; at most
+    _LOADER_CANDIDATES entries that pass them are read through the page tables."""
     if not images:
         return {}
     x64 = arch == "x64"
     width = 8 if x64 else 4
     base_off, name_off = (0x30, 0x58) if x64 else (0x18, 0x2C)
+    entry_bytes = name_off + 2 * width
     dtype = "<u8" if x64 else "<u4"
     keys = np.fromiter(images, dtype=np.uint64, count=len(images))
-    low = int(keys.min())
+    order = np.argsort(keys)
+    keys = keys[order]
+    sizes = np.fromiter(images.values(), dtype=np.uint64, count=len(images))[order]
+    kernel = np.uint64((1 << 63) if x64 else (1 << 31))
     found: dict[int, tuple[str, int]] = {}
+    budget = _LOADER_CANDIDATES
     for run in image.runs:
         for offset in range(0, run.length, _LOADER_CHUNK):
-            at = run.address + offset
-            chunk = image.read(at, min(_LOADER_CHUNK, run.length - offset))
+            # from one entry before the chunk to one entry after it, within the run
+            start = max(0, offset - entry_bytes)
+            end = min(run.length, offset + _LOADER_CHUNK + entry_bytes)
+            chunk = image.read(run.address + start, end - start)
             values = np.frombuffer(chunk, dtype, len(chunk) // width).astype(np.uint64)
-            maybe = np.flatnonzero((values & 0xFFF == 0) & (values >= low))
-            if not len(maybe):
+            index = np.flatnonzero((values & np.uint64(0xFFF) == 0) & (values >= keys[0]))
+            index = index[np.isin(values[index], keys)]
+            index = index[
+                (index * width >= base_off) & (index * width - base_off + entry_bytes <= len(chunk))
+            ]
+            if not index.size:
                 continue
-            for index in maybe[np.isin(values[maybe], keys)].tolist():
-                here = index * width - base_off
-                if here < 0 or here + name_off + 2 * width > len(chunk):
-                    continue
+            first = index - base_off // width  # the entry's InLoadOrderLinks.Flink
+            base = values[index]
+            size = values[index + 2] & np.uint64(0xFFFFFFFF)
+            entry = values[index + 1]
+            wanted = sizes[np.searchsorted(keys, base)]
+            rounded = (
+                (size + np.uint64(PAGE_SIZE - 1)) // np.uint64(PAGE_SIZE) * np.uint64(PAGE_SIZE)
+            )
+            ok = ((values[first] & kernel) != 0) & ((values[first + 1] & kernel) != 0)
+            ok &= rounded == wanted
+            ok &= (entry == 0) | ((entry >= base) & (entry < base + size))
+            for here in (first[ok] * width).tolist():
+                if budget <= 0:
+                    return found
+                budget -= 1
                 got = _entry(chunk, here, x64, images, tables)
                 if got is not None:
                     found.setdefault(got[0], (got[1], got[2]))
