@@ -150,7 +150,7 @@ class Family:
         return self
 
 
-PATTERN_DRIVERS = ("dynamic", "helpers", "kmdf", "negative", "structs", "videocb")
+PATTERN_DRIVERS = ("dynamic", "helpers", "kmdf", "minifilter", "negative", "structs", "videocb")
 
 
 def code_regions(data: bytes) -> list[Region]:

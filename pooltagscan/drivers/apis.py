@@ -16,12 +16,13 @@ What is deliberately not in the table:
   `ExAllocatePoolPriorityUninitialized`: wdm.h defines them as inline helpers, not
   kernel exports, so no driver imports them. Their code ends in a call to one of the
   exports below (see `INLINE_HELPERS`), which is where their tags are found.
-- FltMgr context registrations (`FLT_CONTEXT_REGISTRATION.PoolTag`): the structure is
-  reached only through `FLT_REGISTRATION`, a static graph of pointers, not an argument.
 
 APIs that take the tag inside a structure have `field_offset`: the tag argument is
 then a pointer to the structure and the tag sits at that offset in it (the offsets are
-the public WDK headers' layouts, cited at each entry). KMDF's functions are not
+the public WDK headers' layouts, cited at each entry). `FltRegisterFilter` has
+`registration`: its argument points to a static FLT_REGISTRATION whose
+ContextRegistration pointer leads to an array of FLT_CONTEXT_REGISTRATION, ended by
+FLT_CONTEXT_END, each naming the PoolTag of the contexts FltMgr allocates for it. KMDF's functions are not
 imports: drivers call them through the `WdfFunctions` table, by the index its public
 header wdffuncenum.h gives (`WDF_APIS`). Names a driver may resolve at run time
 (`MmGetSystemRoutineAddress`, `VideoPortGetProcAddress`...) are the names of this table.
@@ -91,6 +92,16 @@ class PoolApi:
     #: When set, argument `tag_index` points to a structure whose ULONG tag is at this
     #: offset (x64, x86): the two differ when pointers precede the field.
     field_offset: tuple[int, int] | None = None
+    #: When set, argument `tag_index` points to a registration structure: (offset of its
+    #: pointer to the array of entries, size of an entry, offset of the ULONG tag in an
+    #: entry), each as (x64, x86). An entry whose first USHORT is 0xFFFF ends the array.
+    registration: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
+
+    def registration_layout(self, is64: bool) -> tuple[int, int, int] | None:
+        """(array pointer offset, entry size, tag offset in an entry), or None."""
+        if self.registration is None:
+            return None
+        return tuple(pair[0 if is64 else 1] for pair in self.registration)  # type: ignore[return-value]
 
     def field(self, is64: bool) -> int | None:
         """Offset of the tag in the structure the argument points to, or None."""
@@ -112,8 +123,9 @@ def _api(
     slot: int,
     stack: int,
     field: tuple[int, int] | None = None,
+    registration: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None,
 ) -> PoolApi:
-    return PoolApi(name, modules, kind, tag, slot, stack, field)
+    return PoolApi(name, modules, kind, tag, slot, stack, field, registration)
 
 
 # (name, modules, kind, x64 tag index, x86 tag slot, x86 argument bytes) - the signatures
@@ -158,6 +170,14 @@ _TABLE = (
     _api("FltAllocatePoolAlignedWithTag", _FLTMGR, ALLOCATE, 3, 3, 16),
     # Instance, Buffer, Tag
     _api("FltFreePoolAlignedWithTag", _FLTMGR, FREE, 2, 2, 12),
+    # Driver, Registration, RetFilter. fltKernel.h: FLT_REGISTRATION {USHORT Size;
+    # USHORT Version; ULONG Flags; const FLT_CONTEXT_REGISTRATION *ContextRegistration;
+    # ...}: the pointer at 8 on both. FLT_CONTEXT_REGISTRATION {USHORT ContextType;
+    # USHORT Flags; PVOID ContextCleanupCallback; SIZE_T Size; ULONG PoolTag; PVOID
+    # ContextAllocateCallback, ContextFreeCallback, Reserved1}: 56 bytes with the tag at
+    # 24 (x64), 28 bytes with the tag at 12 (x86); ContextType FLT_CONTEXT_END (0xFFFF)
+    # ends the array.
+    _api("FltRegisterFilter", _FLTMGR, ALLOCATE, 1, 1, 12, None, ((8, 8), (56, 28), (24, 12))),
     # HwDeviceExtension, PoolType, NumberOfBytes, Tag
     _api("VideoPortAllocatePool", _VIDEOPRT, ALLOCATE, 3, 3, 16),
     # HwDeviceExtension, NumberOfBytes, Tag, BufferPointer

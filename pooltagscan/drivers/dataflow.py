@@ -68,6 +68,10 @@ _MAX_DISTANCE = 400  # instructions along one path
 _MAX_STATES = 5000  # states visited by one backward walk
 _MAX_OPS = 8  # pending arithmetic steps (more means a loop is changing the value)
 _MAX_WRAPPER_DEPTH = 4
+# FLT_CONTEXT_END, and how many context registrations are read (FltMgr has 8 context
+# types, each registered once or a few times for different sizes).
+_REGISTRATION_END = 0xFFFF
+_MAX_REGISTRATIONS = 64
 #: Work allowed per file, in backward-walk states and instructions scanned. Real drivers
 #: use a few thousand to a few hundred thousand; a file built to fan out (every wrapper
 #: called from dozens of others, level after level) stops here with a note instead of
@@ -775,6 +779,41 @@ class TagResolver:
                     pointer.reason or "structure pointer is not a static or stack address"
                 )
 
+    def _registration_values(self, site: ApiSite, api: PoolApi, result: SiteResult) -> None:
+        """The tags of the entries of a static registration whose address is the
+        argument (FltRegisterFilter's FLT_CONTEXT_REGISTRATION array): its pointer is an
+        absolute address in the file (relocated at load), the entries follow it up to
+        the end marker, at most _MAX_REGISTRATIONS of them."""
+        layout = api.registration_layout(self.is64)
+        assert layout is not None
+        pointer_at, entry_size, tag_at = layout
+        for pointer in self.pointer_values(site.rva, self.argument(api, site.jump)):
+            if pointer.kind != "address":
+                result.failures.append(
+                    pointer.reason or "registration pointer is not a static address"
+                )
+                continue
+            raw = self.image.file_bytes(pointer.value + pointer_at, self.ptr)
+            if raw is None or len(raw) < self.ptr:
+                result.failures.append(f"registration {pointer.value:#x} is not in the file")
+                continue
+            array = int.from_bytes(raw, "little")
+            if not array:
+                continue  # no contexts registered: nothing allocated under a tag
+            array = (array - self.image.image_base) & ((1 << (8 * self.ptr)) - 1)
+            for entry in range(array, array + _MAX_REGISTRATIONS * entry_size, entry_size):
+                head = self.image.file_bytes(entry, 2)
+                tag = self.image.read_u32(entry + tag_at)
+                if head is None or len(head) < 2 or tag is None:
+                    result.failures.append(f"registration entry {entry:#x} is not in the file")
+                    break
+                if int.from_bytes(head, "little") == _REGISTRATION_END:
+                    break
+                evidence = self._global_evidence(entry + tag_at)
+                result.values.append(TagValue(tag, evidence, site.rva, site.rva, entry + tag_at))
+            else:
+                result.failures.append(f"registration array {array:#x} has no end marker")
+
     def _stack_delta(self, start: int, end: int) -> int | None:
         """How the stack pointer moves from the instruction at `start` to the one at
         `end` along the straight line between them (pushes, pops, `sub/add rsp`, x86
@@ -894,6 +933,9 @@ class TagResolver:
         result = SiteResult(site)
         if api.field(self.is64) is not None:
             self._field_values(site, api, result)
+            return result
+        if api.registration is not None:
+            self._registration_values(site, api, result)
             return result
         found = self._values_at(site.rva, self.argument(api, site.jump), (), 0, frozenset())
         for (value, kind, call, source, api_site), via in found.values.items():

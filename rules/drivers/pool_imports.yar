@@ -16,7 +16,7 @@ rule imports_pool_api : pool_import
             module.library_name matches /^(fltmgr\.sys|ndis\.sys|ntkrnlmp\.exe|ntkrnlpa\.exe|ntkrpamp\.exe|ntoskrnl\.exe|storport\.sys|videoprt\.sys)$/i and
             for any function in module.functions : (
                 defined function.ordinal or
-                function.name matches /^(ExAllocateCacheAwareRundownProtection|ExAllocatePool2|ExAllocatePool3|ExAllocatePoolWithQuotaTag|ExAllocatePoolWithTag|ExAllocatePoolWithTagPriority|ExFreePool2|ExFreePoolWithTag|ExInitializeLookasideListEx|ExInitializeNPagedLookasideList|ExInitializePagedLookasideList|FltAllocatePoolAlignedWithTag|FltFreePoolAlignedWithTag|FsRtlAllocatePoolWithQuotaTag|FsRtlAllocatePoolWithTag|MmAllocateMappingAddress|MmFreeMappingAddress|NdisAllocateGenericObject|NdisAllocateMemoryWithTag|NdisAllocateMemoryWithTagPriority|NdisAllocateNetBufferListPool|NdisAllocateNetBufferPool|NdisFreeMemoryWithTag|NdisFreeMemoryWithTagPriority|StorPortAllocatePool|VideoPortAllocatePool)$/
+                function.name matches /^(ExAllocateCacheAwareRundownProtection|ExAllocatePool2|ExAllocatePool3|ExAllocatePoolWithQuotaTag|ExAllocatePoolWithTag|ExAllocatePoolWithTagPriority|ExFreePool2|ExFreePoolWithTag|ExInitializeLookasideListEx|ExInitializeNPagedLookasideList|ExInitializePagedLookasideList|FltAllocatePoolAlignedWithTag|FltFreePoolAlignedWithTag|FltRegisterFilter|FsRtlAllocatePoolWithQuotaTag|FsRtlAllocatePoolWithTag|MmAllocateMappingAddress|MmFreeMappingAddress|NdisAllocateGenericObject|NdisAllocateMemoryWithTag|NdisAllocateMemoryWithTagPriority|NdisAllocateNetBufferListPool|NdisAllocateNetBufferPool|NdisFreeMemoryWithTag|NdisFreeMemoryWithTagPriority|StorPortAllocatePool|VideoPortAllocatePool)$/
             )
         )
 }
@@ -39,19 +39,20 @@ rule resolves_pool_api : pool_import
         $name10 = "ExInitializePagedLookasideList" ascii wide
         $name11 = "FltAllocatePoolAlignedWithTag" ascii wide
         $name12 = "FltFreePoolAlignedWithTag" ascii wide
-        $name13 = "FsRtlAllocatePoolWithQuotaTag" ascii wide
-        $name14 = "FsRtlAllocatePoolWithTag" ascii wide
-        $name15 = "MmAllocateMappingAddress" ascii wide
-        $name16 = "MmFreeMappingAddress" ascii wide
-        $name17 = "NdisAllocateGenericObject" ascii wide
-        $name18 = "NdisAllocateMemoryWithTag" ascii wide
-        $name19 = "NdisAllocateMemoryWithTagPriority" ascii wide
-        $name20 = "NdisAllocateNetBufferListPool" ascii wide
-        $name21 = "NdisAllocateNetBufferPool" ascii wide
-        $name22 = "NdisFreeMemoryWithTag" ascii wide
-        $name23 = "NdisFreeMemoryWithTagPriority" ascii wide
-        $name24 = "StorPortAllocatePool" ascii wide
-        $name25 = "VideoPortAllocatePool" ascii wide
+        $name13 = "FltRegisterFilter" ascii wide
+        $name14 = "FsRtlAllocatePoolWithQuotaTag" ascii wide
+        $name15 = "FsRtlAllocatePoolWithTag" ascii wide
+        $name16 = "MmAllocateMappingAddress" ascii wide
+        $name17 = "MmFreeMappingAddress" ascii wide
+        $name18 = "NdisAllocateGenericObject" ascii wide
+        $name19 = "NdisAllocateMemoryWithTag" ascii wide
+        $name20 = "NdisAllocateMemoryWithTagPriority" ascii wide
+        $name21 = "NdisAllocateNetBufferListPool" ascii wide
+        $name22 = "NdisAllocateNetBufferPool" ascii wide
+        $name23 = "NdisFreeMemoryWithTag" ascii wide
+        $name24 = "NdisFreeMemoryWithTagPriority" ascii wide
+        $name25 = "StorPortAllocatePool" ascii wide
+        $name26 = "VideoPortAllocatePool" ascii wide
     condition:
         any of ($name*) and (
             pe.imports(/^(fltmgr\.sys|ndis\.sys|ntkrnlmp\.exe|ntkrnlpa\.exe|ntkrpamp\.exe|ntoskrnl\.exe)$/i, /^(FltGetRoutineAddress|MmGetSystemRoutineAddress|NdisGetRoutineAddress)$/) or

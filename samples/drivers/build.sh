@@ -88,6 +88,7 @@ for arch in x64 x86; do
     build "$arch" kmdf.c "kmdf_$arch.sys" wdfldr -lntoskrnl
     build "$arch" videocb.c "videocb_$arch.sys" videoprt
     build "$arch" helpers.c "helpers_$arch.sys" -lntoskrnl
+    build "$arch" minifilter.c "minifilter_$arch.sys" fltmgr
     # The PDB path (with tag-like text) goes into the debug directory's CodeView record.
     build "$arch" negative.c "negative_$arch.sys" -lntoskrnl "--pdb=NgPd_negative_$arch.pdb"
 done
