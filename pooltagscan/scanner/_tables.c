@@ -525,7 +525,7 @@ enum { CONF_LOW, CONF_MEDIUM, CONF_HIGH };
 #define MIN_PARTIAL_LINKS 3
 
 /* Records are written straight into the bytearray that is returned, cut to length at the
- * end; copying them out of a scratch buffer cost a fifth of the scan. The bytearray is
+ * end, not into a scratch buffer grown by realloc and copied out (5% of the scan). The bytearray is
  * sized from the records per page of the kernel's previous window, so consecutive
  * windows ask malloc for about the same size and get back the memory the last one
  * freed: a buffer grown and shrunk every window took fresh pages from the kernel,
@@ -601,7 +601,6 @@ static PyObject *records_close(records_t *o, Py_ssize_t n, Py_ssize_t pages, int
 #define REC_CONF 19
 #define REC_ENTRY 23
 
-static inline void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 
 /* Walk one legacy page's chain (the rules of scanner/legacy.py; walk_page is the same
