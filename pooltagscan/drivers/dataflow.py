@@ -35,7 +35,7 @@ each, not once per path through them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import capstone
@@ -651,22 +651,8 @@ class TagResolver:
         """`N` of the first `ret N` of a function of the driver (0 for a plain `ret`)."""
         if function in self._callee_pops:
             return self._callee_pops[function]
-        index = self.index
-        result = None
-        position = index.index_of(function)
-        if position is not None:
-            limit = min(len(index.starts), position + 20000)
-            for cursor in range(position, limit):
-                if not self._spend(1):
-                    break
-                rva = index.starts[cursor]
-                if cursor != position and index.is_function_start(rva):
-                    break
-                if index.flags[cursor] & NO_FALLTHROUGH:
-                    insn = index.decode(rva)
-                    if insn is not None and insn.mnemonic == "ret":
-                        result = insn.operands[0].imm if insn.operands else 0
-                        break
+        insn = next(self._rets(function), None)
+        result = None if insn is None else insn.operands[0].imm if insn.operands else 0
         self._callee_pops[function] = result
         return result
 
@@ -896,6 +882,24 @@ class TagResolver:
             return DATA
         return GLOBAL
 
+    def _rets(self, function: int) -> Iterator[capstone.CsInsn]:
+        """The `ret` instructions of a function of the driver, in address order, up to
+        the next function start (within 20,000 instructions and the analysis budget)."""
+        index = self.index
+        position = index.index_of(function)
+        if position is None:
+            return
+        for cursor in range(position, min(len(index.starts), position + 20000)):
+            if not self._spend(1):
+                return
+            rva = index.starts[cursor]
+            if cursor != position and index.is_function_start(rva):
+                return
+            if index.flags[cursor] & NO_FALLTHROUGH:
+                insn = index.decode(rva)
+                if insn is not None and insn.mnemonic == "ret":
+                    yield insn
+
     def returned_values(self, function: int, ops: tuple, depth: int = 0) -> list[tuple[int, int]]:
         """(constant, where) pairs a function of the driver returns in eax/rax."""
         key = (function, ops)
@@ -904,26 +908,12 @@ class TagResolver:
             return cached
         self._returns[key] = []  # a recursive helper returns nothing more
         found: list[tuple[int, int]] = []
-        index = self.index
-        position = index.index_of(function)
-        if position is not None and depth <= _MAX_RETURN_DEPTH:
-            limit = min(len(index.starts), position + 20000)
-            for cursor in range(position, limit):
-                if not self._spend(1):
-                    break
-                rva = index.starts[cursor]
-                if cursor != position and index.is_function_start(rva):
-                    break
-                if not index.flags[cursor] & NO_FALLTHROUGH:
-                    continue
-                insn = index.decode(rva)
-                if insn is None or insn.mnemonic != "ret":
-                    continue
-                for value in self.walk(rva, ("reg", "rax"), ops):
-                    if value.kind == "const":
-                        found.append((value.value, value.where))
-                    elif value.kind == "return":
-                        found.extend(self.returned_values(value.value, value.ops, depth + 1))
+        for insn in self._rets(function) if depth <= _MAX_RETURN_DEPTH else ():
+            for value in self.walk(insn.address, ("reg", "rax"), ops):
+                if value.kind == "const":
+                    found.append((value.value, value.where))
+                elif value.kind == "return":
+                    found.extend(self.returned_values(value.value, value.ops, depth + 1))
         found = list(dict.fromkeys(found))
         self._returns[key] = found
         return found
