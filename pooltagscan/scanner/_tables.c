@@ -399,116 +399,6 @@ static int check_chain(const chain_t *c)
     return 0;
 }
 
-/* Walk one page's chain (the rules of scanner/legacy.py): -1 when the page does not
- * start one, else the links found, their positions (in units) and first words in `at`
- * and `w0` (room for PAGE / unit), and whether the chain ends at the page end. */
-static int walk_page(const uint8_t *page, const chain_t *c, int32_t *at, uint32_t *w0s,
-                     int *complete)
-{
-    uint32_t first = rd32(page);
-    if (((first >> c->ps) & c->pm) != 0 || ((first >> c->bs) & c->bm) == 0 ||
-        ((first >> c->ts) & c->tm) >= c->limit)
-        return -1;
-    int units = PAGE / c->unit, pos = 0, links = 0;
-    uint32_t last = 0;
-    *complete = 0;
-    for (;;) {
-        uint32_t w0 = rd32(page + pos * c->unit);
-        uint32_t prev = (w0 >> c->ps) & c->pm, block = (w0 >> c->bs) & c->bm;
-        uint32_t type = (w0 >> c->ts) & c->tm;
-        if (prev != last || block == 0 || type >= c->limit || pos + (int)block > units)
-            return links;
-        at[links] = pos;
-        w0s[links++] = w0;
-        pos += (int)block;
-        if (pos == units) {
-            *complete = 1;
-            return links;
-        }
-        last = block;
-    }
-}
-
-/* legacy_walk(buffer, unit, prev_shift, prev_mask, block_shift, block_mask, type_shift,
- *             type_mask, type_limit) -> (starts, chain, at, w0, tag, complete)
- * The legacy scanner's chain walk (scanner/legacy.py, whose numpy walk is the twin): a
- * page is walked when its first header has PreviousSize 0, a BlockSize and a PoolType
- * below type_limit; each next header must repeat the previous BlockSize, fit the page
- * and have a plausible PoolType; a chain that ends exactly at the page end is complete.
- * starts: int32 page numbers walked; chain/at/w0/tag: per chunk, in address order (at
- * in units); complete: one byte per walked page. */
-static PyObject *legacy_walk(PyObject *self, PyObject *args)
-{
-    PyObject *obj;
-    chain_t c;
-    if (!PyArg_ParseTuple(args, "OiIIIIIII", &obj, &c.unit, &c.ps, &c.pm, &c.bs, &c.bm, &c.ts,
-                          &c.tm, &c.limit) ||
-        check_chain(&c) < 0)
-        return NULL;
-    Py_buffer view;
-    Py_ssize_t pages;
-    if (get_pages(obj, &view, &pages) < 0)
-        return NULL;
-    int units = PAGE / c.unit;
-    Py_ssize_t cap = 1 << 16, n = 0, walked = 0;
-    int32_t *starts = PyMem_RawMalloc(pages * sizeof(int32_t) + 1);
-    uint8_t *complete = PyMem_RawMalloc(pages + 1);
-    int32_t *chain = PyMem_RawMalloc(cap * sizeof(int32_t));
-    int32_t *at = PyMem_RawMalloc(cap * sizeof(int32_t));
-    uint32_t *w0s = PyMem_RawMalloc(cap * sizeof(uint32_t));
-    uint32_t *tags = PyMem_RawMalloc(cap * sizeof(uint32_t));
-    int failed = !starts || !complete || !chain || !at || !w0s || !tags;
-    const uint8_t *buf = view.buf;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t p = 0; p < pages && !failed; p++) {
-        const uint8_t *page = buf + p * PAGE;
-        if (rd32(page) == 0)
-            continue;  /* no chain starts with BlockSize 0; the walk below says so too */
-        if (n + units > cap) {  /* room for a whole page's chain */
-            Py_ssize_t grow = cap * 2;
-            int32_t *c2 = PyMem_RawRealloc(chain, grow * sizeof(int32_t));
-            if (c2) chain = c2;
-            int32_t *a2 = PyMem_RawRealloc(at, grow * sizeof(int32_t));
-            if (a2) at = a2;
-            uint32_t *w2 = PyMem_RawRealloc(w0s, grow * sizeof(uint32_t));
-            if (w2) w0s = w2;
-            uint32_t *t2 = PyMem_RawRealloc(tags, grow * sizeof(uint32_t));
-            if (t2) tags = t2;
-            if (!c2 || !a2 || !w2 || !t2) {
-                failed = 1;
-                break;
-            }
-            cap = grow;
-        }
-        int done, links = walk_page(page, &c, at + n, w0s + n, &done);
-        if (links < 0)
-            continue;
-        for (int i = 0; i < links; i++, n++) {
-            chain[n] = (int32_t)walked;
-            tags[n] = rd32(page + at[n] * c.unit + 4);
-        }
-        starts[walked] = (int32_t)p;
-        complete[walked] = (uint8_t)done;
-        walked++;
-    }
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    PyObject *out = NULL;
-    if (!failed)
-        out = Py_BuildValue("(y#y#y#y#y#y#)", (char *)starts, walked * 4, (char *)chain, n * 4,
-                            (char *)at, n * 4, (char *)w0s, n * 4, (char *)tags, n * 4,
-                            (char *)complete, walked);
-    else
-        PyErr_NoMemory();
-    PyMem_RawFree(starts);
-    PyMem_RawFree(complete);
-    PyMem_RawFree(chain);
-    PyMem_RawFree(at);
-    PyMem_RawFree(w0s);
-    PyMem_RawFree(tags);
-    return out;
-}
-
 /* One record of pooltagscan.records.RECORD_DTYPE (packed, little-endian). */
 #pragma pack(push, 1)
 typedef struct {
@@ -603,8 +493,8 @@ static PyObject *records_close(records_t *o, Py_ssize_t n, Py_ssize_t pages, int
 
 static inline void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 
-/* Walk one legacy page's chain (the rules of scanner/legacy.py; walk_page is the same
- * walk for legacy_walk) and write its records at `out` as it goes, their confidence left
+/* Walk one legacy page's chain (the rules of scanner/legacy.py, whose numpy walk is the
+ * twin) and write its records at `out` as it goes, their confidence left
  * to the caller; -1 when the page does not start a chain, else the links written.
  * `decode[type]` is pool | state << 8 for every PoolType below the limit. The loop has one
  * branch a link: the tests are combined with `|`, and the tag tests are branch-free. */
@@ -1309,8 +1199,6 @@ static PyMethodDef methods[] = {
      "Detection's evidence for a legacy family: proving pages and encoding votes."},
     {"segment_evidence", segment_evidence, METH_VARARGS,
      "Detection's evidence for a segment-heap family: pages with linked headers."},
-    {"legacy_walk", legacy_walk, METH_VARARGS,
-     "The legacy scanner's chain walk over every page of a window."},
     {"tracker_phases", tracker_phases, METH_VARARGS,
      "Per candidate page, the phases at which it is a whole tracker table page."},
     {NULL, NULL, 0, NULL},

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pooltagscan.layouts import LEGACY_POOLTYPE_LIMIT, Layout
-from pooltagscan.scanner.native import native
 from pooltagscan.scanner.tagbytes import printable
 
 # A broken chain still reports its linked prefix (as low confidence) from this length on.
@@ -37,40 +36,10 @@ class ChainChunks:
 def walk_chains(words: np.ndarray, layout: Layout) -> ChainChunks:
     """Walk the header chain of every page of `words` (shape (pages, 1024), uint32).
 
-    The C walk (_tables.c) follows each page's chain to its end in one pass; the numpy
-    twin below (used where the C module is not built) gives the same chunks.
-    """
-    if native is not None:
-        return _native_walk(words, layout)
+    The twin of the C scanner's walk (`legacy_page` in _tables.c), for where the C module
+    is not built: the scan and the detection call it only then (the tests hold the two
+    to the same records and evidence)."""
     return _numpy_walk(words, layout)
-
-
-def _native_walk(words: np.ndarray, layout: Layout) -> ChainChunks:
-    prev, block, kind = layout.previous, layout.block, layout.pooltype
-    starts, chain, at, w0, tag, complete = (
-        np.frombuffer(b, dt)
-        for b, dt in zip(
-            native.legacy_walk(
-                words, layout.unit, prev.shift, prev.mask, block.shift, block.mask,
-                kind.shift, kind.mask, LEGACY_POOLTYPE_LIMIT,
-            ),
-            ("<i4", "<i4", "<i4", "<u4", "<u4", "u1"),
-        )
-    )  # fmt: skip
-    chain = chain.astype(np.int64)
-    n = starts.size
-    complete = complete.astype(bool)
-    consistent = _page_consistency(chain, w0, tag, layout, n)
-    return ChainChunks(
-        page=starts.astype(np.int64)[chain],
-        offset=at.astype(np.int64) * layout.unit,
-        w0=w0,
-        tag=tag,
-        complete=complete[chain],
-        consistent=consistent[chain],
-        chain=chain,
-        walked=n,
-    )
 
 
 def _numpy_walk(words: np.ndarray, layout: Layout) -> ChainChunks:

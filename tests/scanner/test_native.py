@@ -14,7 +14,7 @@ from conftest import DUMPS
 from pooltagscan.inputs import open_image
 from pooltagscan.layouts import LAYOUTS, Encoding, Family
 from pooltagscan.scan import prepare, run
-from pooltagscan.scanner import detect, legacy, native, pages, tableprobe, tracker
+from pooltagscan.scanner import detect, native, pages, tableprobe, tracker
 from pooltagscan.scanner.pages import ScanConfig, scan_words
 
 FAMILIES = ("xp-x86", "win7-x86", "win7-x64", "win10-1809-x64", "win11-segheap-x64")
@@ -25,7 +25,6 @@ pytestmark = pytest.mark.skipif(native.native is None, reason="the C module is n
 def numpy_only(monkeypatch) -> None:
     """Every user of the C module falls back to its numpy twin."""
     monkeypatch.setattr(pages, "native", None)
-    monkeypatch.setattr(legacy, "native", None)
     monkeypatch.setattr(tableprobe, "native", None)
     monkeypatch.setattr(tracker, "_native", None)
     monkeypatch.setattr(detect, "native", None)
@@ -99,19 +98,6 @@ def test_detection_evidence_agrees(monkeypatch):
     assert by_name["win7-x86"][Family.X86] == (205, 0, 111)
     assert by_name["win7-x64"][Family.X64] == (205, 0, 114)
     assert by_name["win11-segheap-x64"][Family.SEGMENT_HEAP] == (139, 0, 0)
-
-
-def test_chain_walks_agree():
-    def sorted_chunks(c):
-        order = np.lexsort((c.offset, c.page))
-        fields = (c.page, c.offset, c.w0, c.tag, c.complete, c.consistent)
-        return [f[order].tolist() for f in fields] + [c.walked]
-
-    for name, words in _windows():
-        for family in (Family.X86, Family.X64):
-            layout = LAYOUTS[family]
-            fast = sorted_chunks(legacy._native_walk(words, layout))
-            assert fast == sorted_chunks(legacy._numpy_walk(words, layout)), (name, family)
 
 
 def test_join_rows_writes_offsets_as_python_does():
