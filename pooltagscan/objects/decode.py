@@ -326,6 +326,35 @@ def _pick_build(
     return (best, score) if score >= MIN_AGREE else (None, score)
 
 
+def _calibrate(
+    cal: Calibration,
+    method: str,
+    arch: str,
+    bodies: list[bytes],
+    ptr: int,
+    part: str,
+    learn: Callable[[], dict[str, int]],
+    what: str,
+) -> dict[str, int]:
+    """Offsets for one kind of object, recorded in `cal`: the public table's build that
+    decodes the blocks (`method` auto or table), else what `learn` finds in the blocks
+    themselves (auto or self), else none, with a note that `what` stay empty."""
+    offsets: dict[str, int] = {}
+    if method in ("auto", "table"):
+        build, _ = _pick_build(builds_for(arch), bodies, ptr, part)
+        if build is not None:
+            offsets = dict(getattr(build, part))
+            cal.method, cal.build = PUBLIC, build.name
+    if not offsets and method in ("auto", "self"):
+        offsets = learn()
+        if offsets:
+            cal.method = SELF
+    if not offsets:
+        cal.notes.append(f"no offsets fit the blocks: {what} left empty")
+    cal.offsets = offsets
+    return offsets
+
+
 def decode(
     blocks: list[Block],
     arch: str,
@@ -373,23 +402,13 @@ def decode(
     pids: set[int] = set()
     if procs:
         cal = result.calibration[procs[0][0].tag]
-        bodies = [b for _, b, _ in procs]
-        offs: dict[str, int] = {}
-        build = None
-        if method in ("auto", "table"):
-            build, _ = _pick_build(builds_for(arch), bodies, ptr, "process")
-            if build is not None:
-                offs = dict(build.process)
-                cal.method, cal.build = PUBLIC, build.name
-        if not offs and method in ("auto", "self"):
+
+        def learn_process() -> dict[str, int]:
             offs = self_calibrate_process([(a, b) for _, b, a in procs], ptr, resolve)
-            if "name" in offs and "pid" in offs:
-                cal.method = SELF
-            else:
-                offs = {}
-        if not offs:
-            cal.notes.append("no offsets fit the blocks: names left empty")
-        cal.offsets = offs
+            return offs if "name" in offs and "pid" in offs else {}
+
+        offs = _calibrate(cal, method, arch, [b for _, b, _ in procs], ptr, "process",
+                          learn_process, "names")  # fmt: skip
         if offs:
             bodies_at = {a for _, _, a in procs}
             pointed: set[int] = set()
@@ -429,19 +448,8 @@ def decode(
     if threads:
         cal = result.calibration[threads[0][0].tag]
         bodies = [b for _, b, _ in threads]
-        toffs: dict[str, int] = {}
-        if method in ("auto", "table"):
-            build, _ = _pick_build(builds_for(arch), bodies, ptr, "thread")
-            if build is not None:
-                toffs = dict(build.thread)
-                cal.method, cal.build = PUBLIC, build.name
-        if not toffs and method in ("auto", "self"):
-            toffs = self_calibrate_thread(bodies, ptr, pids)
-            if toffs:
-                cal.method = SELF
-        if not toffs:
-            cal.notes.append("no offsets fit the blocks: ids left empty")
-        cal.offsets = toffs
+        toffs = _calibrate(cal, method, arch, bodies, ptr, "thread",
+                           lambda: self_calibrate_thread(bodies, ptr, pids), "ids")  # fmt: skip
         if toffs:
             cid = toffs["cid"]
             for block, body, _ in threads:
