@@ -29,23 +29,11 @@ SAMPLE = DUMPS / "win10-1809-x64.raw"
 needs_guard = pytest.mark.skipif(not mapguard.available(), reason="the guard is not built here")
 
 
-def _written(path: Path, data: bytes) -> None:
-    """Write `data` and wait for it to reach the disk. A cut then drops every page past
-    the new end at once: a large page-cache folio still under writeback cannot be split,
-    and the kernel keeps the part of it past the end mapped as zeros, so the first fault
-    comes later than the first missing page (the likely cause of a failure seen once in a
-    full run of the suite)."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _file(tmp_path: Path, size: int) -> tuple[Path, bytes]:
     """A file of non-zero bytes, so that zeros read back can only come from the guard."""
     data = np.random.default_rng(7).integers(1, 256, size, dtype=np.uint8).tobytes()
     path = tmp_path / "cut.raw"
-    _written(path, data)
+    path.write_bytes(data)
     return path, data
 
 
@@ -143,7 +131,7 @@ def test_dump_cut_while_its_window_is_mapped_is_one_line(tmp_path, monkeypatch, 
     """The scan itself: the file is cut after the window was mapped, so the scanner
     meets the missing pages (not the mapping call); the batch goes on."""
     victim = tmp_path / "victim.raw"
-    _written(victim, SAMPLE.read_bytes())
+    victim.write_bytes(SAMPLE.read_bytes())
     inode = victim.stat().st_ino
     original = mapguard.mapped
     done = []
