@@ -59,6 +59,26 @@ def test_pages_cut_off_read_zeros_and_the_window_says_where(tmp_path, offset):
 
 
 @needs_guard
+def test_a_page_touched_at_its_end_first_is_reported_from_its_start(tmp_path):
+    """A copy may read a page's last bytes before its first (memcpy does): the guard
+    reports where the file's bytes stopped, the start of the page, not the byte that
+    happened to fault first."""
+    path, _ = _file(tmp_path, 1 << 20)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with (
+            pytest.raises(mapguard.Faulted) as caught,
+            mapguard.mapped(fd, 0, 1 << 20, guard=True) as view,
+        ):
+            os.truncate(path, 0x10000)
+            assert bytes(view[0x12FF0:0x13000]) == bytes(16)
+            assert bytes(view[0x11FF8:0x12000]) == bytes(8)
+    finally:
+        os.close(fd)
+    assert caught.value.offset == 0x11000
+
+
+@needs_guard
 def test_without_a_free_slot_the_bytes_are_copied(tmp_path, monkeypatch):
     path, data = _file(tmp_path, 1 << 20)
     monkeypatch.setattr(mapguard._mapguard, "arm", lambda view: -1)

@@ -5,7 +5,7 @@
  * a one-process scan), but a page of the mapping that the file no longer holds (it
  * shrank under the scan, or the disk failed to read it) raises SIGBUS, which kills a
  * Python process. Ranges of mappings are armed here; a fault inside one is answered by
- * mapping a page of zeros over the faulting page and noting its address, and the
+ * mapping a page of zeros over the faulting page and noting where it starts, and the
  * faulting instruction then reads zeros. The Python side checks the note when it is done
  * with the window and reports the dump as shrunk: the zeros never reach a result. A fault
  * outside every armed range goes to the previous handler, or kills the process as it
@@ -29,7 +29,7 @@
 
 typedef struct {
     volatile uintptr_t low, high;    /* [low, high) */
-    volatile uintptr_t first_fault;  /* lowest faulting address, or 0 */
+    volatile uintptr_t first_fault;  /* start of the lowest faulting page in the range, or 0 */
     volatile sig_atomic_t armed;
 } slot_t;
 
@@ -44,12 +44,15 @@ static void on_sigbus(int sig, siginfo_t *info, void *context)
         slot_t *s = &slots[i];
         if (!s->armed || at < s->low || at >= s->high)
             continue;
-        void *page = (void *)(at & ~(page_size - 1));
-        if (mmap(page, page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
-            MAP_FAILED)
+        uintptr_t page = at & ~(page_size - 1);
+        if (mmap((void *)page, page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                 -1, 0) == MAP_FAILED)
             break;
-        if (!s->first_fault || at < s->first_fault)
-            s->first_fault = at;
+        /* The whole page is gone, not only the byte touched first (a copy may touch a
+         * page's end before its start). */
+        uintptr_t from = page < s->low ? s->low : page;
+        if (!s->first_fault || from < s->first_fault)
+            s->first_fault = from;
         return;
     }
     /* Not ours: what would have happened without this handler. */
@@ -123,7 +126,8 @@ static slot_t *get_slot(PyObject *arg)
     return &slots[i];
 }
 
-/* faulted(slot) -> offset of the lowest faulting byte from the range's start, or -1. */
+/* faulted(slot) -> offset from the range's start of the lowest page that faulted (where
+ * the file's bytes stopped), or -1. */
 static PyObject *faulted(PyObject *self, PyObject *arg)
 {
     slot_t *s = get_slot(arg);
@@ -146,7 +150,7 @@ static PyObject *disarm(PyObject *self, PyObject *arg)
 
 static PyMethodDef methods[] = {
     {"arm", arm, METH_O, "Absorb SIGBUS inside a buffer's bytes; returns a slot or -1."},
-    {"faulted", faulted, METH_O, "Offset of the lowest absorbed fault of a slot, or -1."},
+    {"faulted", faulted, METH_O, "Offset of the lowest page of a slot that faulted, or -1."},
     {"disarm", disarm, METH_O, "Stop watching a slot's range."},
     {NULL, NULL, 0, NULL},
 };
