@@ -23,6 +23,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from pooltagscan import interrupts
+
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
@@ -81,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError):
         pass  # not the main thread (a caller embedding us): default handling stays
     try:
-        return _main(argv)
+        with interrupts.catching():
+            return _main(argv)
     finally:
         for signum, previous in handlers.items():
             signal.signal(signum, previous)
@@ -105,6 +108,7 @@ def _main(argv: Sequence[str] | None) -> int:
             for what, path in args.inputs(args):
                 outputs.check_inputs([path], what)
             status = args.func(args, outputs)
+            interrupts.check()  # a Ctrl-C that a finalizer swallowed is still one
             if status == EXIT_OK or outputs.keep:
                 outputs.commit()
             else:

@@ -34,6 +34,8 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from pooltagscan import interrupts
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -231,6 +233,7 @@ def ordered_map(
         next_task = 0
         next_out = 0
         while next_out < len(tasks):
+            interrupts.check()
             # Keep every worker fed (the least busy first, so consecutive tasks run side
             # by side), never running further ahead than `ahead`.
             while workers and next_task < len(tasks) and next_task < next_out + ahead:

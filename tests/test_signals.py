@@ -97,3 +97,44 @@ def test_ctrl_c_ends_a_parallel_driver_batch(tmp_path: Path):
     for i in range(1200):
         shutil.copyfile(DRIVERS / names[i % 4], folder / f"{i:04d}-{names[i % 4]}")
     interrupt_runs(["drivers", str(folder), "--jobs", "2", "-q"])
+
+
+class _Swallows:
+    """A finalizer that is running when Ctrl-C arrives, as distributed's
+    `Future.__del__` was in CI: Python prints the KeyboardInterrupt as "Exception
+    ignored" and goes on."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(capfd):
+    from pooltagscan import interrupts
+
+    with interrupts.catching():
+        _Swallows()  # collected at once: the interrupt lands in its __del__
+        assert interrupts.requested()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    assert not interrupts.requested()
+    interrupts.check()  # over with the run: nothing pending for the next one
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_the_cli_exits_130_when_the_interrupt_was_swallowed(monkeypatch, capfd, tmp_path):
+    """The command returned normally, but a Ctrl-C came during it: exit 130, one line,
+    and no output is put in place."""
+    from pooltagscan import cli
+    from pooltagscan.commands import scan
+
+    def swallowing(args, outputs):
+        _Swallows()
+        return cli.EXIT_OK
+
+    monkeypatch.setattr(scan, "run_command", swallowing)
+    sample = REPO / "samples" / "dumps" / "win10-1809-x64.raw"
+    out = tmp_path / "stats.txt"
+    status = cli.main(["scan", str(sample), "-o", str(out)])
+    assert status == cli.EXIT_INTERRUPTED
+    assert not out.exists()
+    assert capfd.readouterr().err.strip().splitlines() == ["pooltagscan: error: interrupted"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pooltagscan import __version__
+from pooltagscan import __version__, interrupts
 from pooltagscan.errors import InputError
 from pooltagscan.files import FileId
 from pooltagscan.fleet.store import STATUS_FAILED, STATUS_OK, FleetStore, dump_id
@@ -263,6 +263,7 @@ def scan_fleet(
 
     try:
         for future in pending:
+            interrupts.check()  # distributed's finalizers can swallow a Ctrl-C
             entry = kinds.get(future)
             if entry is None:
                 continue
