@@ -29,10 +29,12 @@ from pooltagscan.records import (
     CONFIDENCE_HIGH,
     CONFIDENCE_LOW,
     CONFIDENCE_MEDIUM,
+    RECORD_DTYPE,
     SOURCE_BIGPOOL,
     SOURCE_PAGE,
     TagNames,
 )
+from pooltagscan.scanner.native import native
 from pooltagscan.uniques import unique_inverse
 
 # Counter columns per tag, in this order. The first nine are the original ones (see the
@@ -131,6 +133,54 @@ def _class_counters() -> tuple[np.ndarray, np.ndarray]:
 _COUNT_OF_CLASS, _BYTES_OF_CLASS = _class_counters()
 
 
+@dataclass(frozen=True)
+class ClassSums:
+    """A batch's records counted by (tag, class) in one C pass (tag_class_sums in
+    _tables.c): what `--stats` needs of a window, without sorting its tags. `pool_pages`
+    is the distinct pages of its header-carrying records, -1 when they were not in
+    address order (the caller counts them then)."""
+
+    keys: np.ndarray  # uint64: tag << 8 | class, sorted
+    blocks: np.ndarray  # int64 records per key
+    sizes: np.ndarray  # int64 summed sizes per key
+    pool_pages: int
+
+    @classmethod
+    def of(cls, records: np.ndarray) -> ClassSums | None:
+        """None without the C module, or for records of another dtype."""
+        if native is None or records.dtype != RECORD_DTYPE:
+            return None
+        keys, blocks, sizes, pages = native.tag_class_sums(
+            np.ascontiguousarray(records), _CLASS_RADIX, SOURCE_PAGE
+        )
+        return cls(
+            np.frombuffer(keys, np.uint64),
+            np.frombuffer(blocks, np.int64),
+            np.frombuffer(sizes, np.int64),
+            pages,
+        )
+
+    @property
+    def records(self) -> int:
+        return int(self.blocks.sum())
+
+    @property
+    def bytes(self) -> int:
+        return int(self.sizes.sum())
+
+    def counters(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tag values, counter rows), as TagStats.count makes them."""
+        if not self.keys.size:
+            return np.empty(0, np.uint32), np.zeros((0, len(COLUMNS)), np.int64)
+        tag = (self.keys >> np.uint64(8)).astype(np.uint32)
+        cls = (self.keys & np.uint64(0xFF)).astype(np.intp)
+        start = np.flatnonzero(np.concatenate(([True], tag[1:] != tag[:-1])))
+        per_key = (
+            _COUNT_OF_CLASS[cls] * self.blocks[:, None] + _BYTES_OF_CLASS[cls] * self.sizes[:, None]
+        )
+        return tag[start], np.add.reduceat(per_key, start, axis=0)
+
+
 def _class_codes(records: np.ndarray) -> np.ndarray:
     code = np.zeros(records.size, np.int64)
     for name, radix in zip(_CLASS_FIELDS, _CLASS_RADIX):
@@ -156,6 +206,9 @@ class TagStats:
         the records when only the statistics are wanted (see merge)."""
         if not records.size:
             return np.empty(0, np.uint32), np.zeros((0, len(COLUMNS)), np.int64)
+        sums = ClassSums.of(records)
+        if sums is not None:
+            return sums.counters()
         tags, inverse = unique_inverse(records["tag"])
         cell = inverse.reshape(-1).astype(np.int64) * _CLASSES + _class_codes(records)
         cells = tags.size * _CLASSES

@@ -25,7 +25,7 @@ from pooltagscan.parallel import record_view_jobs
 from pooltagscan.records import SOURCE_PAGE
 from pooltagscan.scan import PreparedScan
 from pooltagscan.scanner.engine import ProgressCallback, TrackerSink, scan_image
-from pooltagscan.stats import TagStats
+from pooltagscan.stats import ClassSums, TagStats
 
 
 @dataclass
@@ -162,7 +162,14 @@ class WindowCounts:
 
     def __call__(self, records: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], BatchCounts]:
         kept = self.record_filter.apply(records) if self.record_filter else records
-        return TagStats.count(kept), BatchCounts.of(records, kept)
+        sums = ClassSums.of(kept)
+        if sums is None:
+            return TagStats.count(kept), BatchCounts.of(records, kept)
+        # One C pass gives the counters, the summary's totals and, unfiltered, its pages.
+        pages = sums.pool_pages if kept is records else -1
+        if pages < 0:
+            pages = distinct_pages(records["offset"][records["source"] == SOURCE_PAGE])
+        return sums.counters(), BatchCounts(sums.records, sums.bytes, pages)
 
 
 @dataclass

@@ -1183,12 +1183,152 @@ static PyObject *unique_inverse(PyObject *self, PyObject *args)
     return out;
 }
 
+/* tag_class_sums(records, radix, source_page)
+ *   -> (keys, blocks, sizes, pool_pages)
+ * The `--stats` counters of one window in one pass, in place of a sort of its tags and
+ * two bincounts (a third of a one-job `--stats` scan). Each record's class is its
+ * (state, pool, source, confidence), each clamped to its radix, as stats._class_codes
+ * has it; `keys` are the distinct (tag << 8 | class) values, sorted (uint64 bytes),
+ * with each one's record count and summed sizes (int64 bytes). `pool_pages` counts the
+ * distinct 4 KiB pages of the records whose source is `source_page` when they come in
+ * address order (as a scan yields them), or is -1 when they do not. The records are
+ * record_t, RECORD_DTYPE's layout (the caller checks the dtype). */
+typedef struct { uint64_t key; int64_t count, size; } sum_t;
+
+/* Fibonacci hashing: bits from 32 up of key * 2**64/phi, for a table of `cap` (a power of
+ * two) slots. One multiply: the keys are few and well spread by their class bits. */
+static inline uint64_t fib(uint64_t key, Py_ssize_t cap)
+{
+    return ((key * 0x9E3779B97F4A7C15ull) >> 32) & (uint64_t)(cap - 1);
+}
+
+static int sum_by_key(const void *a, const void *b)
+{
+    uint64_t x = ((const sum_t *)a)->key, y = ((const sum_t *)b)->key;
+    return (x > y) - (x < y);
+}
+
+static PyObject *tag_class_sums(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    int r_state, r_pool, r_source, r_conf, source_page;
+    if (!PyArg_ParseTuple(args, "O(iiii)i", &obj, &r_state, &r_pool, &r_source, &r_conf,
+                          &source_page))
+        return NULL;
+    if (r_state < 1 || r_pool < 1 || r_source < 1 || r_conf < 1 ||
+        r_state * r_pool * r_source * r_conf > 256) {
+        PyErr_SetString(PyExc_ValueError, "bad class radix");
+        return NULL;
+    }
+    const Py_ssize_t itemsize = (Py_ssize_t)sizeof(record_t);
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (view.len % itemsize) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "the buffer is not a whole number of records");
+        return NULL;
+    }
+    Py_ssize_t n = view.len / itemsize, cap = 1024, count = 0, pages = 0;
+    const uint8_t *base = view.buf;
+    sum_t *table = PyMem_RawCalloc(cap, sizeof(sum_t));
+    int failed = !table, sorted = 1;
+    uint64_t last_page = 0;
+    int any_page = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        const record_t *r = (const record_t *)(base + i * itemsize);
+        uint32_t tag = r->tag, size = r->size;
+        int st = r->state, po = r->pool, so = r->source, co = r->confidence;
+        st = st < r_state ? st : r_state - 1;
+        po = po < r_pool ? po : r_pool - 1;
+        int src = so < r_source ? so : r_source - 1;
+        co = co < r_conf ? co : r_conf - 1;
+        uint64_t key = ((uint64_t)tag << 8) | (uint64_t)(((st * r_pool + po) * r_source + src) * r_conf + co);
+        if (so == source_page) {
+            uint64_t page = r->offset >> 12;
+            if (!any_page || page != last_page) {
+                if (any_page && page < last_page)
+                    sorted = 0;
+                pages++;
+                last_page = page;
+                any_page = 1;
+            }
+        }
+        size_t at = (size_t)fib(key, cap);
+        /* count 0 marks an empty slot: every slot in use holds at least one record */
+        while (table[at].count && table[at].key != key)
+            at = (at + 1) & (size_t)(cap - 1);
+        if (!table[at].count) {
+            if (2 * (count + 1) > cap) {  /* keep the load under a half: grow and rehash */
+                Py_ssize_t grown = cap * 2;
+                sum_t *bigger = PyMem_RawCalloc(grown, sizeof(sum_t));
+                if (!bigger) {
+                    failed = 1;
+                    break;
+                }
+                for (Py_ssize_t k = 0; k < cap; k++) {
+                    if (!table[k].count)
+                        continue;
+                    size_t to = (size_t)fib(table[k].key, grown);
+                    while (bigger[to].count)
+                        to = (to + 1) & (size_t)(grown - 1);
+                    bigger[to] = table[k];
+                }
+                PyMem_RawFree(table);
+                table = bigger, cap = grown;
+                at = (size_t)fib(key, cap);
+                while (table[at].count)
+                    at = (at + 1) & (size_t)(cap - 1);
+            }
+            table[at].key = key;
+            count++;
+        }
+        table[at].count++;
+        table[at].size += size;
+    }
+    if (!failed) {
+        Py_ssize_t k = 0;
+        for (Py_ssize_t j = 0; j < cap; j++)
+            if (table[j].count)
+                table[k++] = table[j];
+        qsort(table, count, sizeof(sum_t), sum_by_key);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (failed) {
+        PyMem_RawFree(table);
+        return PyErr_NoMemory();
+    }
+    PyObject *keys = PyBytes_FromStringAndSize(NULL, count * 8);
+    PyObject *blocks = PyBytes_FromStringAndSize(NULL, count * 8);
+    PyObject *sizes = PyBytes_FromStringAndSize(NULL, count * 8);
+    PyObject *out = NULL;
+    if (keys && blocks && sizes) {
+        uint64_t *k = (uint64_t *)PyBytes_AS_STRING(keys);
+        int64_t *b = (int64_t *)PyBytes_AS_STRING(blocks), *z = (int64_t *)PyBytes_AS_STRING(sizes);
+        for (Py_ssize_t j = 0; j < count; j++) {
+            k[j] = table[j].key;
+            b[j] = table[j].count;
+            z[j] = table[j].size;
+        }
+        out = Py_BuildValue("(OOOn)", keys, blocks, sizes, sorted ? pages : (Py_ssize_t)-1);
+    }
+    Py_XDECREF(keys);
+    Py_XDECREF(blocks);
+    Py_XDECREF(sizes);
+    PyMem_RawFree(table);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"probe_pages", probe_pages, METH_VARARGS,
      "Per page: which big-page table layouts its first entries fit, and whether it may "
      "hold pool tracker table entries."},
     {"segment_records", segment_records, METH_VARARGS,
      "The segment-heap scanner's records of a window of contiguous pages."},
+    {"tag_class_sums", tag_class_sums, METH_VARARGS,
+     "The --stats counters of a window: per (tag, class) record counts and size sums."},
     {"unique_inverse", unique_inverse, METH_VARARGS,
      "np.unique(values, return_inverse=True) of uint64 values, by a hash table."},
     {"join_rows", join_rows, METH_VARARGS,
