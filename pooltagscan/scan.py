@@ -178,8 +178,8 @@ def run(
 ) -> Iterator[np.ndarray]:
     """Filtered record batches, window by window (see scanner.engine.scan_image);
     `tracker` receives the rows of the kernel's tag tracker table met on the way. The
-    filter runs where each window is scanned (in the workers of a large dump, when the
-    filter picks tags: see record_view_jobs)."""
+    filter runs in the thread that scanned the window (several threads scan a large
+    dump when the filter picks tags: see record_view_jobs)."""
     reduce = record_filter.apply if record_filter else None
     jobs = record_view_jobs(jobs, record_filter)
     yield from scan_image(

@@ -35,7 +35,7 @@ from pooltagscan.records import (
     TagNames,
 )
 from pooltagscan.scanner.native import native
-from pooltagscan.uniques import unique_inverse
+from pooltagscan.uniques import sorted_distinct, unique_inverse
 
 # Counter columns per tag, in this order. The first nine are the original ones (see the
 # module docstring); the invariants the tests hold:
@@ -202,7 +202,7 @@ class TagStats:
 
     @staticmethod
     def count(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(tag values, counter rows) of one batch: what a scan worker ships instead of
+        """(tag values, counter rows) of one batch: what a scan thread hands over instead of
         the records when only the statistics are wanted (see merge)."""
         if not records.size:
             return np.empty(0, np.uint32), np.zeros((0, len(COLUMNS)), np.int64)
@@ -222,7 +222,7 @@ class TagStats:
     def merge(self, tags: np.ndarray, counts: np.ndarray) -> None:
         if not tags.size:
             return
-        all_tags = np.union1d(self._tags, tags)
+        all_tags = sorted_distinct(np.concatenate((self._tags, tags)))
         merged = np.zeros((all_tags.size, len(COLUMNS)), np.int64)
         merged[np.searchsorted(all_tags, self._tags)] += self._counts
         merged[np.searchsorted(all_tags, tags)] += counts

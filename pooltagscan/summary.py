@@ -52,7 +52,7 @@ class ScanSummary:
         self.merge(BatchCounts.of(records, kept))
 
     def merge(self, counts: BatchCounts) -> None:
-        """Add a batch counted elsewhere (where a worker scanned it)."""
+        """Add a batch counted elsewhere (by the thread that scanned it)."""
         self.records += counts.records
         self.bytes += counts.bytes
         self.pool_pages += counts.pool_pages
@@ -118,7 +118,7 @@ def collect_stats(
 
 
 def _no_records(records: np.ndarray) -> None:
-    """What a scan worker ships when only the tracker rows are wanted: no records."""
+    """What a scan thread hands over when only the tracker rows are wanted: no records."""
     return
 
 
@@ -129,7 +129,7 @@ def collect_tracker(
     progress: ProgressCallback | None = None,
 ) -> None:
     """Scan only for the tracker-table rows `tracker` receives (the `--tracker` view):
-    workers ship those rows and nothing of the records."""
+    scan threads hand over those rows and nothing of the records."""
     for _ in scan_image(
         prepared.image, prepared.config, jobs, progress, tracker=tracker, reduce=_no_records
     ):
@@ -155,8 +155,8 @@ class BatchCounts:
 
 @dataclass
 class WindowCounts:
-    """What a scan worker ships for `--stats`: a window's per-tag counters and summary
-    numbers, not its records (a few KiB instead of tens of MiB per window)."""
+    """What a scan thread hands over for `--stats`: a window's per-tag counters and
+    summary numbers, counted beside the scan, not its records."""
 
     record_filter: RecordFilter | None = None
 
@@ -174,8 +174,8 @@ class WindowCounts:
 
 @dataclass
 class KeptRecords:
-    """What a scan worker ships for the record views: the records the filters keep and
-    the summary's numbers of the window."""
+    """What a scan thread hands over for the record views: the records the filters keep
+    and the summary's numbers of the window."""
 
     record_filter: RecordFilter | None = None
 

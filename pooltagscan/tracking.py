@@ -17,6 +17,7 @@ import numpy as np
 
 from pooltagscan.records import TagNames
 from pooltagscan.scanner.tracker import COUNTERS
+from pooltagscan.uniques import sorted_distinct, unique_inverse
 
 TRACKER_KIND = "pooltagscan-tracker"
 TRACKER_VERSION = 1
@@ -73,7 +74,7 @@ class TrackerTotals:
     def pages(self) -> int:
         """Physical pages of tracker table found."""
         rows = self._all
-        return int(np.unique(rows["entry"] >> np.uint64(12)).size)
+        return int(sorted_distinct(rows["entry"] >> np.uint64(12)).size)
 
     def cut_tags(self) -> set[str]:
         """Tags whose entry straddles a page boundary, with no whole entry elsewhere."""
@@ -85,7 +86,7 @@ class TrackerTotals:
         all_rows = self._all
         whole = all_rows[~all_rows["partial"]]
         names = TagNames()
-        tags, inverse = np.unique(whole["tag"], return_inverse=True)
+        tags, inverse = unique_inverse(whole["tag"])
         out = []
         sums = {
             name: np.bincount(inverse, weights=whole[name].astype(np.float64), minlength=tags.size)

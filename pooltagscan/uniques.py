@@ -23,3 +23,16 @@ def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.frombuffer(distinct, np.uint64).astype(kind), np.frombuffer(inverse, np.int64)
     distinct, inverse = np.unique(np.asarray(values, kind), return_inverse=True)
     return distinct, inverse.reshape(-1)
+
+
+def sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """np.unique(values) for the scan's per-window paths. np.unique (numpy 2) imports
+    numpy.ma on first use: 11 ms, holding the GIL, in the first window of every run,
+    while the other scan thread waits for it."""
+    ordered = np.sort(values, axis=None)
+    if ordered.size < 2:
+        return ordered
+    keep = np.empty(ordered.size, bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]

@@ -198,33 +198,23 @@ def ordered_map(
     initializer: Callable[..., None] | None = None,
     initargs: tuple = (),
     ahead: int | None = None,
-    local: Callable[[T], R] | None = None,
 ) -> Iterator[R]:
     """`func(item)` for every item, computed by `jobs` worker processes, in input order.
 
     `func` and `initializer` must be module-level functions (picklable for platforms
-    without fork). At most `ahead` results (default: two per job, four more with `local`)
-    are computed beyond the one the consumer waits for. Closing the iterator early kills
-    the workers.
-
-    With `local` (this process's own way to compute an item), this process is one of
-    the `jobs`: it starts one worker fewer and, whenever the result it needs next is not
-    in yet, computes the next item itself instead of waiting.
+    without fork). At most `ahead` results (default: two per job) are computed beyond
+    the one the consumer waits for. Closing the iterator early kills the workers.
     """
     tasks = list(items)
     if not tasks:
         return
     ctx = _context()
     jobs = max(1, min(jobs, len(tasks)))
-    # This process computing too (`local`) holds results back while it works: four more
-    # in flight keep the workers fed (a 4 GiB scan's workers otherwise waited a fifth of
-    # the time).
-    ahead = max(jobs, ahead or 2 * jobs + (4 if local is not None else 0))
-    processes = jobs - 1 if local is not None else jobs
+    ahead = max(jobs, ahead or 2 * jobs)
     workers: list[_Worker] = []
     clean = False
     try:
-        for _ in range(processes):
+        for _ in range(jobs):
             with _sigint_blocked():
                 workers.append(_Worker(ctx, func, initializer, initargs))
         by_conn = {w.conn: w for w in workers}
@@ -252,18 +242,7 @@ def ordered_map(
             if next_out >= len(tasks):
                 break
             handles = [*by_conn, *by_sentinel]
-            if local is not None and next_task < len(tasks) and next_task < next_out + ahead:
-                ready = multiprocessing.connection.wait(handles, timeout=0) if handles else []
-                if not ready:  # nothing to collect: compute the next item here
-                    index = next_task
-                    next_task += 1
-                    try:
-                        results[index] = (True, local(tasks[index]))
-                    except Exception as exc:  # noqa: BLE001 - raised in its turn, like a worker's
-                        results[index] = (False, exc)
-                    continue
-            else:
-                ready = multiprocessing.connection.wait(handles, timeout=_POLL_SECONDS)
+            ready = multiprocessing.connection.wait(handles, timeout=_POLL_SECONDS)
             for handle in ready:
                 if handle in by_conn:
                     worker = by_conn[handle]

@@ -124,20 +124,34 @@ def test_forced_layout_matches_auto():
 
 
 def test_parallel_equals_serial(monkeypatch):
+    """Three scan threads over 256 KiB windows: the records and tracker rows of the serial
+    scan, byte for byte, in the same order."""
     from pooltagscan.scanner import engine
 
     monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(engine, "WINDOW_BYTES", 256 << 10)
-    monkeypatch.setattr(engine.scan_image, "__defaults__", (1, None, 256 << 10, None, None))
-    _, serial, serial_rows = scan_all("win11-segheap-x64")
-    _, parallel, parallel_rows = scan_all("win11-segheap-x64", jobs=2)
-    assert (serial["source"] == 1).sum() > 200  # big-pool records come back from workers too
+    maps = []
+    real = engine.ordered_thread_map
+    monkeypatch.setattr(
+        engine, "ordered_thread_map", lambda *a, **k: maps.append(a[2]) or real(*a, **k)
+    )
+    prepared = prepare(open_image(DUMPS / "win11-segheap-x64.raw"), "auto", TagDatabase.builtin())
+    scans = []
+    for jobs in (1, 3):
+        rows: list[np.ndarray] = []
+        batches = engine.scan_image(
+            prepared.image, prepared.config, jobs, None, 256 << 10, rows.append
+        )
+        scans.append((np.concatenate(list(batches)), np.concatenate(rows)))
+    (serial, serial_rows), (parallel, parallel_rows) = scans
+    assert maps == [3]
+    assert (serial["source"] == 1).sum() > 200  # big-pool records come from threads too
     assert parallel.tobytes() == serial.tobytes()
     assert parallel_rows.tobytes() == serial_rows.tobytes()
 
 
 def test_workers_ship_filtered_records_and_counters(monkeypatch):
-    """Filters and --stats counters run in the workers; the results are the serial ones."""
+    """Filters and --stats counters run in the scan threads; the results are the serial
+    ones."""
     from pooltagscan.filters import RecordFilter
     from pooltagscan.scanner import engine
     from pooltagscan.summary import ScanSummary, collect_stats

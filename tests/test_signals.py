@@ -46,7 +46,27 @@ def alive(pid: int) -> bool:
         return False
 
 
-def interrupt_runs(command: list[str], workers: int = 2) -> None:
+def threads(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(next(line for line in f if line.startswith("Threads:")).split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+
+
+# numpy's BLAS starts no threads of its own then: the threads counted are the scan's.
+ONE_BLAS_THREAD = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _started(pid: int, kids: set[int], workers: int, scan_threads: int) -> bool:
+    if scan_threads:
+        return threads(pid) > scan_threads
+    return len(kids) >= workers
+
+
+def interrupt_runs(command: list[str], workers: int = 2, scan_threads: int = 0) -> None:
+    """`workers` child processes, or `scan_threads` threads beside the main one, are
+    running when the signal is sent."""
     rng = random.Random(20)
     for repetition in range(REPETITIONS):
         proc = subprocess.Popen(
@@ -55,13 +75,16 @@ def interrupt_runs(command: list[str], workers: int = 2) -> None:
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, like a terminal's job
             cwd=REPO,
+            env=ONE_BLAS_THREAD,
         )
         deadline = time.monotonic() + 60
         kids: set[int] = set()
-        while len(kids) < workers and time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and proc.poll() is None:
             kids = children(proc.pid)
+            if _started(proc.pid, kids, workers, scan_threads):
+                break
             time.sleep(0.01)
-        assert len(kids) >= workers, f"run {repetition}: workers never started"
+        assert _started(proc.pid, kids, workers, scan_threads), f"run {repetition}: not started"
         time.sleep(rng.uniform(0, 0.3))
         kids |= children(proc.pid)
         sent = time.monotonic()
@@ -85,9 +108,10 @@ def interrupt_runs(command: list[str], workers: int = 2) -> None:
 def test_ctrl_c_ends_a_parallel_scan(tmp_path: Path):
     dump = tmp_path / "big.raw"
     with open(dump, "wb") as f:
-        f.truncate(16 << 30)  # sparse: 16 GiB of zeros cost no disk, and take seconds to scan
-    # --jobs 3: this process and two workers
-    interrupt_runs(["scan", str(dump), "--stats", "--layout", "x64", "--jobs", "3", "-q"])
+        f.truncate(64 << 30)  # sparse: 64 GiB of zeros cost no disk, and take seconds to scan
+    # --jobs 3: three scan threads
+    command = ["scan", str(dump), "--stats", "--layout", "x64", "--jobs", "3", "-q"]
+    interrupt_runs(command, workers=0, scan_threads=3)
 
 
 def test_ctrl_c_ends_a_parallel_driver_batch(tmp_path: Path):

@@ -121,32 +121,9 @@ def test_background_result_error_death_and_cancel():
     assert time.monotonic() - start < 2 and not _alive(pid)
 
 
-def tagged(x: int) -> tuple[int, int]:
-    time.sleep(0.01)
-    return x * x, os.getpid()
-
-
-def test_this_process_takes_its_share_when_local():
-    """With `local`, jobs counts this process: one worker fewer, both compute, and the
-    results still come in input order."""
-    here = os.getpid()
-    results = list(ordered_map(tagged, range(30), 2, local=tagged))
-    assert [r[0] for r in results] == [x * x for x in range(30)]
-    pids = {r[1] for r in results}
-    assert here in pids and len(pids) == 2
-    assert all(r[1] == here for r in ordered_map(tagged, range(5), 1, local=tagged))
-
-
-def test_local_errors_are_raised_in_their_turn():
-    results = ordered_map(fail_on_five, range(10), 2, local=fail_on_five)
-    assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]
-    with pytest.raises(InputError, match="shrank"):
-        next(results)
-
-
 def test_record_views_ship_records_from_one_process_unless_tags_narrow(tmp_path, monkeypatch):
-    """Shipping every record through a pipe costs more than scanning it: the record
-    views use workers only when a tag filter keeps a small part of the records."""
+    """Rendering every record holds the GIL: the record views scan with several threads
+    only when a tag filter keeps a small part of the records."""
     from pooltagscan.filters import RecordFilter
     from pooltagscan.inputs import open_image
     from pooltagscan.parallel import record_view_jobs
@@ -161,8 +138,10 @@ def test_record_views_ship_records_from_one_process_unless_tags_narrow(tmp_path,
     with open(dump, "wb") as f:
         f.truncate(256 << 20)  # over engine.PARALLEL_MIN_BYTES
     pools = []
-    real = engine.ordered_map
-    monkeypatch.setattr(engine, "ordered_map", lambda *a, **k: pools.append(a[2]) or real(*a, **k))
+    real = engine.ordered_thread_map
+    monkeypatch.setattr(
+        engine, "ordered_thread_map", lambda *a, **k: pools.append(a[2]) or real(*a, **k)
+    )
     prepared = prepare(open_image(dump), "x64")
     for record_filter, expected in ((None, []), (RecordFilter.from_names(["Pro*"]), [2])):
         pools.clear()

@@ -69,7 +69,7 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="WinDbg pooltag.txt or PoolMon localtag.txt (repeatable; also POOLTAGSCAN_POOLTAG)",
     )
-    add_jobs_option(parser, default_jobs(), "worker processes for large dumps")
+    add_jobs_option(parser, default_jobs(), "scan threads for large dumps")
 
 
 def add_jobs_option(parser: argparse.ArgumentParser, default: int, what: str) -> None:

@@ -9,15 +9,15 @@ Kernel minidumps override `words` to assemble pages from fragments (see `minidum
 Windows are mapped from the one descriptor opened for the dump (see `pooltagscan.files`)
 under the SIGBUS guard of `mapguard`: a file that shrinks under the scan stops it with a
 one-line error instead of killing the process. Where the guard is not built they are read
-with `pread` into a buffer reused from window to window (a short read is the same
-error), except in scan workers, which map unguarded (`use_mapping`): a worker that dies
-of SIGBUS is reported by the parent as the shrunken dump.
-Subclasses must stay picklable when `parallel_ok`: worker processes receive the image.
+with `pread` into a buffer reused from window to window, one per thread (a short read is
+the same error). Scan threads share an image when it is `parallel_ok`; images stay
+picklable for the fleet's tasks.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -180,12 +180,19 @@ class MemoryImage:
         return self.source
 
     def _buffer(self, length: int) -> memoryview:
-        """A reusable read buffer of at least `length` bytes (one per image and process)."""
-        buf = self.__dict__.get("_buf")
+        """A reusable read buffer of at least `length` bytes, one per image and thread:
+        scan threads read their windows side by side."""
+        bufs = self.__dict__.setdefault("_bufs", {})
+        key = threading.get_ident()
+        buf = bufs.get(key)
         if buf is None or len(buf) < length:
             buf = bytearray(length)
-            self.__dict__["_buf"] = buf
+            bufs[key] = buf
         return memoryview(buf)[:length]
+
+    def release_buffers(self) -> None:
+        """Drop the read buffers (those of the scan threads, which are gone)."""
+        self.__dict__.pop("_bufs", None)
 
     @contextmanager
     def file_range(self, offset: int, length: int) -> Iterator[memoryview]:
@@ -193,12 +200,11 @@ class MemoryImage:
         file no longer holds them (it shrank after it was opened).
 
         Mapped where the SIGBUS guard is built (inputs/mapguard.py): no copy out of the
-        page cache, which cost as much as the scan itself. Else read into a buffer
-        reused from window to window, except in scan workers (`use_mapping`), which map
-        unguarded and may die of SIGBUS.
+        page cache, which cost as much as the scan itself. Else read into the thread's
+        buffer, reused from window to window.
         """
         guard = mapguard.available()
-        if (not guard and not self.__dict__.get("_mapped")) or self.__dict__.get("_unmappable"):
+        if not guard or self.__dict__.get("_unmappable"):
             yield self._read_range(offset, length)
             return
         try:
@@ -232,13 +238,6 @@ class MemoryImage:
             f"{now}); the scan stopped at offset {at:#x}",
         )
 
-    def use_mapping(self) -> None:
-        """Map windows even where the SIGBUS guard is not built (scan workers only): an
-        access past the end of a file that shrank under the scan then kills the
-        process, and the parent reports the shrunken dump in one line
-        (`scanner.engine`). The parent never maps unguarded."""
-        self.__dict__["_mapped"] = True
-
     @contextmanager
     def words(self, window: Window) -> Iterator[np.ndarray]:
         """A read-only uint32 view (pages, 1024) of a window, valid inside the block."""
@@ -263,12 +262,11 @@ class MemoryImage:
     def close(self) -> None:
         if self.source is not None:
             self.source.close()
-        self.__dict__.pop("_buf", None)
+        self.release_buffers()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.pop("_buf", None)
-        state.pop("_mapped", None)
+        state.pop("_bufs", None)
         return state
 
 

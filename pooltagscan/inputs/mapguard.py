@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,7 +82,8 @@ def mapped(fd: int, offset: int, length: int, guard: bool) -> Iterator[memoryvie
             # A caller still holds a view (a `with ... as words` name outlives its block):
             # the mapping lives on with it, and so must its guard, until it goes.
             if slot >= 0:
-                _lingering.append((weakref.ref(mm), slot))
+                with _lingering_lock:
+                    _lingering.append((weakref.ref(mm), slot))
         else:
             if slot >= 0:
                 _mapguard.disarm(slot)
@@ -91,14 +93,17 @@ def mapped(fd: int, offset: int, length: int, guard: bool) -> Iterator[memoryvie
 
 # (mapping, slot) of guards kept for mappings that outlived their block. Swept, not called
 # back: a weakref callback that Ctrl-C interrupts is "ignored" and the interrupt lost.
+# Scan threads map windows side by side: one lock, so no guard is disarmed twice.
 _lingering: list[tuple[weakref.ref, int]] = []
+_lingering_lock = threading.Lock()
 
 
 def _sweep() -> None:
     """Disarm the guards of lingering mappings that are gone now."""
-    for item in [item for item in _lingering if item[0]() is None]:
-        _lingering.remove(item)
-        _mapguard.disarm(item[1])
+    with _lingering_lock:
+        for item in [item for item in _lingering if item[0]() is None]:
+            _lingering.remove(item)
+            _mapguard.disarm(item[1])
 
 
 def _read(fd: int, offset: int, length: int) -> memoryview:

@@ -1,4 +1,4 @@
-"""Drive a scan over a whole image: windows in order, optionally across processes.
+"""Drive a scan over a whole image: windows in order, optionally by several threads.
 
 Records come out window by window, in address order, so renderers can stream and
 statistics can aggregate without ever holding a dump's worth of records. After the
@@ -8,6 +8,7 @@ under the scan is an error, not silently mixed results.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,10 +21,10 @@ from pooltagscan.scanner.bigpages import big_page_records
 from pooltagscan.scanner.pages import ScanConfig, scan_words
 from pooltagscan.scanner.tableprobe import fused_pass, probe
 from pooltagscan.scanner.tracker import TRACKER_DTYPE, tracker_entries, wide
-from pooltagscan.workers import WorkerError, can_start_workers, ordered_map
+from pooltagscan.threadmap import ordered_thread_map
 
 WINDOW_BYTES = 32 << 20
-# Below this, starting worker processes costs more than it saves.
+# Below this, a second thread has too few windows to share.
 PARALLEL_MIN_BYTES = 128 << 20
 
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -43,34 +44,22 @@ def scan_image(
 ) -> Iterator[Any]:
     """Yield one record array per window: its header-carrying blocks in address order,
     then the big-pool entries its big-page table pages hold, in entry order. With
-    `reduce` (picklable), what it makes of each window's records instead, computed where
-    the window is scanned: workers then ship a filtered batch or a few counters, not
-    every record."""
+    `reduce`, what it makes of each window's records instead, computed by the thread
+    that scanned the window (a filter or the --stats counters, in C for the most part,
+    so beside the scan rather than after it)."""
     windows = list(image.windows(window_bytes))
     total = sum(w.length for w in windows)
     done = 0
-    # Large dumps are scanned by this process and jobs - 1 worker processes (ordered_map's
-    # `local`): this process is already warm, where a new worker's first windows cost 3-4
-    # times the others (page faults on its heap, copy-on-write after the fork). With one
-    # job the scan stays here: a worker would only add shipping every record through a
-    # pipe, which costs more than the scan itself (2.7 M records a GiB). An image that
-    # lives only in this process (read through a Volatility layer) cannot be handed to
-    # workers.
-    workers = (
-        image.parallel_ok
-        and jobs > 1
-        and total >= PARALLEL_MIN_BYTES
-        and len(windows) > 1
-        and can_start_workers()
-    )
-    if workers:
-        image.file  # noqa: B018 - opened before the fork: one descriptor, shared by all
-        results = ordered_map(
-            _worker, windows, jobs, _init_worker, (image, config, reduce),
-            local=lambda window: _scan_window(image, config, window, reduce),
-        )  # fmt: skip
+    # Large dumps are scanned by `jobs` threads: a window's scan runs in C without the
+    # GIL (see threadmap for what processes cost instead). A small one stays in this
+    # thread, and so does an image read through a Volatility layer (not ours to share).
+    threads = image.parallel_ok and jobs > 1 and total >= PARALLEL_MIN_BYTES and len(windows) > 1
+    scan = functools.partial(_scan_window, image, config, reduce=reduce)
+    if threads:
+        image.file  # noqa: B018 - opened here: one descriptor, not one per thread
+        results = ordered_thread_map(scan, windows, jobs)
     else:
-        results = (_scan_window(image, config, w, reduce) for w in windows)
+        results = map(scan, windows)
     try:
         for window, (records, rows) in zip(windows, results):
             done += window.length
@@ -79,13 +68,12 @@ def scan_image(
             if tracker is not None and rows.size:
                 tracker(rows)
             yield records
-    except WorkerError:
-        image.check_unchanged()  # a worker killed by SIGBUS: the dump shrank under it
-        raise
     finally:
         close = getattr(results, "close", None)
         if close is not None:
-            close()  # stops the workers now if the consumer stopped early
+            close()  # stops the threads now if the consumer stopped early
+        if threads:
+            image.release_buffers()  # the threads' read buffers, where windows are read
     image.check_unchanged()
 
 
@@ -147,17 +135,3 @@ def _scan_window(
     with image.words(window) as words:
         records, rows = window_results(image, config, window, words)
     return (records if reduce is None else reduce(records)), rows
-
-
-_worker_state: tuple[MemoryImage, ScanConfig, Callable | None] | None = None
-
-
-def _init_worker(image: MemoryImage, config: ScanConfig, reduce: Callable | None) -> None:
-    global _worker_state
-    image.use_mapping()
-    _worker_state = (image, config, reduce)
-
-
-def _worker(window: Window) -> tuple[Any, np.ndarray]:
-    assert _worker_state is not None
-    return _scan_window(*_worker_state[:2], window, _worker_state[2])

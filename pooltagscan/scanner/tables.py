@@ -12,6 +12,7 @@ import numpy as np
 
 from pooltagscan.layouts import PAGE_SIZE
 from pooltagscan.scanner.tagbytes import printable
+from pooltagscan.uniques import sorted_distinct
 
 _U64_PER_PAGE = PAGE_SIZE // 8
 
@@ -67,7 +68,7 @@ def pick_readings(groups: list, minimum: int) -> list[np.ndarray]:
     entries plausible, `.evidence` how many prove it), which of its pages are taken: a
     page read several ways keeps the valid reading with the most evidence, and needs at
     least `minimum`."""
-    pages = np.unique(np.concatenate([g.pages for g in groups]))
+    pages = sorted_distinct(np.concatenate([g.pages for g in groups]))
     valid = np.zeros((len(groups), pages.size), bool)
     score = np.full((len(groups), pages.size), -1, np.int64)
     where = [np.searchsorted(pages, g.pages) for g in groups]
