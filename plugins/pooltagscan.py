@@ -223,7 +223,7 @@ class PoolTagScan(interfaces.plugins.PluginInterface):
                 name="jobs",
                 default=0,
                 optional=True,
-                description="Worker processes for large dumps (default: all cores)",
+                description="Scan threads for large dumps (default: all cores)",
             ),
         ]
 
