@@ -60,14 +60,28 @@ def reference_json(records, db, extra, meta) -> str:
     return out.getvalue()
 
 
-def written(fmt, batches, db, extra, meta=None) -> str:
-    out = io.StringIO()
+def written(fmt, batches, db, extra, meta=None, binary=False) -> str:
+    """The writer's text into a StringIO, or with `binary` through the CLI's stream over
+    a UTF-8 byte stream: the lines then go out as ASCII bytes (OutputStream.byte_sink),
+    between text the writer writes as text (headers, a JSON document's ends)."""
+    from pooltagscan.outputs import OutputStream
+
+    raw = io.BytesIO()
+    out = (
+        OutputStream(io.TextIOWrapper(raw, "utf-8", newline=""), "test")
+        if binary
+        else io.StringIO()
+    )
     writer = make_writer(fmt, out, dict(extra), db)
+    assert (writer._bytes is not None) == binary
     writer.begin(meta or {})
     for batch in batches:
         writer.write(batch)
     writer.end()
-    return out.getvalue()
+    if not binary:
+        return out.getvalue()
+    out.flush()
+    return raw.getvalue().decode("utf-8")
 
 
 def uneven(records: np.ndarray) -> list[np.ndarray]:
@@ -78,10 +92,26 @@ def uneven(records: np.ndarray) -> list[np.ndarray]:
 
 def check_all_formats(records, db, extra) -> None:
     batches = uneven(records)
-    assert written("jsonl", batches, db, extra) == reference_jsonl(records, db, extra)
-    assert written("csv", batches, db, extra) == reference_csv(records, db, extra)
     meta = {"format": "raw", "layout": "x64"}
-    assert written("json", batches, db, extra, meta) == reference_json(records, db, extra, meta)
+    for binary in (False, True):
+        jsonl = written("jsonl", batches, db, extra, binary=binary)
+        assert jsonl == reference_jsonl(records, db, extra)
+        assert written("csv", batches, db, extra, binary=binary) == reference_csv(
+            records, db, extra
+        )
+        document = written("json", batches, db, extra, meta, binary=binary)
+        assert document == reference_json(records, db, extra, meta)
+
+
+def test_lines_go_out_as_bytes_only_where_they_read_as_the_text():
+    from pooltagscan.outputs import OutputStream
+
+    def sink(encoding: str):
+        return OutputStream(io.TextIOWrapper(io.BytesIO(), encoding), "test").byte_sink()
+
+    assert sink("utf-8") is not None and sink("ascii") is not None
+    assert sink("utf-16") is None and sink("cp1252") is None
+    assert OutputStream(io.StringIO(), "test").byte_sink() is None  # no binary side
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +136,7 @@ def test_writers_equal_json_and_csv_modules_on_samples(sample_records, monkeypat
     # The C join of offsets and fragments and the Python join give the same table too.
     meta = {"architecture": "x64", "max_address": int(records["offset"].max())}
     table = written("table", uneven(records), db, extra, meta)
+    assert written("table", uneven(records), db, extra, meta, binary=True) == table
     monkeypatch.setattr(render, "native", None)
     check_all_formats(records, db, extra)
     assert written("table", uneven(records), db, extra, meta) == table
