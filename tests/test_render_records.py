@@ -280,3 +280,14 @@ def test_table_rows_stream_batch_by_batch_with_owner_and_description():
         "page     x,y.sys       line break and return"
     )
     assert len(lines) == 11
+
+
+def test_a_description_holding_the_size_marker_is_written_as_it_is():
+    """Fragments are made once per (tag, enums) with a marker where the size goes; a
+    tag whose words hold the marker's digits is made record by record instead."""
+    mark = str(render._SIZE_MARK)
+    db = TagDatabase([TagInfo("Proc", f"nt{mark}", f"size {mark} or {mark}", "test")])
+    records = odd_records()
+    for extra in EXTRAS:
+        check_all_formats(records, db, extra)
+        assert mark in written("jsonl", [records], db, extra)

@@ -43,13 +43,20 @@ from pooltagscan.uniques import unique_inverse
 # The registry's formats, written here by the specialised record writers below.
 FORMATS = formats("table", "jsonl", "json", "csv")
 
-# Rows whose text is joined and written at once: about 2.5 MB of jsonl, which stays in
-# the CPU caches (a batch-sized string of 25 MB took twice as long).
+# Text joined and written at once: about 1 MiB, which stays in the CPU caches (a
+# batch-sized string of 25 MB took twice as long). Not much more either: malloc hands
+# chunks of 2 MB back to the kernel when they are freed, and a GiB of jsonl in such
+# chunks took 65,000 page faults, a sixth of its run. The rows per chunk follow the
+# length of the rows, between these bounds.
+TEXT_BYTES = 1 << 20
 TEXT_ROWS = 1 << 13
+MIN_TEXT_ROWS = 1 << 8
 # Combinations whose fragments are kept; only a forced layout's noise comes near it.
 CACHE_LIMIT = 1 << 18
 
 _LAYOUTS = tuple(family.value for family in FAMILY_CODES)
+# A size no block has, written where a template's size goes.
+_SIZE_MARK = 98765432109876543
 # Mixed-radix code of the small enums of a record; fits 8 bits.
 _RADIX = (len(POOL_NAMES), len(STATE_NAMES), len(_LAYOUTS), len(CONFIDENCE_NAMES), 2)
 assert int(np.prod(_RADIX)) <= 256, "the packed fragment key has 8 bits for the enums"
@@ -110,9 +117,13 @@ class LineBuilder:
         make: FragmentMaker,
         entries: bool = True,
         hex_width: Callable[[], int] | None = None,
+        plain_size: bool = False,
     ) -> None:
         self.names = names
         self.make = make
+        # The maker writes the size as plain decimal (json, csv; not the table's padded
+        # column): a fragment is then built once per (tag, enums) and its size put in.
+        self.plain_size = plain_size
         # Offsets in `0x` hex right-aligned in this many columns (asked per batch: the
         # table sets its width per dump), else in decimal. Both joins write them so.
         self.hex_width = hex_width
@@ -121,9 +132,11 @@ class LineBuilder:
         # called with the batch's offsets and its row fragments, each ending in the head.
         self.patch: Callable[[np.ndarray, np.ndarray], None] | None = None
         self.head = ""
+        self._chunk_rows = TEXT_ROWS
         self._reset()
 
     def _reset(self) -> None:
+        self._templates: dict[tuple[int, int], tuple[int, str, str, str | None] | None] = {}
         self._keys = np.empty(0, dtype=np.uint64)
         # The whole fragment of a page record, or (before, after) of a big-pool record,
         # whose entry goes between.
@@ -136,6 +149,38 @@ class LineBuilder:
             self._reset()
 
     def _build(self, tag_key: int, code: int, size: int) -> str | tuple[str, str]:
+        """A combination's fragment: from its (tag, enums) template where there is one
+        (a GiB holds 6,000 combinations of 200 templates; making each from scratch was
+        a seventh of a jsonl run)."""
+        if self.plain_size:
+            template = self._templates.get((tag_key, code), False)
+            if template is False:
+                if len(self._templates) >= CACHE_LIMIT:  # a forced layout's noise
+                    self._templates.clear()
+                template = self._templates[(tag_key, code)] = self._template(tag_key, code)
+            if template is not None:
+                part, before, after, other = template
+                text = before + str(size) + after
+                if part == 1:
+                    return text if other is None else (other, text)
+                return (text, other)
+        return self._make(tag_key, code, size)
+
+    def _template(self, tag_key: int, code: int) -> tuple[int, str, str, str | None] | None:
+        """(which part holds the size: 0 or 1 of a big-pool pair, 1 of a page fragment;
+        the text before it and after it; the pair's other part), or None when the size's
+        place is not certain (a description that holds the marker's digits)."""
+        fragment = self._make(tag_key, code, _SIZE_MARK)
+        pair = isinstance(fragment, tuple)
+        parts = fragment if pair else ("", fragment)
+        mark = str(_SIZE_MARK)
+        found = [i for i, part in enumerate(parts) if mark in part]
+        if len(found) != 1 or parts[found[0]].count(mark) != 1:
+            return None
+        before, after = parts[found[0]].split(mark)
+        return found[0], before, after, (parts[1 - found[0]] if pair else None)
+
+    def _make(self, tag_key: int, code: int, size: int) -> str | tuple[str, str]:
         tag = tag_key & 0xFFFFFFFF
         fields = RecordFields(self.names(tag), bool(tag_key >> 32), size, code)
         before, after = self.make(fields, *self.names.about(tag))
@@ -217,8 +262,10 @@ class LineBuilder:
             self.patch(offsets, rows)
         lead = self.head if first_head is None else first_head
         width = self.hex_width() if self.hex_width is not None else 0
-        for start in range(0, count, TEXT_ROWS):
-            stop = min(start + TEXT_ROWS, count)
+        start = 0
+        while start < count:
+            stop = min(start + self._chunk_rows, count)
+            text = None
             if native is not None:
                 # The C join: no Python object per offset (None: a fragment is not ASCII).
                 trim = len(self.head) if stop == count else 0
@@ -231,18 +278,20 @@ class LineBuilder:
                     trim,
                     as_bytes,
                 )
-                if text is not None:
-                    yield text
-                    lead = ""
-                    continue
-            parts: list[Any] = [None] * (2 * (stop - start))
-            text_of = f"{{:>#{width}x}}".format if self.hex_width is not None else str
-            parts[0::2] = map(text_of, offsets[start:stop].tolist())
-            parts[1::2] = rows[start:stop].tolist()
-            if stop == count and self.head:
-                parts[-1] = parts[-1][: -len(self.head)]  # the next line's head
-            yield lead + "".join(parts)
+            if text is None:
+                parts: list[Any] = [None] * (2 * (stop - start))
+                text_of = f"{{:>#{width}x}}".format if self.hex_width is not None else str
+                parts[0::2] = map(text_of, offsets[start:stop].tolist())
+                parts[1::2] = rows[start:stop].tolist()
+                if stop == count and self.head:
+                    parts[-1] = parts[-1][: -len(self.head)]  # the next line's head
+                text = lead + "".join(parts)
+            if stop - start == self._chunk_rows:  # a whole chunk: how long its rows are
+                fit = self._chunk_rows * TEXT_BYTES // max(1, len(text))
+                self._chunk_rows = min(TEXT_ROWS, max(MIN_TEXT_ROWS, fit))
+            yield text
             lead = ""
+            start = stop
 
 
 # Fragments repeat their words (tags, owners, enum names); typed, so True is not 1.
@@ -381,7 +430,7 @@ class JsonlWriter(RecordWriter):
         self, out: TextIO, extra: dict[str, Any] | None = None, db: TagDatabase | None = None
     ):
         super().__init__(out, extra, db)
-        self._lines = LineBuilder(self.names, _json_fragment("\n"))
+        self._lines = LineBuilder(self.names, _json_fragment("\n"), plain_size=True)
         self._lines.patch = self._patch(self._lines)
 
     closing = "}\n"
@@ -401,7 +450,7 @@ class CsvWriter(RecordWriter):
         self, out: TextIO, extra: dict[str, Any] | None = None, db: TagDatabase | None = None
     ):
         super().__init__(out, extra, db)
-        self._lines = LineBuilder(self.names, self._fragment)
+        self._lines = LineBuilder(self.names, self._fragment, plain_size=True)
         self._lines.patch = self._patch(self._lines)
         self._header_done = False
 
@@ -447,7 +496,7 @@ class JsonWriter(RecordWriter):
         self, out: TextIO, extra: dict[str, Any] | None = None, db: TagDatabase | None = None
     ):
         super().__init__(out, extra, db)
-        self._lines = LineBuilder(self.names, _json_fragment(""))
+        self._lines = LineBuilder(self.names, _json_fragment(""), plain_size=True)
         self._lines.patch = self._patch(self._lines)
         self._first = True
 
