@@ -13,8 +13,6 @@ a buffer or a URL) cannot be mmapped; `LayerImage` reads those through `layer.re
 from __future__ import annotations
 
 import struct
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -154,6 +152,9 @@ def file_layer_path(layer: Any) -> str | None:
     case the layer's bytes are not the file's: the sizes and a probe of both ends must
     agree before we mmap the file in its place.
     """
+    import urllib.parse
+    import urllib.request  # here: 10 ms of every run's start-up, for Volatility's layers only
+
     parsed = urllib.parse.urlparse(layer.location)
     if parsed.scheme != "file" or "!" in parsed.path:
         return None
