@@ -291,3 +291,43 @@ def test_a_description_holding_the_size_marker_is_written_as_it_is():
     for extra in EXTRAS:
         check_all_formats(records, db, extra)
         assert mark in written("jsonl", [records], db, extra)
+
+
+def test_lines_of_the_samples_are_joined_by_fragment_id_in_c(sample_records, monkeypatch):
+    """The C path (fragment_ids, join_ids) writes the samples' lines; the Python gather
+    of rows is left for --objects, sizes over 23 bits and non-ASCII words."""
+    real = render.native
+    if real is None:
+        pytest.skip("the C module is not built here")
+    calls = {"fragment_ids": 0, "join_ids": 0, "join_rows": 0}
+
+    class Spy:
+        def __getattr__(self, name):
+            if name in calls:
+                calls[name] += 1
+            return getattr(real, name)
+
+    monkeypatch.setattr(render, "native", Spy())
+    records = sample_records[SAMPLES[0]]
+    db = TagDatabase.builtin()
+    assert written("jsonl", uneven(records), db, {}) == reference_jsonl(records, db, {})
+    assert calls["fragment_ids"] > 0 and calls["join_ids"] > 0 and calls["join_rows"] == 0
+
+
+def test_join_ids_refuses_ids_and_ranges_it_cannot_hold():
+    if render.native is None:
+        pytest.skip("the C module is not built here")
+    records = odd_records()[:4]
+    ids = np.array([0, 1, 0, 5], np.int32)
+    fragments = ["a\n", "b\n"]
+    args = (fragments, False, 0, "", 0, True)
+    with pytest.raises(ValueError, match="out of range"):
+        render.native.join_ids(records, ids, 0, 4, *args)
+    assert (
+        render.native.join_ids(records, ids, 0, 3, *args) == b"0a\n18446744073709551615b\n8192a\n"
+    )
+    with pytest.raises(ValueError, match="do not match"):
+        render.native.join_ids(records, ids, 2, 9, *args)
+    with pytest.raises(ValueError, match="do not match"):
+        render.native.join_ids(records, ids[:3], 0, 3, *args)
+    assert render.native.join_ids(records, ids, 0, 1, ["caf\u00e9"], *args[1:]) is None

@@ -30,6 +30,7 @@ from pooltagscan.records import (
     FAMILY_CODES,
     FIELDS,
     POOL_NAMES,
+    RECORD_DTYPE,
     SOURCE_BIGPOOL,
     SOURCE_NAMES,
     STATE_NAMES,
@@ -131,6 +132,9 @@ class LineBuilder:
         # Rewrites the rows of some records in place (the object fields of `--objects`):
         # called with the batch's offsets and its row fragments, each ending in the head.
         self.patch: Callable[[np.ndarray, np.ndarray], None] | None = None
+        # Whether `patch` has rows to rewrite in this dump (rows are then gathered in
+        # Python, where it can reach them).
+        self.patching: Callable[[], bool] = lambda: False
         self.head = ""
         self._chunk_rows = TEXT_ROWS
         self._reset()
@@ -194,6 +198,43 @@ class LineBuilder:
             built[i] = self._build(*key)  # item by item: a big-pool fragment is a tuple
         return built
 
+    def _fit_chunk(self, rows: int, length: int) -> None:
+        """Rows of the next chunks, from how long a whole chunk's text was."""
+        if rows == self._chunk_rows:
+            fit = self._chunk_rows * TEXT_BYTES // max(1, length)
+            self._chunk_rows = min(TEXT_ROWS, max(MIN_TEXT_ROWS, fit))
+
+    def _learn(self, new: np.ndarray) -> None:
+        """Make the fragments of packed keys not cached yet (distinct) and cache them."""
+        built = self._build_all(
+            new & np.uint64((1 << 33) - 1),
+            (new >> np.uint64(33)) & np.uint64(0xFF),
+            new >> np.uint64(41),
+        )
+        keys = np.concatenate([self._keys, new])
+        order = np.argsort(keys, kind="stable")
+        self._keys = keys[order]
+        self._fragments = np.concatenate([self._fragments, built])[order]
+
+    def _fragment_ids(self, records: np.ndarray) -> np.ndarray | None:
+        """Each record's index among the cached fragments, found in C (fragment_ids in
+        _tables.c), or None where the rows must be gathered in Python: no C module,
+        rows to patch (--objects), a size over the packed key's 23 bits."""
+        if native is None or records.dtype != RECORD_DTYPE or self.patching():
+            return None
+        records = np.ascontiguousarray(records)
+        for _ in range(3):  # learn what is missing; a cache that overflowed starts over
+            found = native.fragment_ids(records, self._keys, _RADIX)
+            if found is None:
+                return None
+            ids, missing = found
+            if ids is not None:
+                return np.frombuffer(ids, np.int32)
+            if self._keys.size > CACHE_LIMIT:  # noise of a forced layout: start over
+                self._reset()  # (what this batch still needs is learnt next time round)
+            self._learn(np.frombuffer(missing, np.uint64))
+        return None
+
     def _row_fragments(self, records: np.ndarray) -> np.ndarray:
         """Each record's fragment (an object array; big-pool ones with their entry)."""
         tag_keys = records["tag"].astype(np.uint64) | (
@@ -212,16 +253,7 @@ class LineBuilder:
             if not known.all():
                 if self._keys.size > CACHE_LIMIT:  # noise of a forced layout: start over
                     self._reset()
-                new = unique if not self._keys.size else unique[~known]
-                built = self._build_all(
-                    new & np.uint64((1 << 33) - 1),
-                    (new >> np.uint64(33)) & np.uint64(0xFF),
-                    new >> np.uint64(41),
-                )
-                keys = np.concatenate([self._keys, new])
-                order = np.argsort(keys, kind="stable")
-                self._keys = keys[order]
-                self._fragments = np.concatenate([self._fragments, built])[order]
+                self._learn(unique if not self._keys.size else unique[~known])
                 pos = np.searchsorted(self._keys, unique)
             rows = self._fragments[pos[index.reshape(-1)]]
         else:
@@ -256,6 +288,14 @@ class LineBuilder:
         count = records.size
         if count == 0:
             return
+        ids = self._fragment_ids(records)
+        if ids is not None:
+            texts = self._texts_by_id(records, ids, first_head, as_bytes)
+            first = next(texts, None)
+            if first is not None:  # else a fragment is not ASCII: joined in Python below
+                yield first
+                yield from texts
+                return
         rows = self._row_fragments(records)
         offsets = records["offset"]
         if self.patch is not None:
@@ -286,9 +326,31 @@ class LineBuilder:
                 if stop == count and self.head:
                     parts[-1] = parts[-1][: -len(self.head)]  # the next line's head
                 text = lead + "".join(parts)
-            if stop - start == self._chunk_rows:  # a whole chunk: how long its rows are
-                fit = self._chunk_rows * TEXT_BYTES // max(1, len(text))
-                self._chunk_rows = min(TEXT_ROWS, max(MIN_TEXT_ROWS, fit))
+            self._fit_chunk(stop - start, len(text))
+            yield text
+            lead = ""
+            start = stop
+
+    def _texts_by_id(
+        self, records: np.ndarray, ids: np.ndarray, first_head: str | None, as_bytes: bool
+    ) -> Iterator[str | bytes]:
+        """texts() by the C join of offsets and fragment ids: no Python object per
+        record. Nothing when the join is not for these fragments (not all ASCII)."""
+        records = np.ascontiguousarray(records)
+        fragments = self._fragments.tolist()
+        lead = self.head if first_head is None else first_head
+        width = self.hex_width() if self.hex_width is not None else 0
+        count, start = records.size, 0
+        while start < count:
+            stop = min(start + self._chunk_rows, count)
+            trim = len(self.head) if stop == count else 0
+            hexed = self.hex_width is not None
+            text = native.join_ids(
+                records, ids, start, stop, fragments, hexed, width, lead, trim, as_bytes
+            )
+            if text is None:
+                return
+            self._fit_chunk(stop - start, len(text))
             yield text
             lead = ""
             start = stop
@@ -380,6 +442,8 @@ class RecordWriter:
         return ""
 
     def _patch(self, lines: LineBuilder) -> Callable[[np.ndarray, np.ndarray], None]:
+        lines.patching = lambda: self.objects is not None and bool(self._object_keys.size)
+
         def patch(offsets: np.ndarray, rows: np.ndarray) -> None:
             if self.objects is None or not self._object_keys.size:
                 return

@@ -1324,6 +1324,284 @@ static PyObject *tag_class_sums(PyObject *self, PyObject *args)
     return out;
 }
 
+/* fragment_ids(records, keys, radix) -> (ids, None) or (None, missing) or None
+ * Which cached fragment each record's line takes (render/records.py's LineBuilder), in
+ * one pass over the records: the packed key of a record (tag, protected bit, enums
+ * code, size; as LineBuilder packs it) looked up among the cache's sorted `keys`
+ * (uint64 buffer) through a hash table. `ids`: int32 bytes, one per record. When some
+ * keys are not cached, `missing`: their distinct values, sorted (uint64 bytes), for the
+ * caller to make and call again. None when a size does not fit the key's 23 bits (the
+ * caller numbers those batches its own way). `radix`: (pool, state, family,
+ * confidence, source) radices of the code. Replaces a numpy packing, a hash of every
+ * key, a search and an object gather of every record's fragment. */
+typedef struct { uint64_t key; int64_t id; } idslot_t;
+
+static int idtable_put(idslot_t **table, Py_ssize_t *cap, Py_ssize_t *count, uint64_t key,
+                       int64_t id)
+{
+    if (2 * (*count + 1) > *cap) {
+        Py_ssize_t grown = *cap * 2;
+        idslot_t *bigger = PyMem_RawCalloc(grown, sizeof(idslot_t));
+        if (!bigger)
+            return -1;
+        for (Py_ssize_t k = 0; k < *cap; k++) {
+            if (!(*table)[k].id)
+                continue;
+            size_t to = (size_t)mix((*table)[k].key) & (size_t)(grown - 1);
+            while (bigger[to].id)
+                to = (to + 1) & (size_t)(grown - 1);
+            bigger[to] = (*table)[k];
+        }
+        PyMem_RawFree(*table);
+        *table = bigger, *cap = grown;
+    }
+    size_t at = (size_t)mix(key) & (size_t)(*cap - 1);
+    while ((*table)[at].id && (*table)[at].key != key)
+        at = (at + 1) & (size_t)(*cap - 1);
+    if (!(*table)[at].id) {
+        (*table)[at].key = key;
+        (*table)[at].id = id + 1;  /* 0 marks an empty slot */
+        (*count)++;
+    }
+    return 0;
+}
+
+static inline int64_t idtable_get(const idslot_t *table, Py_ssize_t cap, uint64_t key)
+{
+    size_t at = (size_t)mix(key) & (size_t)(cap - 1);
+    while (table[at].id && table[at].key != key)
+        at = (at + 1) & (size_t)(cap - 1);
+    return table[at].id - 1;
+}
+
+static int by_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static PyObject *fragment_ids(PyObject *self, PyObject *args)
+{
+    PyObject *records_obj, *keys_obj;
+    int r[5];
+    if (!PyArg_ParseTuple(args, "OO(iiiii)", &records_obj, &keys_obj, &r[0], &r[1], &r[2],
+                          &r[3], &r[4]))
+        return NULL;
+    for (int i = 0; i < 5; i++)
+        if (r[i] < 1 || r[i] > 256) {
+            PyErr_SetString(PyExc_ValueError, "bad radix");
+            return NULL;
+        }
+    if ((long)r[0] * r[1] * r[2] * r[3] * r[4] > 256) {
+        PyErr_SetString(PyExc_ValueError, "the code must fit 8 bits");
+        return NULL;
+    }
+    Py_buffer rec, keys;
+    if (PyObject_GetBuffer(records_obj, &rec, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(keys_obj, &keys, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&rec);
+        return NULL;
+    }
+    if (rec.len % (Py_ssize_t)sizeof(record_t) || keys.len % 8) {
+        PyBuffer_Release(&rec);
+        PyBuffer_Release(&keys);
+        PyErr_SetString(PyExc_ValueError, "records or keys of the wrong size");
+        return NULL;
+    }
+    Py_ssize_t n = rec.len / (Py_ssize_t)sizeof(record_t), known = keys.len / 8;
+    const uint64_t *key_list = keys.buf;
+    Py_ssize_t cap = 1024, count = 0, mcap = 64, mcount = 0;
+    while (cap < 2 * (known + 1))
+        cap *= 2;
+    idslot_t *table = PyMem_RawCalloc(cap, sizeof(idslot_t));
+    idslot_t *missing = PyMem_RawCalloc(mcap, sizeof(idslot_t));
+    int32_t *ids = PyMem_RawMalloc((n + 1) * sizeof(int32_t));
+    int failed = !table || !missing || !ids || known > INT32_MAX, too_big = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < known && !failed; k++)
+        failed = idtable_put(&table, &cap, &count, key_list[k], k) < 0;
+    const record_t *recs = rec.buf;
+    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+        const record_t *q = &recs[i];
+        if (q->size >= (1u << 23)) {
+            too_big = 1;
+            break;
+        }
+        uint64_t code = q->pool;
+        code = code * (uint64_t)r[1] + q->state;
+        code = code * (uint64_t)r[2] + q->family;
+        code = code * (uint64_t)r[3] + q->confidence;
+        code = code * (uint64_t)r[4] + q->source;
+        uint64_t key = (uint64_t)q->tag | ((uint64_t)(q->protected_ != 0) << 32) |
+                       (code << 33) | ((uint64_t)q->size << 41);
+        int64_t id = count ? idtable_get(table, cap, key) : -1;
+        if (id < 0) {
+            failed = idtable_put(&missing, &mcap, &mcount, key, mcount) < 0;
+            ids[i] = -1;
+        } else {
+            ids[i] = (int32_t)id;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&rec);
+    PyBuffer_Release(&keys);
+    PyObject *out = NULL;
+    if (failed)
+        PyErr_NoMemory();
+    else if (too_big)
+        Py_INCREF(Py_None), out = Py_None;
+    else if (mcount) {
+        uint64_t *list = PyMem_RawMalloc(mcount * sizeof(uint64_t));
+        if (!list)
+            PyErr_NoMemory();
+        else {
+            Py_ssize_t k = 0;
+            for (Py_ssize_t j = 0; j < mcap; j++)
+                if (missing[j].id)
+                    list[k++] = missing[j].key;
+            qsort(list, mcount, sizeof(uint64_t), by_u64);
+            out = Py_BuildValue("(Oy#)", Py_None, (char *)list, mcount * 8);
+            PyMem_RawFree(list);
+        }
+    } else
+        out = Py_BuildValue("(y#O)", (char *)ids, n * 4, Py_None);
+    PyMem_RawFree(table);
+    PyMem_RawFree(missing);
+    PyMem_RawFree(ids);
+    return out;
+}
+
+/* join_ids(records, ids, start, stop, fragments, hex, width, lead, trim, as_bytes)
+ *   -> str (bytes) or None
+ * join_rows for the records [start, stop) whose fragments fragment_ids found: each
+ * record's offset, then fragments[ids[i]], a str, or a (before, after) pair between
+ * which the record's big-page table entry goes in decimal. None when a fragment is not
+ * an ASCII str or pair of them (the caller joins in Python then). No Python object is
+ * made or touched per record. */
+static PyObject *join_ids(PyObject *self, PyObject *args)
+{
+    PyObject *records_obj, *ids_obj, *frags, *lead;
+    Py_ssize_t start, stop, trim;
+    int hex, width, as_bytes;
+    if (!PyArg_ParseTuple(args, "OOnnO!iiUnp", &records_obj, &ids_obj, &start, &stop,
+                          &PyList_Type, &frags, &hex, &width, &lead, &trim, &as_bytes))
+        return NULL;
+    if (width < 0 || width > NUMBER_ROOM || trim < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad width or trim");
+        return NULL;
+    }
+    if (!PyUnicode_IS_ASCII(lead))
+        Py_RETURN_NONE;
+    Py_ssize_t nfrag = PyList_GET_SIZE(frags);
+    for (Py_ssize_t k = 0; k < nfrag; k++) {  /* every fragment ASCII text, or a pair */
+        PyObject *f = PyList_GET_ITEM(frags, k);
+        if (PyTuple_Check(f)) {
+            if (PyTuple_GET_SIZE(f) != 2)
+                Py_RETURN_NONE;
+            for (int j = 0; j < 2; j++) {
+                PyObject *g = PyTuple_GET_ITEM(f, j);
+                if (!PyUnicode_Check(g) || !PyUnicode_IS_ASCII(g))
+                    Py_RETURN_NONE;
+            }
+        } else if (!PyUnicode_Check(f) || !PyUnicode_IS_ASCII(f))
+            Py_RETURN_NONE;
+    }
+    Py_buffer rec, idv;
+    if (PyObject_GetBuffer(records_obj, &rec, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(ids_obj, &idv, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&rec);
+        return NULL;
+    }
+    Py_ssize_t n = rec.len / (Py_ssize_t)sizeof(record_t);
+    const record_t *recs = rec.buf;
+    const int32_t *ids = idv.buf;
+    if (rec.len % (Py_ssize_t)sizeof(record_t) || idv.len != n * 4 || start < 0 || stop > n ||
+        start > stop) {
+        PyBuffer_Release(&rec);
+        PyBuffer_Release(&idv);
+        PyErr_SetString(PyExc_ValueError, "records, ids and range do not match");
+        return NULL;
+    }
+    Py_ssize_t rows = stop - start;
+    /* Each offset's text (and a big-pool entry's) is written once into scratch while
+     * the line is measured, then copied. */
+    char *scratch = PyMem_Malloc(2 * rows * NUMBER_ROOM + 1);
+    uint8_t *sizes = PyMem_Malloc(2 * rows + 1);
+    if (!scratch || !sizes) {
+        PyMem_Free(scratch);
+        PyMem_Free(sizes);
+        PyBuffer_Release(&rec);
+        PyBuffer_Release(&idv);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t total = PyUnicode_GET_LENGTH(lead), last = 0;
+    int bad = 0;
+    for (Py_ssize_t j = 0; j < rows; j++) {  /* measure, and check every id */
+        Py_ssize_t i = start + j;
+        int32_t id = ids[i];
+        if (id < 0 || id >= nfrag) {
+            bad = 1;
+            break;
+        }
+        char *end = scratch + (2 * j + 1) * NUMBER_ROOM;
+        Py_ssize_t len = end - number_text(recs[i].offset, hex, end);
+        if (hex && len < width) {
+            memset(end - width, ' ', width - len);
+            len = width;
+        }
+        sizes[2 * j] = (uint8_t)len;
+        total += len;
+        PyObject *f = PyList_GET_ITEM(frags, id);
+        if (PyTuple_Check(f)) {
+            char *more = scratch + (2 * j + 2) * NUMBER_ROOM;
+            Py_ssize_t elen = more - number_text(recs[i].entry, 0, more);
+            sizes[2 * j + 1] = (uint8_t)elen;
+            total += elen + PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(f, 0));
+            last = PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(f, 1));
+        } else
+            last = PyUnicode_GET_LENGTH(f);
+        total += last;
+    }
+    PyObject *out = NULL;
+    if (bad)
+        PyErr_SetString(PyExc_ValueError, "a fragment id out of range");
+    else {
+        trim = rows ? (trim < last ? trim : last) : 0;
+        out = as_bytes ? PyBytes_FromStringAndSize(NULL, total - trim)
+                       : PyUnicode_New(total - trim, 127);
+    }
+    if (out) {
+        char *at = as_bytes ? PyBytes_AS_STRING(out) : (char *)PyUnicode_1BYTE_DATA(out);
+        memcpy(at, PyUnicode_1BYTE_DATA(lead), PyUnicode_GET_LENGTH(lead));
+        at += PyUnicode_GET_LENGTH(lead);
+        for (Py_ssize_t j = 0; j < rows; j++) {
+            Py_ssize_t i = start + j;
+            memcpy(at, scratch + (2 * j + 1) * NUMBER_ROOM - sizes[2 * j], sizes[2 * j]);
+            at += sizes[2 * j];
+            PyObject *f = PyList_GET_ITEM(frags, ids[i]), *tail = f;
+            if (PyTuple_Check(f)) {
+                PyObject *head = PyTuple_GET_ITEM(f, 0);
+                memcpy(at, PyUnicode_1BYTE_DATA(head), PyUnicode_GET_LENGTH(head));
+                at += PyUnicode_GET_LENGTH(head);
+                uint8_t elen = sizes[2 * j + 1];
+                memcpy(at, scratch + (2 * j + 2) * NUMBER_ROOM - elen, elen);
+                at += elen;
+                tail = PyTuple_GET_ITEM(f, 1);
+            }
+            Py_ssize_t size = PyUnicode_GET_LENGTH(tail) - (j == rows - 1 ? trim : 0);
+            memcpy(at, PyUnicode_1BYTE_DATA(tail), size);
+            at += size;
+        }
+    }
+    PyMem_Free(scratch);
+    PyMem_Free(sizes);
+    PyBuffer_Release(&rec);
+    PyBuffer_Release(&idv);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"probe_pages", probe_pages, METH_VARARGS,
      "Per page: which big-page table layouts its first entries fit, and whether it may "
@@ -1334,6 +1612,10 @@ static PyMethodDef methods[] = {
      "The --stats counters of a window: per (tag, class) record counts and size sums."},
     {"unique_inverse", unique_inverse, METH_VARARGS,
      "np.unique(values, return_inverse=True) of uint64 values, by a hash table."},
+    {"fragment_ids", fragment_ids, METH_VARARGS,
+     "Which cached line fragment each record takes, or the keys not cached yet."},
+    {"join_ids", join_ids, METH_VARARGS,
+     "The text of a range of records from their offsets and fragment ids."},
     {"join_rows", join_rows, METH_VARARGS,
      "The text of a batch of record lines: offsets interleaved with row fragments."},
     {"legacy_records", legacy_records, METH_VARARGS,
