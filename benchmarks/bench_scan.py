@@ -138,8 +138,7 @@ def our_scan(path: Path, jobs: int, tables: bool = True) -> float:
     the big-page and tracker tables."""
     start = time.perf_counter()
     prepared = prepare(open_image(path), tables=tables)
-    # The engine itself: the views scan unfiltered records in one thread whatever
-    # --jobs says (parallel.record_view_jobs), which would hide what threads gain.
+    # The engine itself, with no view's work beside it.
     for batch in scan_image(prepared.image, prepared.config, jobs, tracker=lambda rows: None):
         del batch
     return path.stat().st_size / 1e6 / (time.perf_counter() - start)

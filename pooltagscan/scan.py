@@ -15,7 +15,6 @@ from pooltagscan.addressing import KernelSpace, kernel_space
 from pooltagscan.filters import RecordFilter
 from pooltagscan.inputs.base import MemoryImage
 from pooltagscan.layouts import LAYOUTS, Family
-from pooltagscan.parallel import record_view_jobs
 from pooltagscan.scanner.detect import Detection, detect
 from pooltagscan.scanner.engine import ProgressCallback, TrackerSink, scan_image
 from pooltagscan.scanner.pages import ScanConfig
@@ -178,10 +177,8 @@ def run(
 ) -> Iterator[np.ndarray]:
     """Filtered record batches, window by window (see scanner.engine.scan_image);
     `tracker` receives the rows of the kernel's tag tracker table met on the way. The
-    filter runs in the thread that scanned the window (several threads scan a large
-    dump when the filter picks tags: see record_view_jobs)."""
+    filter runs in the thread that scanned the window."""
     reduce = record_filter.apply if record_filter else None
-    jobs = record_view_jobs(jobs, record_filter)
     yield from scan_image(
         prepared.image, prepared.config, jobs, progress, tracker=tracker, reduce=reduce
     )

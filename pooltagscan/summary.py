@@ -21,7 +21,6 @@ import numpy as np
 
 from pooltagscan.filters import RecordFilter
 from pooltagscan.layouts import PAGE_SIZE
-from pooltagscan.parallel import record_view_jobs
 from pooltagscan.records import SOURCE_PAGE
 from pooltagscan.scan import PreparedScan
 from pooltagscan.scanner.engine import ProgressCallback, TrackerSink, scan_image
@@ -191,10 +190,8 @@ def collect_records(
     jobs: int = 1,
     progress: ProgressCallback | None = None,
 ) -> Iterator[np.ndarray]:
-    """The filtered record batches, feeding `summary` on the way; the filter runs where
-    each window is scanned (see record_view_jobs for how many processes). `summary` is
-    finished when the batches are."""
-    jobs = record_view_jobs(jobs, record_filter)
+    """The filtered record batches, feeding `summary` on the way; the filter runs in the
+    thread that scanned each window. `summary` is finished when the batches are."""
     for kept, counts in scan_image(
         prepared.image, prepared.config, jobs, progress, reduce=KeptRecords(record_filter)
     ):

@@ -142,6 +142,7 @@ class LineBuilder:
     def _reset(self) -> None:
         self._templates: dict[tuple[int, int], tuple[int, str, str, str | None] | None] = {}
         self._keys = np.empty(0, dtype=np.uint64)
+        self._encoded: list[Any] | None = None  # the fragments for bytes output
         # The whole fragment of a page record, or (before, after) of a big-pool record,
         # whose entry goes between.
         self._fragments = np.empty(0, dtype=object)
@@ -215,6 +216,7 @@ class LineBuilder:
         order = np.argsort(keys, kind="stable")
         self._keys = keys[order]
         self._fragments = np.concatenate([self._fragments, built])[order]
+        self._encoded = None
 
     def _fragment_ids(self, records: np.ndarray) -> np.ndarray | None:
         """Each record's index among the cached fragments, found in C (fragment_ids in
@@ -292,7 +294,7 @@ class LineBuilder:
         if ids is not None:
             texts = self._texts_by_id(records, ids, first_head, as_bytes)
             first = next(texts, None)
-            if first is not None:  # else a fragment is not ASCII: joined in Python below
+            if first is not None:  # else words beyond ASCII in str output: joined below
                 yield first
                 yield from texts
                 return
@@ -337,13 +339,17 @@ class LineBuilder:
         """texts() by the C join of offsets and fragment ids: no Python object per
         record. Nothing when the join is not for these fragments (not all ASCII)."""
         records = np.ascontiguousarray(records)
-        fragments = self._fragments.tolist()
-        lead = self.head if first_head is None else first_head
+        fragments = self._fragment_list(as_bytes)
+        lead: str | bytes = self.head if first_head is None else first_head
+        head_size = len(self.head)
+        if as_bytes:  # words of any script, in the UTF-8 the stream would encode them to
+            lead = lead if lead.isascii() else lead.encode("utf-8")
+            head_size = len(self.head.encode("utf-8"))
         width = self.hex_width() if self.hex_width is not None else 0
         count, start = records.size, 0
         while start < count:
             stop = min(start + self._chunk_rows, count)
-            trim = len(self.head) if stop == count else 0
+            trim = head_size if stop == count else 0
             hexed = self.hex_width is not None
             text = native.join_ids(
                 records, ids, start, stop, fragments, hexed, width, lead, trim, as_bytes
@@ -352,8 +358,23 @@ class LineBuilder:
                 return
             self._fit_chunk(stop - start, len(text))
             yield text
-            lead = ""
+            lead = b"" if as_bytes else ""
             start = stop
+
+    def _fragment_list(self, as_bytes: bool) -> list[Any]:
+        """The cached fragments for join_ids; for bytes output, those with words beyond
+        ASCII as their UTF-8 bytes (made once per state of the cache)."""
+        if not as_bytes:
+            return self._fragments.tolist()
+        if self._encoded is None:
+            self._encoded = [_utf8(f) for f in self._fragments.tolist()]
+        return self._encoded
+
+
+def _utf8(fragment: str | tuple[str, str]) -> str | bytes | tuple[str | bytes, ...]:
+    if isinstance(fragment, tuple):
+        return tuple(_utf8(part) for part in fragment)
+    return fragment if fragment.isascii() else fragment.encode("utf-8")
 
 
 # Fragments repeat their words (tags, owners, enum names); typed, so True is not 1.

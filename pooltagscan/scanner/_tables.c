@@ -1472,72 +1472,102 @@ static PyObject *fragment_ids(PyObject *self, PyObject *args)
     return out;
 }
 
+/* The bytes of a fragment: an ASCII str, or (only for bytes output) UTF-8 bytes. */
+typedef struct { const char *data; Py_ssize_t size; } piece_t;
+
+static int piece(PyObject *o, int as_bytes, piece_t *out)
+{
+    if (PyUnicode_Check(o) && PyUnicode_IS_ASCII(o)) {
+        out->data = (const char *)PyUnicode_1BYTE_DATA(o);
+        out->size = PyUnicode_GET_LENGTH(o);
+        return 1;
+    }
+    if (as_bytes && PyBytes_Check(o)) {
+        out->data = PyBytes_AS_STRING(o);
+        out->size = PyBytes_GET_SIZE(o);
+        return 1;
+    }
+    return 0;
+}
+
 /* join_ids(records, ids, start, stop, fragments, hex, width, lead, trim, as_bytes)
  *   -> str (bytes) or None
- * join_rows for the records [start, stop) whose fragments fragment_ids found: each
- * record's offset, then fragments[ids[i]], a str, or a (before, after) pair between
- * which the record's big-page table entry goes in decimal. None when a fragment is not
- * an ASCII str or pair of them (the caller joins in Python then). No Python object is
- * made or touched per record. */
+ * join_rows for the records [start, stop) whose fragments fragment_ids found: `lead`,
+ * then each record's offset and fragments[ids[i]], a fragment or a (before, after) pair
+ * between which the record's big-page table entry goes in decimal; the last fragment
+ * shortened by `trim` (bytes). A fragment (and `lead`) is ASCII str, or, for bytes
+ * output, bytes (UTF-8 text of any words). None when one is neither (the caller joins
+ * in Python then). No Python object is made or touched per record, and the join runs
+ * without the GIL: the caller's list and its immutable items stay as they are while it
+ * waits, and scan threads go on beside it. */
 static PyObject *join_ids(PyObject *self, PyObject *args)
 {
-    PyObject *records_obj, *ids_obj, *frags, *lead;
+    PyObject *records_obj, *ids_obj, *frags, *lead_obj;
     Py_ssize_t start, stop, trim;
     int hex, width, as_bytes;
-    if (!PyArg_ParseTuple(args, "OOnnO!iiUnp", &records_obj, &ids_obj, &start, &stop,
-                          &PyList_Type, &frags, &hex, &width, &lead, &trim, &as_bytes))
+    if (!PyArg_ParseTuple(args, "OOnnO!iiOnp", &records_obj, &ids_obj, &start, &stop,
+                          &PyList_Type, &frags, &hex, &width, &lead_obj, &trim, &as_bytes))
         return NULL;
     if (width < 0 || width > NUMBER_ROOM || trim < 0) {
         PyErr_SetString(PyExc_ValueError, "bad width or trim");
         return NULL;
     }
-    if (!PyUnicode_IS_ASCII(lead))
+    piece_t lead;
+    if (!piece(lead_obj, as_bytes, &lead))
         Py_RETURN_NONE;
     Py_ssize_t nfrag = PyList_GET_SIZE(frags);
-    for (Py_ssize_t k = 0; k < nfrag; k++) {  /* every fragment ASCII text, or a pair */
+    /* Each fragment's two pieces (the second empty but for a pair), checked once. */
+    piece_t *pieces = PyMem_Malloc((2 * nfrag + 1) * sizeof(piece_t));
+    if (!pieces)
+        return PyErr_NoMemory();
+    for (Py_ssize_t k = 0; k < nfrag; k++) {
         PyObject *f = PyList_GET_ITEM(frags, k);
-        if (PyTuple_Check(f)) {
-            if (PyTuple_GET_SIZE(f) != 2)
-                Py_RETURN_NONE;
-            for (int j = 0; j < 2; j++) {
-                PyObject *g = PyTuple_GET_ITEM(f, j);
-                if (!PyUnicode_Check(g) || !PyUnicode_IS_ASCII(g))
-                    Py_RETURN_NONE;
-            }
-        } else if (!PyUnicode_Check(f) || !PyUnicode_IS_ASCII(f))
+        int ok;
+        if (PyTuple_Check(f))
+            ok = PyTuple_GET_SIZE(f) == 2 && piece(PyTuple_GET_ITEM(f, 0), as_bytes, &pieces[2 * k]) &&
+                 piece(PyTuple_GET_ITEM(f, 1), as_bytes, &pieces[2 * k + 1]);
+        else {
+            ok = piece(f, as_bytes, &pieces[2 * k]);
+            pieces[2 * k + 1].data = NULL;  /* not a pair: no entry */
+            pieces[2 * k + 1].size = 0;
+        }
+        if (!ok) {
+            PyMem_Free(pieces);
             Py_RETURN_NONE;
+        }
     }
     Py_buffer rec, idv;
-    if (PyObject_GetBuffer(records_obj, &rec, PyBUF_C_CONTIGUOUS) < 0)
+    if (PyObject_GetBuffer(records_obj, &rec, PyBUF_C_CONTIGUOUS) < 0) {
+        PyMem_Free(pieces);
         return NULL;
+    }
     if (PyObject_GetBuffer(ids_obj, &idv, PyBUF_C_CONTIGUOUS) < 0) {
         PyBuffer_Release(&rec);
+        PyMem_Free(pieces);
         return NULL;
     }
-    Py_ssize_t n = rec.len / (Py_ssize_t)sizeof(record_t);
+    Py_ssize_t n = rec.len / (Py_ssize_t)sizeof(record_t), rows = stop - start;
     const record_t *recs = rec.buf;
     const int32_t *ids = idv.buf;
+    char *scratch = NULL;
+    uint8_t *sizes = NULL;
+    PyObject *out = NULL;
     if (rec.len % (Py_ssize_t)sizeof(record_t) || idv.len != n * 4 || start < 0 || stop > n ||
         start > stop) {
-        PyBuffer_Release(&rec);
-        PyBuffer_Release(&idv);
         PyErr_SetString(PyExc_ValueError, "records, ids and range do not match");
-        return NULL;
+        goto done;
     }
-    Py_ssize_t rows = stop - start;
     /* Each offset's text (and a big-pool entry's) is written once into scratch while
      * the line is measured, then copied. */
-    char *scratch = PyMem_Malloc(2 * rows * NUMBER_ROOM + 1);
-    uint8_t *sizes = PyMem_Malloc(2 * rows + 1);
+    scratch = PyMem_Malloc(2 * rows * NUMBER_ROOM + 1);
+    sizes = PyMem_Malloc(2 * rows + 1);
     if (!scratch || !sizes) {
-        PyMem_Free(scratch);
-        PyMem_Free(sizes);
-        PyBuffer_Release(&rec);
-        PyBuffer_Release(&idv);
-        return PyErr_NoMemory();
+        PyErr_NoMemory();
+        goto done;
     }
-    Py_ssize_t total = PyUnicode_GET_LENGTH(lead), last = 0;
+    Py_ssize_t total = lead.size, last = 0;
     int bad = 0;
+    PyThreadState *unlocked = PyEval_SaveThread();
     for (Py_ssize_t j = 0; j < rows; j++) {  /* measure, and check every id */
         Py_ssize_t i = start + j;
         int32_t id = ids[i];
@@ -1552,51 +1582,55 @@ static PyObject *join_ids(PyObject *self, PyObject *args)
             len = width;
         }
         sizes[2 * j] = (uint8_t)len;
-        total += len;
-        PyObject *f = PyList_GET_ITEM(frags, id);
-        if (PyTuple_Check(f)) {
+        const piece_t *a = &pieces[2 * id], *b = a + 1;
+        if (b->data) {  /* a pair: before, entry, after */
             char *more = scratch + (2 * j + 2) * NUMBER_ROOM;
             Py_ssize_t elen = more - number_text(recs[i].entry, 0, more);
             sizes[2 * j + 1] = (uint8_t)elen;
-            total += elen + PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(f, 0));
-            last = PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(f, 1));
-        } else
-            last = PyUnicode_GET_LENGTH(f);
+            total += len + a->size + elen;
+            last = b->size;
+        } else {
+            total += len;
+            last = a->size;
+        }
         total += last;
     }
-    PyObject *out = NULL;
-    if (bad)
+    PyEval_RestoreThread(unlocked);
+    if (bad) {
         PyErr_SetString(PyExc_ValueError, "a fragment id out of range");
-    else {
-        trim = rows ? (trim < last ? trim : last) : 0;
-        out = as_bytes ? PyBytes_FromStringAndSize(NULL, total - trim)
-                       : PyUnicode_New(total - trim, 127);
+        goto done;
     }
+    trim = rows ? (trim < last ? trim : last) : 0;
+    out = as_bytes ? PyBytes_FromStringAndSize(NULL, total - trim)
+                   : PyUnicode_New(total - trim, 127);
     if (out) {
         char *at = as_bytes ? PyBytes_AS_STRING(out) : (char *)PyUnicode_1BYTE_DATA(out);
-        memcpy(at, PyUnicode_1BYTE_DATA(lead), PyUnicode_GET_LENGTH(lead));
-        at += PyUnicode_GET_LENGTH(lead);
+        unlocked = PyEval_SaveThread();
+        memcpy(at, lead.data, lead.size);
+        at += lead.size;
         for (Py_ssize_t j = 0; j < rows; j++) {
             Py_ssize_t i = start + j;
             memcpy(at, scratch + (2 * j + 1) * NUMBER_ROOM - sizes[2 * j], sizes[2 * j]);
             at += sizes[2 * j];
-            PyObject *f = PyList_GET_ITEM(frags, ids[i]), *tail = f;
-            if (PyTuple_Check(f)) {
-                PyObject *head = PyTuple_GET_ITEM(f, 0);
-                memcpy(at, PyUnicode_1BYTE_DATA(head), PyUnicode_GET_LENGTH(head));
-                at += PyUnicode_GET_LENGTH(head);
+            const piece_t *a = &pieces[2 * ids[i]], *tail = a;
+            if (a[1].data) {
+                memcpy(at, a->data, a->size);
+                at += a->size;
                 uint8_t elen = sizes[2 * j + 1];
                 memcpy(at, scratch + (2 * j + 2) * NUMBER_ROOM - elen, elen);
                 at += elen;
-                tail = PyTuple_GET_ITEM(f, 1);
+                tail = a + 1;
             }
-            Py_ssize_t size = PyUnicode_GET_LENGTH(tail) - (j == rows - 1 ? trim : 0);
-            memcpy(at, PyUnicode_1BYTE_DATA(tail), size);
+            Py_ssize_t size = tail->size - (j == rows - 1 ? trim : 0);
+            memcpy(at, tail->data, size);
             at += size;
         }
+        PyEval_RestoreThread(unlocked);
     }
+done:
     PyMem_Free(scratch);
     PyMem_Free(sizes);
+    PyMem_Free(pieces);
     PyBuffer_Release(&rec);
     PyBuffer_Release(&idv);
     return out;
