@@ -50,26 +50,27 @@ def _quiet_unraisable(previous: Any) -> Any:
 @contextlib.contextmanager
 def catching() -> Iterator[None]:
     """Remember Ctrl-C for `check()` for the duration; a no-op off the main thread or
-    when the caller already handles SIGINT its own way."""
+    when the caller already handles SIGINT its own way (then nothing it recorded is
+    touched either)."""
     global _requested
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                previous = signal.signal(signal.SIGINT, _on_sigint)
+        except (ValueError, OSError):
+            previous = None
+    if previous is None:
+        yield
+        return
     _requested = False
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    try:
-        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            yield
-            return
-        previous = signal.signal(signal.SIGINT, _on_sigint)
-    except (ValueError, OSError):
-        yield
-        return
     previous_hook = sys.unraisablehook
-    sys.unraisablehook = _quiet_unraisable(previous_hook)
+    hook = sys.unraisablehook = _quiet_unraisable(previous_hook)
     try:
         yield
     finally:
         _requested = False
-        sys.unraisablehook = previous_hook
+        if sys.unraisablehook is hook:  # not if someone put their own since
+            sys.unraisablehook = previous_hook
         with contextlib.suppress(ValueError, OSError):
             signal.signal(signal.SIGINT, previous)

@@ -321,21 +321,29 @@ def test_lines_of_the_samples_are_joined_by_fragment_id_in_c(sample_records, mon
 def test_join_ids_refuses_ids_and_ranges_it_cannot_hold():
     if render.native is None:
         pytest.skip("the C module is not built here")
+    native = render.native
     records = odd_records()[:4]
     ids = np.array([0, 1, 0, 5], np.int32)
-    fragments = ["a\n", "b\n"]
-    args = (fragments, False, 0, "", 0, True)
+    pieces = native.fragment_pieces(["a\n", "b\n"], True)
+    args = (pieces, False, 0, "", 0)
     with pytest.raises(ValueError, match="out of range"):
-        render.native.join_ids(records, ids, 0, 4, *args)
-    assert (
-        render.native.join_ids(records, ids, 0, 3, *args) == b"0a\n18446744073709551615b\n8192a\n"
-    )
+        native.join_ids(records, ids, 0, 4, *args)
+    assert native.join_ids(records, ids, 0, 3, *args) == b"0a\n18446744073709551615b\n8192a\n"
     with pytest.raises(ValueError, match="do not match"):
-        render.native.join_ids(records, ids, 2, 9, *args)
+        native.join_ids(records, ids, 2, 9, *args)
     with pytest.raises(ValueError, match="do not match"):
-        render.native.join_ids(records, ids[:3], 0, 3, *args)
-    assert render.native.join_ids(records, ids, 0, 1, ["caf\u00e9"], *args[1:]) is None
-    # Words beyond ASCII go in as their UTF-8 bytes, for bytes output only.
-    utf8 = ["caf\u00e9\n".encode()]
-    assert render.native.join_ids(records, ids, 0, 1, utf8, *args[1:]) == b"0caf\xc3\xa9\n"
-    assert render.native.join_ids(records, ids, 0, 1, utf8, False, 0, "", 0, False) is None
+        native.join_ids(records, ids[:3], 0, 3, *args)
+    with pytest.raises(ValueError):  # not pieces
+        native.join_ids(records, ids, 0, 1, ["a\n"], False, 0, "", 0)
+    # Words beyond ASCII: their UTF-8 bytes, for bytes output only.
+    assert native.fragment_pieces(["caf\u00e9"], True) is None
+    assert native.fragment_pieces(["caf\u00e9\n".encode()], False) is None
+    utf8 = native.fragment_pieces(["caf\u00e9\n".encode(), ("x", b"y")], True)
+    assert native.join_ids(records, ids, 0, 1, utf8, False, 0, b"", 0) == b"0caf\xc3\xa9\n"
+    pair = np.array([1], np.int32)
+    big = records[:1].copy()
+    big["entry"] = 77
+    assert native.join_ids(big, pair, 0, 1, utf8, True, 6, "", 0) == b"   0x0x77y"
+    assert native.join_ids(big, pair, 0, 1, utf8, False, 0, "caf\u00e9", 0) is None  # lead
+    str_pieces = native.fragment_pieces(["a\n"], False)
+    assert native.join_ids(big, ids[:1].copy(), 0, 1, str_pieces, False, 0, "", 0) == "0a\n"

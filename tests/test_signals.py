@@ -132,9 +132,11 @@ class _Swallows:
         signal.raise_signal(signal.SIGINT)
 
 
-def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(capfd):
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(capfd, monkeypatch):
     from pooltagscan import interrupts
 
+    # Python's own hook, which prints "Exception ignored" (pytest puts its own in place).
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
     with interrupts.catching():
         _Swallows()  # collected at once: the interrupt lands in its __del__
         assert interrupts.requested()
@@ -142,7 +144,10 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_again(capfd):
             interrupts.check()
     assert not interrupts.requested()
     interrupts.check()  # over with the run: nothing pending for the next one
+    assert sys.unraisablehook is sys.__unraisablehook__
     assert "Exception ignored" not in capfd.readouterr().err
+    _Swallows()  # without catching(): Python's hook prints it (so the check above can fail)
+    assert "Exception ignored" in capfd.readouterr().err
 
 
 def test_the_cli_exits_130_when_the_interrupt_was_swallowed(monkeypatch, capfd, tmp_path):
@@ -156,6 +161,7 @@ def test_the_cli_exits_130_when_the_interrupt_was_swallowed(monkeypatch, capfd, 
         return cli.EXIT_OK
 
     monkeypatch.setattr(scan, "run_command", swallowing)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
     sample = REPO / "samples" / "dumps" / "win10-1809-x64.raw"
     out = tmp_path / "stats.txt"
     status = cli.main(["scan", str(sample), "-o", str(out)])

@@ -42,22 +42,29 @@ def test_no_more_than_ahead_results_wait_for_the_consumer():
 
     results = ordered_thread_map(note, range(100), 2, ahead=3)
     assert next(results) == 0
-    time.sleep(0.1)  # the threads run as far ahead as they may
+    # Item 0 is handed out: items 1, 2 and 3 may be computed ahead of the consumer, no
+    # further. Wait until the threads got that far, then a while more.
+    deadline = time.monotonic() + 5
+    while len(started) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
     with lock:
-        # Item 0 is consumed: items up to 0 + 1 + 3 may have started, no further.
-        assert max(started) <= 4
+        assert sorted(started) == [0, 1, 2, 3]
     results.close()
+
+
+def scan_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("pooltagscan-scan-")]
 
 
 def test_stopping_early_stops_the_threads():
-    before = threading.active_count()
     results = ordered_thread_map(lambda i: time.sleep(0.005) or i, range(10_000), 2)
     assert [next(results) for _ in range(3)] == [0, 1, 2]
+    assert len(scan_threads()) == 2
     results.close()
-    assert threading.active_count() == before
+    assert scan_threads() == []
 
 
 def test_empty_input_starts_nothing():
-    before = threading.active_count()
     assert list(ordered_thread_map(lambda i: i, [], 4)) == []
-    assert threading.active_count() == before
+    assert scan_threads() == []

@@ -75,18 +75,21 @@ def mapped(fd: int, offset: int, length: int, guard: bool) -> Iterator[memoryvie
         yield view
     finally:
         fault = _mapguard.faulted(slot) if slot >= 0 else -1
+        # Disarmed before the range is unmapped: another scan thread may map the same
+        # addresses the moment it is, and its faults must not land in this slot.
+        if slot >= 0:
+            _mapguard.disarm(slot)
         try:
             view.release()
             mm.close()
         except BufferError:
             # A caller still holds a view (a `with ... as words` name outlives its block):
-            # the mapping lives on with it, and so must its guard, until it goes.
+            # the mapping lives on with it, and so must a guard, until it goes.
             if slot >= 0:
-                with _lingering_lock:
-                    _lingering.append((weakref.ref(mm), slot))
-        else:
-            if slot >= 0:
-                _mapguard.disarm(slot)
+                again = _mapguard.arm(mm)
+                if again >= 0:
+                    with _lingering_lock:
+                        _lingering.append((weakref.ref(mm), again))
     if fault >= 0:
         raise Faulted(offset + fault)
 

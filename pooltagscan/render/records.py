@@ -142,7 +142,8 @@ class LineBuilder:
     def _reset(self) -> None:
         self._templates: dict[tuple[int, int], tuple[int, str, str, str | None] | None] = {}
         self._keys = np.empty(0, dtype=np.uint64)
-        self._encoded: list[Any] | None = None  # the fragments for bytes output
+        self._pieces_for: bool | None = None  # what _pieces_made was made for
+        self._pieces_made: Any = None
         # The whole fragment of a page record, or (before, after) of a big-pool record,
         # whose entry goes between.
         self._fragments = np.empty(0, dtype=object)
@@ -216,7 +217,7 @@ class LineBuilder:
         order = np.argsort(keys, kind="stable")
         self._keys = keys[order]
         self._fragments = np.concatenate([self._fragments, built])[order]
-        self._encoded = None
+        self._pieces_for = None
 
     def _fragment_ids(self, records: np.ndarray) -> np.ndarray | None:
         """Each record's index among the cached fragments, found in C (fragment_ids in
@@ -339,7 +340,9 @@ class LineBuilder:
         """texts() by the C join of offsets and fragment ids: no Python object per
         record. Nothing when the join is not for these fragments (not all ASCII)."""
         records = np.ascontiguousarray(records)
-        fragments = self._fragment_list(as_bytes)
+        pieces = self._pieces(as_bytes)
+        if pieces is None:
+            return
         lead: str | bytes = self.head if first_head is None else first_head
         head_size = len(self.head)
         if as_bytes:  # words of any script, in the UTF-8 the stream would encode them to
@@ -351,9 +354,7 @@ class LineBuilder:
             stop = min(start + self._chunk_rows, count)
             trim = head_size if stop == count else 0
             hexed = self.hex_width is not None
-            text = native.join_ids(
-                records, ids, start, stop, fragments, hexed, width, lead, trim, as_bytes
-            )
+            text = native.join_ids(records, ids, start, stop, pieces, hexed, width, lead, trim)
             if text is None:
                 return
             self._fit_chunk(stop - start, len(text))
@@ -361,14 +362,18 @@ class LineBuilder:
             lead = b"" if as_bytes else ""
             start = stop
 
-    def _fragment_list(self, as_bytes: bool) -> list[Any]:
-        """The cached fragments for join_ids; for bytes output, those with words beyond
-        ASCII as their UTF-8 bytes (made once per state of the cache)."""
-        if not as_bytes:
-            return self._fragments.tolist()
-        if self._encoded is None:
-            self._encoded = [_utf8(f) for f in self._fragments.tolist()]
-        return self._encoded
+    def _pieces(self, as_bytes: bool) -> Any:
+        """The cached fragments taken apart for join_ids (fragment_pieces), once per
+        state of the cache: for bytes output those with words beyond ASCII as their
+        UTF-8 bytes. None when the C join cannot take them (words beyond ASCII in str
+        output)."""
+        if self._pieces_for is not as_bytes:
+            fragments = self._fragments.tolist()
+            if as_bytes:
+                fragments = [_utf8(f) for f in fragments]
+            self._pieces_made = native.fragment_pieces(fragments, as_bytes)
+            self._pieces_for = as_bytes
+        return self._pieces_made
 
 
 def _utf8(fragment: str | tuple[str, str]) -> str | bytes | tuple[str | bytes, ...]:
