@@ -1081,14 +1081,6 @@ static PyObject *join_rows(PyObject *self, PyObject *args)
     return out;
 }
 
-/* unique_inverse(values) -> (distinct, inverse)
- * np.unique(values, return_inverse=True) for uint64 values (a contiguous buffer):
- * `distinct` the sorted distinct values (uint64 bytes), `inverse` each value's index
- * among them (int64 bytes). A window repeats a few dozen tags (or a few hundred record
- * combinations) tens of thousands of times: an open-addressing hash table finds the
- * distinct ones in one pass, and only they are sorted, where np.unique sorts them all. */
-typedef struct { uint64_t key; int64_t id; } slot_t;
-
 /* The slot of `key` in a table of `cap` (a power of two, at least 2) slots:
  * multiply-shift hashing with a random odd multiplier chosen per process, a universal
  * family. The keys come from the dump (tags, sizes): a dump crafted to make them collide
@@ -1101,12 +1093,110 @@ static inline size_t slot_of(uint64_t key, Py_ssize_t cap)
     return (size_t)((key * multiplier) >> (64 - __builtin_ctzll((unsigned long long)cap)));
 }
 
-static int by_key(const void *a, const void *b)
+/* An open-addressing hash table from uint64 keys to ids 0, 1, 2... in the order the
+ * keys were first added, keeping the keys by id: unique_inverse, tag_class_sums and
+ * fragment_ids number their distinct keys with it. Its load stays under a half. */
+typedef struct { uint64_t key; int64_t id; } slot_t;  /* id + 1: 0 marks an empty slot */
+
+typedef struct {
+    slot_t *slots;
+    uint64_t *keys;  /* by id; room for cap / 2 */
+    Py_ssize_t cap, count;
+} idtable_t;
+
+/* Room for `want` keys before it grows; -1 when memory ran out (free it anyway). */
+static int idtable_init(idtable_t *t, Py_ssize_t want)
 {
-    uint64_t x = ((const slot_t *)a)->key, y = ((const slot_t *)b)->key;
+    t->cap = 1024;
+    while (t->cap < 2 * (want + 1))
+        t->cap *= 2;
+    t->count = 0;
+    t->slots = PyMem_RawCalloc(t->cap, sizeof(slot_t));
+    t->keys = PyMem_RawMalloc(t->cap / 2 * sizeof(uint64_t));
+    return t->slots && t->keys ? 0 : -1;
+}
+
+static void idtable_free(idtable_t *t)
+{
+    PyMem_RawFree(t->slots);
+    PyMem_RawFree(t->keys);
+}
+
+static inline size_t idtable_probe(const idtable_t *t, uint64_t key)
+{
+    size_t at = slot_of(key, t->cap);
+    while (t->slots[at].id && t->slots[at].key != key)
+        at = (at + 1) & (size_t)(t->cap - 1);
+    return at;
+}
+
+/* The id of `key`, or -1 when it was never added. */
+static inline int64_t idtable_get(const idtable_t *t, uint64_t key)
+{
+    return t->slots[idtable_probe(t, key)].id - 1;
+}
+
+/* The id of `key`, the next one when it is new; -1 when memory ran out. Called
+ * without the GIL (PyMem_Raw*). */
+static inline int64_t idtable_add(idtable_t *t, uint64_t key)
+{
+    size_t at = idtable_probe(t, key);
+    if (t->slots[at].id)
+        return t->slots[at].id - 1;
+    if (2 * (t->count + 1) > t->cap) {  /* grow and rehash */
+        Py_ssize_t grown = t->cap * 2;
+        slot_t *bigger = PyMem_RawCalloc(grown, sizeof(slot_t));
+        uint64_t *more = PyMem_RawRealloc(t->keys, grown / 2 * sizeof(uint64_t));
+        if (more)
+            t->keys = more;
+        if (!bigger || !more) {
+            PyMem_RawFree(bigger);
+            return -1;
+        }
+        for (Py_ssize_t k = 0; k < t->count; k++) {
+            size_t to = slot_of(t->keys[k], grown);
+            while (bigger[to].id)
+                to = (to + 1) & (size_t)(grown - 1);
+            bigger[to].key = t->keys[k];
+            bigger[to].id = k + 1;
+        }
+        PyMem_RawFree(t->slots);
+        t->slots = bigger, t->cap = grown;
+        at = idtable_probe(t, key);
+    }
+    t->slots[at].key = key;
+    t->slots[at].id = t->count + 1;
+    t->keys[t->count] = key;
+    return t->count++;
+}
+
+/* Orders uint64 values, and records whose first member is their uint64 key. */
+static int by_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);
 }
 
+/* The table's keys in order, each with its id, in a new array (NULL: no memory). */
+static slot_t *idtable_sorted(const idtable_t *t)
+{
+    slot_t *order = PyMem_RawMalloc((t->count + 1) * sizeof(slot_t));
+    if (!order)
+        return NULL;
+    for (Py_ssize_t k = 0; k < t->count; k++) {
+        order[k].key = t->keys[k];
+        order[k].id = k;
+    }
+    qsort(order, t->count, sizeof(slot_t), by_u64);
+    return order;
+}
+
+/* unique_inverse(values) -> (distinct, inverse)
+ * np.unique(values, return_inverse=True) for uint64 values (a contiguous buffer):
+ * `distinct` the sorted distinct values (uint64 bytes), `inverse` each value's index
+ * among them (int64 bytes). A window repeats a few dozen tags (or a few hundred record
+ * combinations) tens of thousands of times: an open-addressing hash table finds the
+ * distinct ones in one pass, and only they are sorted, where np.unique sorts them all. */
 static PyObject *unique_inverse(PyObject *self, PyObject *args)
 {
     PyObject *obj;
@@ -1120,65 +1210,28 @@ static PyObject *unique_inverse(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "values must be uint64");
         return NULL;
     }
-    Py_ssize_t n = view.len / 8, cap = 1024, count = 0;
+    Py_ssize_t n = view.len / 8;
     const uint64_t *values = view.buf;
-    slot_t *table = PyMem_RawCalloc(cap, sizeof(slot_t));
-    slot_t *seen = PyMem_RawMalloc(cap / 2 * sizeof(slot_t));  /* distinct, by id */
+    idtable_t t;
     int64_t *ids = PyMem_RawMalloc((n + 1) * sizeof(int64_t));
     int64_t *rank = NULL;
-    int failed = !table || !seen || !ids;
+    slot_t *order = NULL;
+    int failed = idtable_init(&t, 0) < 0 || !ids;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n && !failed; i++) {
-        uint64_t key = values[i];
-        size_t at = slot_of(key, cap);
-        /* id + 1 is stored: 0 marks an empty slot */
-        while (table[at].id && table[at].key != key)
-            at = (at + 1) & (size_t)(cap - 1);
-        if (!table[at].id) {
-            if (2 * (count + 1) > cap) {  /* keep the load under a half: grow and rehash */
-                Py_ssize_t grown = cap * 2;
-                slot_t *bigger = PyMem_RawCalloc(grown, sizeof(slot_t));
-                slot_t *more = PyMem_RawRealloc(seen, grown / 2 * sizeof(slot_t));
-                if (more)
-                    seen = more;
-                if (!bigger || !more) {
-                    PyMem_RawFree(bigger);
-                    failed = 1;
-                    break;
-                }
-                for (Py_ssize_t k = 0; k < count; k++) {
-                    size_t to = slot_of(seen[k].key, grown);
-                    while (bigger[to].id)
-                        to = (to + 1) & (size_t)(grown - 1);
-                    bigger[to] = seen[k];
-                    bigger[to].id = k + 1;
-                }
-                PyMem_RawFree(table);
-                table = bigger, cap = grown;
-                at = slot_of(key, cap);
-                while (table[at].id)
-                    at = (at + 1) & (size_t)(cap - 1);
-            }
-            table[at].key = key;
-            table[at].id = count + 1;
-            seen[count].key = key;
-            seen[count].id = count;
-            count++;
+    for (Py_ssize_t i = 0; i < n && !failed; i++)
+        failed = (ids[i] = idtable_add(&t, values[i])) < 0;
+    if (!failed) {
+        order = idtable_sorted(&t);
+        rank = PyMem_RawMalloc((t.count + 1) * sizeof(int64_t));
+        failed = !order || !rank;
+    }
+    if (!failed) {
+        for (Py_ssize_t k = 0; k < t.count; k++) {
+            rank[order[k].id] = k;
+            t.keys[k] = order[k].key;  /* the sorted distinct values */
         }
-        ids[i] = table[at].id - 1;
-    }
-    if (!failed) {
-        qsort(seen, count, sizeof(slot_t), by_key);
-        rank = PyMem_RawMalloc((count + 1) * sizeof(int64_t));
-        failed = !rank;
-    }
-    if (!failed) {
-        for (Py_ssize_t k = 0; k < count; k++)
-            rank[seen[k].id] = k;
         for (Py_ssize_t i = 0; i < n; i++)
             ids[i] = rank[ids[i]];
-        for (Py_ssize_t k = 0; k < count; k++)
-            ((uint64_t *)table)[k] = seen[k].key;  /* the sorted distinct values */
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
@@ -1186,11 +1239,11 @@ static PyObject *unique_inverse(PyObject *self, PyObject *args)
     if (failed)
         PyErr_NoMemory();
     else
-        out = Py_BuildValue("(y#y#)", (char *)table, count * 8, (char *)ids, n * 8);
-    PyMem_RawFree(table);
-    PyMem_RawFree(seen);
+        out = Py_BuildValue("(y#y#)", (char *)t.keys, t.count * 8, (char *)ids, n * 8);
+    idtable_free(&t);
     PyMem_RawFree(ids);
     PyMem_RawFree(rank);
+    PyMem_RawFree(order);
     return out;
 }
 
@@ -1204,14 +1257,6 @@ static PyObject *unique_inverse(PyObject *self, PyObject *args)
  * distinct 4 KiB pages of the records whose source is `source_page` when they come in
  * address order (as a scan yields them), or is -1 when they do not. The records are
  * record_t, RECORD_DTYPE's layout (the caller checks the dtype). */
-typedef struct { uint64_t key; int64_t count, size; } sum_t;
-
-static int sum_by_key(const void *a, const void *b)
-{
-    uint64_t x = ((const sum_t *)a)->key, y = ((const sum_t *)b)->key;
-    return (x > y) - (x < y);
-}
-
 static PyObject *tag_class_sums(PyObject *self, PyObject *args)
 {
     PyObject *obj;
@@ -1233,22 +1278,23 @@ static PyObject *tag_class_sums(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "the buffer is not a whole number of records");
         return NULL;
     }
-    Py_ssize_t n = view.len / itemsize, cap = 1024, count = 0, pages = 0;
+    Py_ssize_t n = view.len / itemsize, pages = 0, room = 0;
     const uint8_t *base = view.buf;
-    sum_t *table = PyMem_RawCalloc(cap, sizeof(sum_t));
-    int failed = !table, sorted = 1;
+    idtable_t t;
+    int64_t *counts = NULL, *sizes = NULL;  /* by id */
+    slot_t *order = NULL;
+    int failed = idtable_init(&t, 0) < 0, sorted = 1;
     uint64_t last_page = 0;
     int any_page = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n && !failed; i++) {
         const record_t *r = (const record_t *)(base + i * itemsize);
-        uint32_t tag = r->tag, size = r->size;
         int st = r->state, po = r->pool, so = r->source, co = r->confidence;
         st = st < r_state ? st : r_state - 1;
         po = po < r_pool ? po : r_pool - 1;
         int src = so < r_source ? so : r_source - 1;
         co = co < r_conf ? co : r_conf - 1;
-        uint64_t key = ((uint64_t)tag << 8) | (uint64_t)(((st * r_pool + po) * r_source + src) * r_conf + co);
+        uint64_t code = (uint64_t)(((st * r_pool + po) * r_source + src) * r_conf + co);
         if (so == source_page) {
             uint64_t page = r->offset >> 12;
             if (!any_page || page != last_page) {
@@ -1259,69 +1305,57 @@ static PyObject *tag_class_sums(PyObject *self, PyObject *args)
                 any_page = 1;
             }
         }
-        size_t at = slot_of(key, cap);
-        /* count 0 marks an empty slot: every slot in use holds at least one record */
-        while (table[at].count && table[at].key != key)
-            at = (at + 1) & (size_t)(cap - 1);
-        if (!table[at].count) {
-            if (2 * (count + 1) > cap) {  /* keep the load under a half: grow and rehash */
-                Py_ssize_t grown = cap * 2;
-                sum_t *bigger = PyMem_RawCalloc(grown, sizeof(sum_t));
-                if (!bigger) {
-                    failed = 1;
-                    break;
-                }
-                for (Py_ssize_t k = 0; k < cap; k++) {
-                    if (!table[k].count)
-                        continue;
-                    size_t to = slot_of(table[k].key, grown);
-                    while (bigger[to].count)
-                        to = (to + 1) & (size_t)(grown - 1);
-                    bigger[to] = table[k];
-                }
-                PyMem_RawFree(table);
-                table = bigger, cap = grown;
-                at = slot_of(key, cap);
-                while (table[at].count)
-                    at = (at + 1) & (size_t)(cap - 1);
+        int64_t id = idtable_add(&t, ((uint64_t)r->tag << 8) | code);
+        if (id < 0 || id >= room) {  /* the table failed, or grew: so do the sums */
+            Py_ssize_t more = t.cap / 2;
+            int64_t *c = PyMem_RawRealloc(counts, more * sizeof(int64_t));
+            if (c)
+                counts = c;
+            int64_t *z = PyMem_RawRealloc(sizes, more * sizeof(int64_t));
+            if (z)
+                sizes = z;
+            if (id < 0 || !c || !z) {
+                failed = 1;
+                break;
             }
-            table[at].key = key;
-            count++;
+            memset(counts + room, 0, (more - room) * sizeof(int64_t));
+            memset(sizes + room, 0, (more - room) * sizeof(int64_t));
+            room = more;
         }
-        table[at].count++;
-        table[at].size += size;
+        counts[id]++;
+        sizes[id] += r->size;
     }
-    if (!failed) {
-        Py_ssize_t k = 0;
-        for (Py_ssize_t j = 0; j < cap; j++)
-            if (table[j].count)
-                table[k++] = table[j];
-        qsort(table, count, sizeof(sum_t), sum_by_key);
-    }
+    if (!failed)
+        failed = !(order = idtable_sorted(&t));
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    if (failed) {
-        PyMem_RawFree(table);
-        return PyErr_NoMemory();
-    }
-    PyObject *keys = PyBytes_FromStringAndSize(NULL, count * 8);
-    PyObject *blocks = PyBytes_FromStringAndSize(NULL, count * 8);
-    PyObject *sizes = PyBytes_FromStringAndSize(NULL, count * 8);
     PyObject *out = NULL;
-    if (keys && blocks && sizes) {
-        uint64_t *k = (uint64_t *)PyBytes_AS_STRING(keys);
-        int64_t *b = (int64_t *)PyBytes_AS_STRING(blocks), *z = (int64_t *)PyBytes_AS_STRING(sizes);
-        for (Py_ssize_t j = 0; j < count; j++) {
-            k[j] = table[j].key;
-            b[j] = table[j].count;
-            z[j] = table[j].size;
+    if (failed)
+        PyErr_NoMemory();
+    else {
+        Py_ssize_t count = t.count;
+        PyObject *keys = PyBytes_FromStringAndSize(NULL, count * 8);
+        PyObject *blocks = PyBytes_FromStringAndSize(NULL, count * 8);
+        PyObject *bytes = PyBytes_FromStringAndSize(NULL, count * 8);
+        if (keys && blocks && bytes) {
+            uint64_t *k = (uint64_t *)PyBytes_AS_STRING(keys);
+            int64_t *b = (int64_t *)PyBytes_AS_STRING(blocks);
+            int64_t *z = (int64_t *)PyBytes_AS_STRING(bytes);
+            for (Py_ssize_t j = 0; j < count; j++) {
+                k[j] = order[j].key;
+                b[j] = counts[order[j].id];
+                z[j] = sizes[order[j].id];
+            }
+            out = Py_BuildValue("(OOOn)", keys, blocks, bytes, sorted ? pages : (Py_ssize_t)-1);
         }
-        out = Py_BuildValue("(OOOn)", keys, blocks, sizes, sorted ? pages : (Py_ssize_t)-1);
+        Py_XDECREF(keys);
+        Py_XDECREF(blocks);
+        Py_XDECREF(bytes);
     }
-    Py_XDECREF(keys);
-    Py_XDECREF(blocks);
-    Py_XDECREF(sizes);
-    PyMem_RawFree(table);
+    idtable_free(&t);
+    PyMem_RawFree(counts);
+    PyMem_RawFree(sizes);
+    PyMem_RawFree(order);
     return out;
 }
 
@@ -1333,54 +1367,9 @@ static PyObject *tag_class_sums(PyObject *self, PyObject *args)
  * keys are not cached, `missing`: their distinct values, sorted (uint64 bytes), for the
  * caller to make and call again. None when a size does not fit the key's 23 bits, or
  * an enum is beyond its radix (no scan makes one; the caller's own way then). `radix`:
- * (pool, state, family, confidence, source) radices of the code. Replaces a numpy packing, a hash of every
- * key, a search and an object gather of every record's fragment. */
-typedef struct { uint64_t key; int64_t id; } idslot_t;
-
-static int idtable_put(idslot_t **table, Py_ssize_t *cap, Py_ssize_t *count, uint64_t key,
-                       int64_t id)
-{
-    if (2 * (*count + 1) > *cap) {
-        Py_ssize_t grown = *cap * 2;
-        idslot_t *bigger = PyMem_RawCalloc(grown, sizeof(idslot_t));
-        if (!bigger)
-            return -1;
-        for (Py_ssize_t k = 0; k < *cap; k++) {
-            if (!(*table)[k].id)
-                continue;
-            size_t to = slot_of((*table)[k].key, grown);
-            while (bigger[to].id)
-                to = (to + 1) & (size_t)(grown - 1);
-            bigger[to] = (*table)[k];
-        }
-        PyMem_RawFree(*table);
-        *table = bigger, *cap = grown;
-    }
-    size_t at = slot_of(key, *cap);
-    while ((*table)[at].id && (*table)[at].key != key)
-        at = (at + 1) & (size_t)(*cap - 1);
-    if (!(*table)[at].id) {
-        (*table)[at].key = key;
-        (*table)[at].id = id + 1;  /* 0 marks an empty slot */
-        (*count)++;
-    }
-    return 0;
-}
-
-static inline int64_t idtable_get(const idslot_t *table, Py_ssize_t cap, uint64_t key)
-{
-    size_t at = slot_of(key, cap);
-    while (table[at].id && table[at].key != key)
-        at = (at + 1) & (size_t)(cap - 1);
-    return table[at].id - 1;
-}
-
-static int by_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
+ * (pool, state, family, confidence, source) radices of the code. Replaces a numpy
+ * packing, a hash of every key, a search and an object gather of every record's
+ * fragment. */
 static PyObject *fragment_ids(PyObject *self, PyObject *args)
 {
     PyObject *records_obj, *keys_obj;
@@ -1412,18 +1401,20 @@ static PyObject *fragment_ids(PyObject *self, PyObject *args)
     }
     Py_ssize_t n = rec.len / (Py_ssize_t)sizeof(record_t), known = keys.len / 8;
     const uint64_t *key_list = keys.buf;
-    Py_ssize_t cap = 1024, count = 0, mcap = 64, mcount = 0;
-    while (cap < 2 * (known + 1))
-        cap *= 2;
-    idslot_t *table = PyMem_RawCalloc(cap, sizeof(idslot_t));
-    idslot_t *missing = PyMem_RawCalloc(mcap, sizeof(idslot_t));
+    idtable_t table, missing;  /* the cached keys (id = index), the others met */
     int32_t *ids = PyMem_RawMalloc((n + 1) * sizeof(int32_t));
-    int failed = !table || !missing || !ids || known > INT32_MAX, too_big = 0;
+    int failed = idtable_init(&table, known) < 0;
+    failed |= idtable_init(&missing, 0) < 0;  /* both made, so both can be freed */
+    failed |= !ids || known > INT32_MAX;
+    int too_big = 0, repeated = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t k = 0; k < known && !failed; k++)
-        failed = idtable_put(&table, &cap, &count, key_list[k], k) < 0;
+    for (Py_ssize_t k = 0; k < known && !failed && !repeated; k++) {
+        int64_t id = idtable_add(&table, key_list[k]);
+        failed = id < 0;
+        repeated = id >= 0 && id != k;  /* a key twice: ids would not be indexes */
+    }
     const record_t *recs = rec.buf;
-    for (Py_ssize_t i = 0; i < n && !failed; i++) {
+    for (Py_ssize_t i = 0; i < n && !failed && !repeated; i++) {
         const record_t *q = &recs[i];
         if (q->size >= (1u << 23) || q->pool >= r[0] || q->state >= r[1] ||
             q->family >= r[2] || q->confidence >= r[3] || q->source >= r[4]) {
@@ -1437,13 +1428,10 @@ static PyObject *fragment_ids(PyObject *self, PyObject *args)
         code = code * (uint64_t)r[4] + q->source;
         uint64_t key = (uint64_t)q->tag | ((uint64_t)(q->protected_ != 0) << 32) |
                        (code << 33) | ((uint64_t)q->size << 41);
-        int64_t id = count ? idtable_get(table, cap, key) : -1;
-        if (id < 0) {
-            failed = idtable_put(&missing, &mcap, &mcount, key, mcount) < 0;
-            ids[i] = -1;
-        } else {
-            ids[i] = (int32_t)id;
-        }
+        int64_t id = idtable_get(&table, key);
+        if (id < 0)
+            failed = idtable_add(&missing, key) < 0;
+        ids[i] = (int32_t)id;
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&rec);
@@ -1451,25 +1439,17 @@ static PyObject *fragment_ids(PyObject *self, PyObject *args)
     PyObject *out = NULL;
     if (failed)
         PyErr_NoMemory();
+    else if (repeated)
+        PyErr_SetString(PyExc_ValueError, "the cached keys are not distinct");
     else if (too_big)
         Py_INCREF(Py_None), out = Py_None;
-    else if (mcount) {
-        uint64_t *list = PyMem_RawMalloc(mcount * sizeof(uint64_t));
-        if (!list)
-            PyErr_NoMemory();
-        else {
-            Py_ssize_t k = 0;
-            for (Py_ssize_t j = 0; j < mcap; j++)
-                if (missing[j].id)
-                    list[k++] = missing[j].key;
-            qsort(list, mcount, sizeof(uint64_t), by_u64);
-            out = Py_BuildValue("(Oy#)", Py_None, (char *)list, mcount * 8);
-            PyMem_RawFree(list);
-        }
+    else if (missing.count) {
+        qsort(missing.keys, missing.count, sizeof(uint64_t), by_u64);
+        out = Py_BuildValue("(Oy#)", Py_None, (char *)missing.keys, missing.count * 8);
     } else
         out = Py_BuildValue("(y#O)", (char *)ids, n * 4, Py_None);
-    PyMem_RawFree(table);
-    PyMem_RawFree(missing);
+    idtable_free(&table);
+    idtable_free(&missing);
     PyMem_RawFree(ids);
     return out;
 }
