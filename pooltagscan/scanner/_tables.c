@@ -996,6 +996,18 @@ static inline char *number_text(uint64_t v, int hex, char *end)
 
 #define NUMBER_ROOM 24
 
+/* An offset's text into the end of `end` as the record joins write it: decimal, or `0x`
+ * hex right-aligned in `width` columns (width <= NUMBER_ROOM); returns its length. */
+static inline Py_ssize_t offset_text(uint64_t v, int hex, int width, char *end)
+{
+    Py_ssize_t len = end - number_text(v, hex, end);
+    if (hex && len < width) {
+        memset(end - width, ' ', width - len);
+        len = width;
+    }
+    return len;
+}
+
 /* join_rows(offsets, rows, hex, width, lead, trim[, as_bytes]) -> str (bytes) or None
  * The text of a batch of record lines (render/records.py's LineBuilder): `lead`, then
  * for each record its offset (decimal, or `0x` hex right-aligned in `width` columns when
@@ -1045,12 +1057,7 @@ static PyObject *join_rows(PyObject *self, PyObject *args)
         PyObject *row = PyList_GET_ITEM(rows, i);
         ascii = PyUnicode_Check(row) && PyUnicode_IS_ASCII(row);
         char *end = scratch + (i + 1) * NUMBER_ROOM;
-        char *start = number_text(offsets[i], hex, end);
-        Py_ssize_t len = end - start;
-        if (hex && len < width) {
-            memset(end - width, ' ', width - len);
-            len = width;
-        }
+        Py_ssize_t len = offset_text(offsets[i], hex, width, end);
         sizes[i] = (uint8_t)len;
         total += len + (ascii ? PyUnicode_GET_LENGTH(row) : 0);
     }
@@ -1603,11 +1610,7 @@ static PyObject *join_ids(PyObject *self, PyObject *args)
             break;
         }
         char *end = scratch + (2 * j + 1) * NUMBER_ROOM;
-        Py_ssize_t len = end - number_text(recs[i].offset, hex, end);
-        if (hex && len < width) {
-            memset(end - width, ' ', width - len);
-            len = width;
-        }
+        Py_ssize_t len = offset_text(recs[i].offset, hex, width, end);
         sizes[2 * j] = (uint8_t)len;
         const piece_t *a = &pieces[2 * id], *b = a + 1;
         if (b->data) {  /* a pair: before, entry, after */
