@@ -21,12 +21,13 @@ Every output a command writes (`-o`, `--html`, and any later one) goes through a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
 from pooltagscan.errors import OutputError
@@ -60,24 +61,27 @@ class OutputStream(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, text: str) -> int:
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write is an OutputError naming the target; a closed pipe stays a
+        BrokenPipeError (the CLI ends quietly on it)."""
         try:
-            count = self._raw.write(text)
+            yield
         except BrokenPipeError:
             raise
         except OSError as exc:
             raise OutputError(self.label, f"cannot write: {_strerror(exc)}") from None
+
+    def write(self, text: str) -> int:
+        with self._writing():
+            count = self._raw.write(text)
         if text:
             self.written = True
         return count
 
     def flush(self) -> None:
-        try:
+        with self._writing():
             self._raw.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputError(self.label, f"cannot write: {_strerror(exc)}") from None
 
     def isatty(self) -> bool:
         try:
@@ -98,13 +102,9 @@ class OutputStream(io.TextIOBase):
             return None
 
         def write(data: bytes) -> None:
-            try:
+            with self._writing():
                 raw.flush()  # what was written as text comes first
                 buffer.write(data)
-            except BrokenPipeError:
-                raise
-            except OSError as exc:
-                raise OutputError(self.label, f"cannot write: {_strerror(exc)}") from None
             if data:
                 self.written = True
 
