@@ -225,7 +225,6 @@ class LineBuilder:
         rows to patch (--objects), a size over the packed key's 23 bits."""
         if native is None or records.dtype != RECORD_DTYPE or self.patching():
             return None
-        records = np.ascontiguousarray(records)
         for _ in range(3):  # learn what is missing; a cache that overflowed starts over
             found = native.fragment_ids(records, self._keys, _RADIX)
             if found is None:
@@ -291,6 +290,7 @@ class LineBuilder:
         count = records.size
         if count == 0:
             return
+        records = np.ascontiguousarray(records)  # for the C module
         ids = self._fragment_ids(records)
         if ids is not None:
             texts = self._texts_by_id(records, ids, first_head, as_bytes)
@@ -339,7 +339,6 @@ class LineBuilder:
     ) -> Iterator[str | bytes]:
         """texts() by the C join of offsets and fragment ids: no Python object per
         record. Nothing when the join is not for these fragments (not all ASCII)."""
-        records = np.ascontiguousarray(records)
         pieces = self._pieces(as_bytes)
         if pieces is None:
             return
@@ -467,11 +466,15 @@ class RecordWriter:
         """What a row without an object holds in its place (csv: empty cells)."""
         return ""
 
+    def _patching(self) -> bool:
+        """Whether this dump has object fields to put into rows (--objects)."""
+        return self.objects is not None and bool(self._object_keys.size)
+
     def _patch(self, lines: LineBuilder) -> Callable[[np.ndarray, np.ndarray], None]:
-        lines.patching = lambda: self.objects is not None and bool(self._object_keys.size)
+        lines.patching = self._patching
 
         def patch(offsets: np.ndarray, rows: np.ndarray) -> None:
-            if self.objects is None or not self._object_keys.size:
+            if not self._patching():
                 return
             hit = np.flatnonzero(np.isin(offsets, self._object_keys))
             suffix = self._empty_objects() + self.closing + lines.head
