@@ -146,10 +146,19 @@ class BatchCounts:
     pool_pages: int
 
     @classmethod
-    def of(cls, records: np.ndarray, kept: np.ndarray | None = None) -> BatchCounts:
+    def of(
+        cls, records: np.ndarray, kept: np.ndarray | None = None, sums: ClassSums | None = None
+    ) -> BatchCounts:
+        """`sums`: the C pass's counts of `kept`, which hold its totals and, when nothing
+        was filtered and the records came in address order, its pages."""
         kept = records if kept is None else kept
-        on_pages = records["offset"][records["source"] == SOURCE_PAGE]
-        return cls(int(kept.size), int(kept["size"].sum(dtype=np.int64)), distinct_pages(on_pages))
+        if sums is not None and kept is records and sums.pool_pages >= 0:
+            pages = sums.pool_pages
+        else:
+            pages = distinct_pages(records["offset"][records["source"] == SOURCE_PAGE])
+        if sums is not None:
+            return cls(sums.records, sums.bytes, pages)
+        return cls(int(kept.size), int(kept["size"].sum(dtype=np.int64)), pages)
 
 
 @dataclass
@@ -161,14 +170,9 @@ class WindowCounts:
 
     def __call__(self, records: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], BatchCounts]:
         kept = self.record_filter.apply(records) if self.record_filter else records
-        sums = ClassSums.of(kept)
-        if sums is None:
-            return TagStats.count(kept), BatchCounts.of(records, kept)
-        # One C pass gives the counters, the summary's totals and, unfiltered, its pages.
-        pages = sums.pool_pages if kept is records else -1
-        if pages < 0:
-            pages = distinct_pages(records["offset"][records["source"] == SOURCE_PAGE])
-        return sums.counters(), BatchCounts(sums.records, sums.bytes, pages)
+        sums = ClassSums.of(kept)  # one C pass for the counters and the totals
+        counters = TagStats.count(kept) if sums is None else sums.counters()
+        return counters, BatchCounts.of(records, kept, sums)
 
 
 @dataclass
